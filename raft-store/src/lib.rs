@@ -1,0 +1,55 @@
+//! Durable storage for one ledger node: openraft 0.9's log storage ([`LogStore`]) and state
+//! machine ([`StateMachineStore`]) on one sled database, plus read access to the ledger
+//! ([`Ledger`]).
+//!
+//! Invariants (see ARCHITECTURE.md):
+//! - This crate never opens a socket and knows nothing of gRPC or HTTP.
+//! - The vote, every log append and every applied batch are fsync-durable
+//!   ([`durability::Durability::sync`]) before openraft is told they are done.
+//! - Applying entries is deterministic and never changes or removes an event.
+
+pub mod chain;
+pub mod codec;
+pub mod durability;
+pub mod ledger;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+use std::path::Path;
+
+pub use ledger::Ledger;
+pub use log_store::LogStore;
+pub use state_machine::StateMachineStore;
+pub use types::*;
+
+/// sled's page cache, in bytes. Its real memory use is a few times this.
+pub const SLED_CACHE_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Opens (or creates) the store in `dir`: sled in `dir/sled`, snapshots in `dir/snapshot`.
+/// Fails with [`StoreError::Corrupt`] when what is on disk does not hold together.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let sled_dir = dir.join("sled");
+    std::fs::create_dir_all(&sled_dir)?;
+    let db = sled::Config::new()
+        .path(&sled_dir)
+        .mode(sled::Mode::LowSpace)
+        .cache_capacity(SLED_CACHE_BYTES)
+        // Our own fsync makes writes durable; sled's timer flush only adds background I/O.
+        .flush_every_ms(None)
+        .open()?;
+    let durability = durability::Durability::open(db.clone(), &sled_dir)?;
+    let log_store = LogStore::new(&db, durability.clone())?;
+    let state_machine = StateMachineStore::open(&db, durability, dir)?;
+    Ok((log_store, state_machine))
+}

@@ -1,0 +1,231 @@
+//! [`LogStore`]: openraft's log storage on the sled trees `raft_log` (entries by index) and
+//! `raft_meta` (vote, last purged log id, committed log id).
+//!
+//! Invariants: the log has no holes; the vote and every append are fsync-durable before openraft
+//! hears of them; `last_purged` is written before the entries it covers are removed.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::StorageIOError;
+use openraft::storage::LogFlushed;
+use openraft::storage::RaftLogStorage;
+
+use crate::codec;
+use crate::durability::Durability;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::StorageError;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+#[derive(Clone)]
+pub struct LogStore {
+    log: sled::Tree,
+    meta: sled::Tree,
+    durability: Durability,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: &sled::Db, durability: Durability) -> Result<Self, sled::Error> {
+        Ok(Self {
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            durability,
+        })
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let what = String::from_utf8_lossy(key).into_owned();
+                codec::decode(&bytes, &what).map(Some).map_err(read_err)
+            }
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.meta_get(KEY_LAST_PURGED)
+    }
+
+    /// The index of the last entry present, for tests and metrics.
+    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
+        match self.log.last().map_err(read_err)? {
+            None => Ok(None),
+            Some((key, _)) => codec::u64_from_key(&key).map(Some).map_err(read_err),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&n) => n,
+            Bound::Excluded(&n) => n.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&n) => Bound::Included(codec::u64_key(n)),
+            Bound::Excluded(&n) => Bound::Excluded(codec::u64_key(n)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        let mut expected = start;
+        for item in self
+            .log
+            .range((Bound::Included(codec::u64_key(start)), end))
+        {
+            let (key, value) = item.map_err(read_err)?;
+            let index = codec::u64_from_key(&key).map_err(read_err)?;
+            let entry: Entry = codec::decode(&value, "log entry").map_err(read_err)?;
+            // A stored entry's key and its log id must agree, and the log has no holes.
+            assert_eq!(
+                entry.log_id.index, index,
+                "raft_log key {index} holds entry {}",
+                entry.log_id
+            );
+            if !entries.is_empty() {
+                assert_eq!(index, expected, "raft_log has a hole before index {index}");
+            }
+            expected = index + 1;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = match self.log.last().map_err(read_err)? {
+            None => last_purged_log_id,
+            Some((_, value)) => {
+                let entry: Entry = codec::decode(&value, "log entry").map_err(read_err)?;
+                Some(entry.log_id)
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
+            StorageIOError::write_vote(&e).into()
+        }
+        self.meta
+            .insert(KEY_VOTE, codec::encode(vote))
+            .map_err(vote_err)?;
+        self.durability.sync().await.map_err(vote_err)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta_get(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced on its own: losing it only means re-applying less at start-up; the next
+        // append's fsync makes it durable anyway.
+        self.meta
+            .insert(KEY_COMMITTED, codec::encode(&committed))
+            .map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta_get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&codec::u64_key(entry.log_id.index), codec::encode(&entry));
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        // Readable now; durable once `sync` returns, and only then is openraft told.
+        match self.durability.sync().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                let kind = error.kind();
+                let message = error.to_string();
+                callback.log_io_completed(Err(io::Error::new(kind, message)));
+                Err(write_err(error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(codec::u64_key(log_id.index)..) {
+            let (key, _) = item.map_err(read_err)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.durability.sync().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(previous) = self.last_purged()? {
+            assert!(
+                previous <= log_id,
+                "purge went backwards: {previous} then {log_id}"
+            );
+        }
+        // sled recovers a prefix of its writes in order, so `last_purged` is durable whenever
+        // any of the removals below is.
+        self.meta
+            .insert(KEY_LAST_PURGED, codec::encode(&log_id))
+            .map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=codec::u64_key(log_id.index)) {
+            let (key, _) = item.map_err(read_err)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}
