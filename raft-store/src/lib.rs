@@ -26,6 +26,14 @@ pub use types::*;
 /// sled's page cache, in bytes. Its real memory use is a few times this.
 pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 
+/// sled's segment size, in bytes (fixed when the database is created). Values of a quarter of
+/// this or more would go to never-fsynced blob files: see [`ENTRY_BYTES_MAX`].
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+
+/// The largest encoded Raft entry or sled value we write, in bytes: well under the blob
+/// threshold of `SLED_SEGMENT_BYTES / 4`.
+pub const ENTRY_BYTES_MAX: usize = 1536 << 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O: {0}")]
@@ -47,6 +55,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         .cache_capacity(SLED_CACHE_BYTES)
         // Our own fsync makes writes durable; sled's timer flush only adds background I/O.
         .flush_every_ms(None)
+        // Values (a Raft entry holds a whole group-committed batch) must stay below sled's blob
+        // threshold of segment_size / 4, because sled never fsyncs blob files.
+        .segment_size(SLED_SEGMENT_BYTES)
         .open()?;
     let durability = durability::Durability::open(db.clone(), &sled_dir)?;
     let log_store = LogStore::new(&db, durability.clone())?;

@@ -8,6 +8,9 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -33,6 +36,8 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     durability: Durability,
+    /// The committed log index openraft last reported, plus one (0: none), for metrics.
+    committed_plus_one: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -44,12 +49,36 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, durability: Durability) -> Result<Self, sled::Error> {
-        Ok(Self {
+    pub(crate) fn new(db: &sled::Db, durability: Durability) -> Result<Self, crate::StoreError> {
+        let store = Self {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             durability,
-        })
+            committed_plus_one: Arc::default(),
+        };
+        let committed = store
+            .meta_get::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(|e| crate::StoreError::Corrupt(e.to_string()))?
+            .flatten();
+        store.note_committed(committed);
+        Ok(store)
+    }
+
+    fn note_committed(&self, committed: Option<LogId>) {
+        let value = committed.map_or(0, |log_id| log_id.index + 1);
+        self.committed_plus_one.store(value, Ordering::Relaxed);
+    }
+
+    /// The last committed log index this node knows of.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed_plus_one
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+    }
+
+    /// fsync counters of the store.
+    pub fn durability(&self) -> &Durability {
+        &self.durability
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -161,6 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_COMMITTED, codec::encode(&committed))
             .map_err(write_err)?;
+        self.note_committed(committed);
         Ok(())
     }
 

@@ -1,0 +1,118 @@
+//! [`Backend`]: what the HTTP API needs from a node. `node` implements it; the router is
+//! generic over it, so the API never sees openraft, tonic or sled.
+
+use std::future::Future;
+
+use raft_store::Command;
+use raft_store::CommandResult;
+use raft_store::Ledger;
+use raft_store::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::ApiError;
+
+/// Whether a read must reflect every write acknowledged before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read-index through the leader, then read locally (the default).
+    #[default]
+    Linearizable,
+    /// This node's state as it is, without contacting anyone. May be stale.
+    Local,
+}
+
+/// One node's own view, with no network round trip.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub cluster_id: Option<String>,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// A member as seen from the node that answers `GET /api/v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+    pub reachable: bool,
+    pub role: Option<String>,
+    pub term: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub leader_id: Option<NodeId>,
+    pub this_node: NodeId,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: Vec<MemberStatus>,
+}
+
+/// A request to add a node to the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    pub id: NodeId,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+/// Membership after a change.
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipView {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Proposes a command through the leader (forwarding if needed) and waits until it is
+    /// committed on a majority and applied on the leader.
+    fn submit(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<CommandResult, ApiError>> + Send;
+
+    /// Waits until this node has applied every write acknowledged before the call.
+    fn linearize(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Read access to this node's ledger state.
+    fn ledger(&self) -> &Ledger;
+
+    fn node_status(&self) -> NodeStatus;
+
+    fn cluster_status(&self) -> impl Future<Output = Result<ClusterStatus, ApiError>> + Send;
+
+    /// Adds a node (learner, catch up, voter). Only on the leader; others forward.
+    fn add_node(
+        &self,
+        request: AddNode,
+    ) -> impl Future<Output = Result<MembershipView, ApiError>> + Send;
+
+    fn remove_node(
+        &self,
+        id: NodeId,
+    ) -> impl Future<Output = Result<MembershipView, ApiError>> + Send;
+
+    /// A leader is known and this node has applied everything it has.
+    fn is_ready(&self) -> bool;
+
+    /// Wall-clock milliseconds since the Unix epoch (a seam for tests).
+    fn now_ms(&self) -> i64;
+}

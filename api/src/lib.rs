@@ -1,0 +1,135 @@
+//! The HTTP API of a ledger node: an axum [`router`] generic over a [`Backend`].
+//!
+//! Invariants (see ARCHITECTURE.md):
+//! - This crate never touches sled or openraft: it reads through [`raft_store::Ledger`] and
+//!   writes through [`Backend::submit`].
+//! - Every error body is `{"error": {"code", "message"}}` and the message names the field.
+//! - Every limit is a named constant below, with its unit in the name.
+
+mod auth;
+mod backend;
+mod error;
+mod events;
+mod limits;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::delete;
+use axum::routing::get;
+use axum::routing::post;
+pub use backend::*;
+pub use error::ApiError;
+pub use limits::*;
+use raft_store::NodeId;
+
+pub use crate::auth::KEY_PREFIX;
+pub use crate::auth::generate_key;
+pub use crate::auth::hash_secret;
+
+/// Builds the router. `Arc<B>` is the shared state of every handler.
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz::<B>))
+        .route("/api/v1/node", get(node_status::<B>))
+        .route("/api/v1/cluster", get(cluster_status::<B>))
+        .route("/api/v1/cluster/nodes", post(add_node::<B>))
+        .route("/api/v1/cluster/nodes/{id}", delete(remove_node::<B>))
+        .route(
+            "/api/v1/activity/report",
+            post(events::report::<B>).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/v1/agents/{asn}/activity",
+            get(events::agent_activity::<B>).fallback(method_not_allowed),
+        )
+        .route("/api/v1/ledger/events", get(events::ledger_events::<B>))
+        .route("/api/v1/ledger/head", get(events::ledger_head::<B>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(backend)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this path; activity logs are immutable",
+    )
+}
+
+async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    if backend.is_ready() {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError::unavailable("not ready: no leader known, or this node is still catching up")
+            .into_response()
+    }
+}
+
+async fn node_status<B: Backend>(State(backend): State<Arc<B>>) -> Json<NodeStatus> {
+    Json(backend.node_status())
+}
+
+async fn cluster_status<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(backend.cluster_status().await?))
+}
+
+async fn add_node<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    auth::require_admin(backend.ledger(), &headers)?;
+    let request: AddNode = events::parse_json(&body)?;
+    if request.id == 0 {
+        return Err(ApiError::validation("id: must be a positive integer"));
+    }
+    for (field, addr) in [
+        ("grpc_addr", &request.grpc_addr),
+        ("http_addr", &request.http_addr),
+    ] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::validation(format!(
+                "{field}: must be host:port with an IP address"
+            )));
+        }
+    }
+    let id = request.id;
+    let view = backend.add_node(request).await?;
+    let body = serde_json::json!({ "id": id, "voters": view.voters, "learners": view.learners });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn remove_node<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth::require_admin(backend.ledger(), &headers)?;
+    let id: NodeId = id
+        .parse()
+        .map_err(|_| ApiError::validation("id: must be a positive integer"))?;
+    let view = backend.remove_node(id).await?;
+    Ok(Json(
+        serde_json::json!({ "removed": id, "voters": view.voters, "learners": view.learners }),
+    ))
+}

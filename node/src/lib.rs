@@ -1,0 +1,366 @@
+//! One ledger node: configuration ([`config`]), the data directory's identity ([`identity`]),
+//! the peer network ([`network`], [`peer_server`]), group commit ([`writer`]) and the service
+//! behind the HTTP API ([`service`]). [`run`] wires them together.
+//!
+//! Invariants (see ARCHITECTURE.md): protobuf types stay in `network` and `peer_server`; a
+//! write is acknowledged only after openraft reports it committed (fsynced on a majority) and
+//! applied; storage failure stops the process.
+
+pub mod config;
+pub mod identity;
+pub mod network;
+pub mod peer_server;
+pub mod service;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use anyhow::anyhow;
+use openraft::SnapshotPolicy;
+use raft_store::Command;
+use raft_store::CommandResult;
+use raft_store::LedgerNode;
+use raft_store::NodeRecord;
+use raft_store::Permission;
+
+use crate::config::Config;
+use crate::identity::DataDir;
+use crate::network::Local;
+use crate::network::Network;
+use crate::network::Peers;
+use crate::service::LedgerService;
+use crate::writer::Router;
+use crate::writer::Writer;
+use crate::writer::WriterLimits;
+
+/// Raft entries sent in one AppendEntries, at most.
+const APPEND_ENTRIES_MAX: u64 = 64;
+
+#[derive(Debug)]
+pub enum RunError {
+    /// Bad configuration or environment: nothing was served.
+    Startup(anyhow::Error),
+    /// The node stopped because continuing could lose or corrupt data.
+    Fatal(String),
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Startup(error)
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {flag} {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Asks a member of the cluster named by `--join` for its cluster id.
+async fn remote_cluster_id(url: &str) -> anyhow::Result<Option<String>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let url = format!("{}/api/v1/node", url.trim_end_matches('/'));
+    let status: serde_json::Value = client
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(status
+        .get("cluster_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned))
+}
+
+fn open_store(
+    dir: &std::path::Path,
+) -> anyhow::Result<(raft_store::LogStore, raft_store::StateMachineStore)> {
+    raft_store::open(dir).map_err(|error| match error {
+        raft_store::StoreError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            anyhow!("store {} is in use by another process", dir.display())
+        }
+        raft_store::StoreError::Sled(sled::Error::Io(e)) if e.to_string().contains("lock") => {
+            anyhow!("store {} is in use by another process ({e})", dir.display())
+        }
+        raft_store::StoreError::Corrupt(message) => {
+            anyhow!(
+                "refusing to start: the store in {} is damaged: {message}",
+                dir.display()
+            )
+        }
+        other => anyhow!("cannot open the store in {}: {other}", dir.display()),
+    })
+}
+
+pub async fn run(config: Config) -> Result<(), RunError> {
+    init_logging(&config.log_format);
+    let http_listener = bind(config.http_addr, "--http-addr")?;
+    let grpc_listener = bind(config.grpc_addr, "--grpc-addr")?;
+    let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+    let mut identity = data_dir.identity(config.id)?;
+    let node_key = data_dir.node_key()?;
+
+    if let (Some(url), Some(ours)) = (&config.join, &identity.cluster_id) {
+        match remote_cluster_id(url).await {
+            Ok(Some(theirs)) if &theirs != ours => {
+                return Err(RunError::Startup(anyhow!(
+                    "data directory {} belongs to cluster {ours}, but --join {url} is a member of cluster {theirs}",
+                    config.data_dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%url, error = %format!("{error:#}"), "cannot check --join; continuing")
+            }
+        }
+    }
+
+    let (log_store, state_machine) = open_store(&data_dir.store_dir())?;
+    let ledger = state_machine.ledger().clone();
+
+    let self_node = LedgerNode {
+        grpc_addr: config.grpc_addr.to_string(),
+        http_addr: config.http_addr.to_string(),
+    };
+    let local = Arc::new(Local {
+        node_id: config.id,
+        cluster_id: RwLock::new(identity.cluster_id.clone()),
+    });
+    let peers = Peers::new(Arc::clone(&local));
+    let raft_config = openraft::Config {
+        cluster_name: "asn-ledger".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        install_snapshot_timeout: network::SNAPSHOT_SEND_TIMEOUT_MS,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| anyhow!("invalid Raft configuration: {e}"))?;
+    let raft = raft_store::Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network {
+            peers: peers.clone(),
+        },
+        log_store.clone(),
+        state_machine,
+    )
+    .await
+    .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
+
+    // Bootstrap a new cluster: only on a data directory that never joined one.
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| anyhow!("raft: {e}"))?;
+    let bootstrapping = config.bootstrap
+        && !initialized
+        && (identity.cluster_id.is_none() || identity.bootstrapped);
+    if config.bootstrap && !initialized && !bootstrapping {
+        tracing::warn!("--bootstrap ignored: this data directory joined a cluster");
+    }
+    if bootstrapping {
+        if identity.cluster_id.is_none() {
+            identity.cluster_id = Some(uuid::Uuid::new_v4().to_string());
+            identity.bootstrapped = true;
+            data_dir.save_identity(&identity)?;
+        }
+        if data_dir.read_admin_key()?.is_none() {
+            let (_, key) = api::generate_key(rand::random(), rand::random());
+            data_dir.write_admin_key(&key)?;
+        }
+        if let Some(cluster_id) = &identity.cluster_id {
+            local.set_cluster_id(cluster_id.clone());
+        }
+        let members = BTreeMap::from([(config.id, self_node.clone())]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| anyhow!("cannot initialise the cluster: {e}"))?;
+        tracing::info!(cluster_id = ?identity.cluster_id, "bootstrapped a new cluster");
+    }
+
+    let deadline = Duration::from_millis(config.write_deadline_ms);
+    let router = Router {
+        raft: raft.clone(),
+        peers: peers.clone(),
+        deadline,
+    };
+    let writer = Writer::start(
+        router.clone(),
+        WriterLimits {
+            queue_commands_max: config.write_queue_commands_max,
+            batches_in_flight_max: config.write_batches_in_flight_max,
+            batch_commands_max: config.batch_commands_max,
+        },
+    );
+    let service = Arc::new(LedgerService {
+        raft: raft.clone(),
+        ledger,
+        log_store,
+        peers,
+        writer,
+        router,
+        public_key: node_key.verifying_key().to_bytes(),
+        self_node: self_node.clone(),
+        deadline,
+    });
+
+    if identity.bootstrapped {
+        tokio::spawn(record_cluster(
+            Arc::clone(&service),
+            Arc::clone(&data_dir),
+            identity.cluster_id.clone(),
+        ));
+    }
+
+    let peer_server = peer_server::PeerServer {
+        service: Arc::clone(&service),
+        data_dir: Arc::clone(&data_dir),
+    };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            proto::peer_server::PeerServer::new(peer_server)
+                .max_decoding_message_size(network::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(network::GRPC_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+            tokio::net::TcpListener::from_std(grpc_listener).context("gRPC listener")?,
+        ));
+    let http_listener =
+        tokio::net::TcpListener::from_std(http_listener).context("HTTP listener")?;
+    let http = axum::serve(http_listener, api::router(Arc::clone(&service)));
+    tracing::info!(id = config.id, http = %config.http_addr, grpc = %config.grpc_addr, "ledgerd serving");
+
+    let mut metrics = raft.metrics();
+    let fatal = async move {
+        loop {
+            if let Err(error) = &metrics.borrow().running_state {
+                return error.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_owned();
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = grpc => result.map_err(|e| RunError::Fatal(format!("gRPC server failed: {e}"))),
+        result = http => result.map_err(|e| RunError::Fatal(format!("HTTP server failed: {e}"))),
+        message = fatal => Err(RunError::Fatal(format!("raft stopped: {message}"))),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    let _ = raft.shutdown().await;
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// On the bootstrap node: once it leads, records the cluster id, the admin key and itself in
+/// the replicated state (once; a restart finds it done).
+async fn record_cluster(
+    service: Arc<LedgerService>,
+    data_dir: Arc<DataDir>,
+    cluster_id: Option<String>,
+) {
+    let Some(cluster_id) = cluster_id else { return };
+    loop {
+        if matches!(service.ledger.cluster(), Ok(Some(_))) {
+            return;
+        }
+        let key = match data_dir.read_admin_key() {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                tracing::error!(
+                    "the bootstrap admin key file is missing; the cluster cannot be initialised"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "cannot read the admin key");
+                return;
+            }
+        };
+        let key_id = key
+            .get(api::KEY_PREFIX.len()..api::KEY_PREFIX.len() + 16)
+            .unwrap_or_default()
+            .to_owned();
+        let command = Command::InitCluster {
+            cluster_id: cluster_id.clone(),
+            admin_key: raft_store::ApiKeyRecord {
+                id: key_id,
+                name: "bootstrap admin".into(),
+                operator_id: None,
+                permissions: vec![Permission::Admin],
+                secret_sha256: api::hash_secret(&key),
+                created_at_ms: writer::now_ms(),
+                revoked: false,
+            },
+            node: NodeRecord {
+                id: service.node_id(),
+                grpc_addr: service.self_node.grpc_addr.clone(),
+                http_addr: service.self_node.http_addr.clone(),
+                public_key: service.public_key,
+                retired: false,
+            },
+        };
+        match service.writer.submit(command).await {
+            Ok(CommandResult::Done) => {
+                tracing::info!("cluster initialised");
+                return;
+            }
+            Ok(CommandResult::Rejected { message, .. }) => {
+                tracing::info!(%message, "cluster already initialised");
+                return;
+            }
+            Ok(other) => tracing::error!(?other, "unexpected result for InitCluster"),
+            Err(error) => {
+                tracing::warn!(error = %error.message, "cannot initialise the cluster yet; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,34 @@
+//! `ledgerd`: parses the configuration, runs the node, and turns any start-up failure into one
+//! line on stderr and exit code 2.
+
+use clap::Parser;
+
+fn main() {
+    let config = node::config::Config::parse();
+    if let Err(message) = config.validate() {
+        eprintln!("ledgerd: error: {message}");
+        std::process::exit(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ledgerd: error: cannot start the async runtime: {error}");
+            std::process::exit(2);
+        }
+    };
+    match runtime.block_on(node::run(config)) {
+        Ok(()) => {}
+        Err(node::RunError::Startup(error)) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            eprintln!("ledgerd: error: {message}");
+            std::process::exit(2);
+        }
+        Err(node::RunError::Fatal(message)) => {
+            eprintln!("ledgerd: fatal: {}", message.replace('\n', " "));
+            std::process::exit(70);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The client side of the peer protocol: [`Peers`] (a pool of lazily connected tonic channels,
+//! one per peer address and traffic class) and openraft's network ([`Network`], [`PeerClient`]).
+//!
+//! Each traffic class has its own HTTP/2 connection so that heartbeats never queue behind a
+//! snapshot stream or a large forwarded batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use openraft::RaftNetwork;
+use openraft::RaftNetworkFactory;
+use openraft::error::Fatal;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::RaftError;
+use openraft::error::RemoteError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use proto::peer_client::PeerClient as GrpcClient;
+use raft_store::LedgerNode;
+use raft_store::NodeId;
+use raft_store::Snapshot;
+use raft_store::TypeConfig;
+use raft_store::Vote;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+/// Largest gRPC message either side encodes or decodes, in bytes.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Size of one snapshot chunk on the wire, in bytes.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// The whole snapshot transfer must finish within this, in milliseconds.
+pub const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 120_000;
+/// Connecting to a peer must finish within this, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// Which connection a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Traffic {
+    /// AppendEntries and Vote.
+    Raft,
+    /// Snapshot streams.
+    Snapshot,
+    /// Forwarded writes, read-index, join, status.
+    Client,
+}
+
+/// This node's id and (once known) its cluster's id; sent with every peer request.
+pub struct Local {
+    pub node_id: NodeId,
+    pub cluster_id: RwLock<Option<String>>,
+}
+
+impl Local {
+    pub fn cluster_id(&self) -> Option<String> {
+        match self.cluster_id.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: String) {
+        match self.cluster_id.write() {
+            Ok(mut guard) => *guard = Some(cluster_id),
+            Err(poisoned) => *poisoned.into_inner() = Some(cluster_id),
+        }
+    }
+}
+
+/// A pool of channels to peers, keyed by address and traffic class. Never dials eagerly.
+#[derive(Clone)]
+pub struct Peers {
+    pub local: Arc<Local>,
+    channels: Arc<Mutex<HashMap<(String, Traffic), Channel>>>,
+}
+
+impl Peers {
+    pub fn new(local: Arc<Local>) -> Self {
+        Self {
+            local,
+            channels: Arc::default(),
+        }
+    }
+
+    pub fn client(
+        &self,
+        addr: &str,
+        traffic: Traffic,
+    ) -> Result<GrpcClient<Channel>, tonic::Status> {
+        let key = (addr.to_owned(), traffic);
+        let mut channels = match self.channels.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let channel = match channels.get(&key) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| {
+                        tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channel = endpoint.connect_lazy();
+                channels.insert(key, channel.clone());
+                channel
+            }
+        };
+        Ok(GrpcClient::new(channel)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+    }
+
+    /// Wraps `message` with the metadata that lets the receiver check it is meant for it.
+    pub fn request<T>(
+        &self,
+        target: NodeId,
+        message: T,
+        timeout: Option<Duration>,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(cluster_id) = self.local.cluster_id() {
+            if let Ok(value) = cluster_id.parse() {
+                request
+                    .metadata_mut()
+                    .insert(proto::CLUSTER_ID_HEADER, value);
+            }
+        }
+        if let Ok(value) = target.to_string().parse() {
+            request
+                .metadata_mut()
+                .insert(proto::TARGET_NODE_HEADER, value);
+        }
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    raft_store::codec::encode(value)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, NetworkError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| NetworkError::new(&std::io::Error::other(format!("decode {what}: {e}"))))
+}
+
+/// openraft's network factory.
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &LedgerNode) -> Self::Network {
+        assert_ne!(
+            target, self.peers.local.node_id,
+            "openraft asked for a client to this node itself"
+        );
+        PeerClient {
+            target,
+            addr: node.grpc_addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, LedgerNode, E>>;
+
+fn status_to_rpc_error<E: std::error::Error>(
+    status: tonic::Status,
+) -> RPCError<NodeId, LedgerNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl PeerClient {
+    fn decode_reply<T: DeserializeOwned>(
+        &self,
+        reply: proto::RaftReply,
+        what: &str,
+    ) -> RpcResult<T> {
+        if !reply.error.is_empty() {
+            let error: RaftError<NodeId> = decode(&reply.error, what).map_err(RPCError::Network)?;
+            return Err(RPCError::RemoteError(RemoteError::new(self.target, error)));
+        }
+        decode(&reply.data, what).map_err(RPCError::Network)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let mut client = self
+            .peers
+            .client(&self.addr, Traffic::Raft)
+            .map_err(status_to_rpc_error)?;
+        let request = self.peers.request(
+            self.target,
+            proto::RaftRequest { data: encode(&rpc) },
+            Some(option.hard_ttl()),
+        );
+        let reply = client
+            .append_entries(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
+        self.decode_reply(reply, "append-entries reply")
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let mut client = self
+            .peers
+            .client(&self.addr, Traffic::Raft)
+            .map_err(status_to_rpc_error)?;
+        let request = self.peers.request(
+            self.target,
+            proto::RaftRequest { data: encode(&rpc) },
+            Some(option.hard_ttl()),
+        );
+        let reply = client
+            .vote(request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
+        self.decode_reply(reply, "vote reply")
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut client = self
+            .peers
+            .client(&self.addr, Traffic::Snapshot)
+            .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
+        let data = snapshot.snapshot.into_inner();
+        let meta = encode(&(vote, snapshot.meta.clone()));
+        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
+        chunks.push(proto::SnapshotChunk {
+            meta,
+            data: Vec::new(),
+        });
+        for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+            chunks.push(proto::SnapshotChunk {
+                meta: Vec::new(),
+                data: piece.to_vec(),
+            });
+        }
+        let timeout = Duration::from_millis(SNAPSHOT_SEND_TIMEOUT_MS);
+        let request = self
+            .peers
+            .request(self.target, tokio_stream::iter(chunks), Some(timeout));
+        let send = tokio::time::timeout(timeout, client.install_snapshot(request));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            result = send => match result {
+                Err(_elapsed) => {
+                    let error = std::io::Error::new(std::io::ErrorKind::TimedOut, "snapshot transfer timed out");
+                    return Err(StreamingError::Network(NetworkError::new(&error)));
+                }
+                Ok(Err(status)) => {
+                    return Err(match status.code() {
+                        tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&status)),
+                        _ => StreamingError::Network(NetworkError::new(&status)),
+                    });
+                }
+                Ok(Ok(reply)) => reply.into_inner(),
+            },
+        };
+        if !reply.error.is_empty() {
+            let fatal: Fatal<NodeId> =
+                decode(&reply.error, "snapshot error").map_err(StreamingError::Network)?;
+            return Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                fatal,
+            )));
+        }
+        decode(&reply.data, "snapshot reply").map_err(StreamingError::Network)
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

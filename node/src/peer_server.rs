@@ -1,0 +1,294 @@
+//! The server side of the peer protocol. Every call is checked against this node's id and
+//! cluster id (metadata `x-target-node-id`, `x-cluster-id`) before anything else, so a stale
+//! process or a reused port can never feed Raft messages to the wrong node. A node that has
+//! not joined a cluster yet answers only `Join` and `Status`.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use raft_store::NodeId;
+use raft_store::Snapshot;
+use raft_store::SnapshotMeta;
+use raft_store::Vote;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::identity::DataDir;
+use crate::network::decode;
+use crate::network::encode;
+use crate::service::LedgerService;
+use crate::service::role_name;
+
+/// Largest snapshot this node accepts, in bytes (it is held in memory while installed).
+pub const SNAPSHOT_RECEIVE_BYTES_MAX: usize = 4 << 30;
+
+pub struct PeerServer {
+    pub service: Arc<LedgerService>,
+    pub data_dir: Arc<DataDir>,
+}
+
+fn invalid(error: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+impl PeerServer {
+    fn check<T>(&self, request: &Request<T>, must_be_joined: bool) -> Result<(), Status> {
+        let local = &self.service.peers.local;
+        let metadata = request.metadata();
+        let target = metadata
+            .get(proto::TARGET_NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok())
+            .ok_or_else(|| Status::invalid_argument("missing x-target-node-id"))?;
+        if target != local.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {target}",
+                local.node_id
+            )));
+        }
+        let theirs = metadata
+            .get(proto::CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok());
+        match (local.cluster_id(), theirs) {
+            (Some(ours), Some(theirs)) if ours != theirs => Err(Status::permission_denied(
+                format!("this node belongs to cluster {ours}, not {theirs}"),
+            )),
+            (None, _) if must_be_joined => Err(Status::failed_precondition(
+                "this node has not joined a cluster yet",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn raft_reply<T: serde::Serialize, E: serde::Serialize>(
+        result: Result<T, E>,
+    ) -> proto::RaftReply {
+        match result {
+            Ok(value) => proto::RaftReply {
+                data: encode(&value),
+                error: Vec::new(),
+            },
+            Err(error) => proto::RaftReply {
+                data: Vec::new(),
+                error: encode(&error),
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::peer_server::Peer for PeerServer {
+    async fn append_entries(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        self.check(&request, true)?;
+        let rpc = decode(&request.into_inner().data, "append-entries").map_err(invalid)?;
+        Ok(Response::new(Self::raft_reply(
+            self.service.raft.append_entries(rpc).await,
+        )))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        self.check(&request, true)?;
+        let rpc = decode(&request.into_inner().data, "vote").map_err(invalid)?;
+        Ok(Response::new(Self::raft_reply(
+            self.service.raft.vote(rpc).await,
+        )))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<proto::SnapshotChunk>>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        self.check(&request, true)?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| invalid("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            decode(&first.meta, "snapshot meta").map_err(invalid)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > SNAPSHOT_RECEIVE_BYTES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {SNAPSHOT_RECEIVE_BYTES_MAX} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
+        let result = self
+            .service
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await;
+        Ok(Response::new(Self::raft_reply(result)))
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<proto::ForwardWriteRequest>,
+    ) -> Result<Response<proto::ForwardWriteReply>, Status> {
+        self.check(&request, true)?;
+        let commands: Vec<raft_store::Command> =
+            postcard::from_bytes(&request.into_inner().commands)
+                .map_err(|e| invalid(format!("commands: {e}")))?;
+        let router = &self.service.router;
+        let reply = match router.propose_here(commands).await {
+            Ok(results) => proto::ForwardWriteReply {
+                results: encode(&results),
+                ..Default::default()
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                proto::ForwardWriteReply {
+                    not_leader: true,
+                    has_leader: forward.leader_id.is_some(),
+                    leader_id: forward.leader_id.unwrap_or_default(),
+                    ..Default::default()
+                }
+            }
+            Err(error) => proto::ForwardWriteReply {
+                error: error.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<proto::ReadIndexRequest>,
+    ) -> Result<Response<proto::ReadIndexReply>, Status> {
+        self.check(&request, true)?;
+        let reply = match self.service.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => proto::ReadIndexReply {
+                has_index: read_log_id.is_some(),
+                index: read_log_id.map(|log_id| log_id.index).unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                forward,
+            ))) => proto::ReadIndexReply {
+                not_leader: true,
+                has_leader: forward.leader_id.is_some(),
+                leader_id: forward.leader_id.unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(error) => proto::ReadIndexReply {
+                error: error.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        self.check(&request, false)?;
+        let join = request.into_inner();
+        let local = &self.service.peers.local;
+        let refuse = |error: String| {
+            Ok(Response::new(proto::JoinReply {
+                public_key: Vec::new(),
+                error,
+            }))
+        };
+        if join.node_id != local.node_id {
+            return refuse(format!(
+                "this is node {}, not node {}",
+                local.node_id, join.node_id
+            ));
+        }
+        match local.cluster_id() {
+            Some(ours) if ours != join.cluster_id => {
+                return refuse(format!("this node already belongs to cluster {ours}"));
+            }
+            Some(_) => {}
+            None => {
+                let mut identity = self
+                    .data_dir
+                    .identity(local.node_id)
+                    .map_err(|e| Status::internal(format!("{e:#}")))?;
+                identity.cluster_id = Some(join.cluster_id.clone());
+                self.data_dir
+                    .save_identity(&identity)
+                    .map_err(|e| Status::internal(format!("{e:#}")))?;
+                local.set_cluster_id(join.cluster_id.clone());
+                tracing::info!(cluster_id = %join.cluster_id, "joined cluster");
+            }
+        }
+        Ok(Response::new(proto::JoinReply {
+            public_key: self.service.public_key.to_vec(),
+            error: String::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        self.check(&request, false)?;
+        let metrics = self.service.raft.metrics();
+        let metrics = metrics.borrow().clone();
+        Ok(Response::new(proto::StatusReply {
+            node_id: self.service.node_id(),
+            role: role_name(metrics.state).to_owned(),
+            term: metrics.current_term,
+            has_leader: metrics.current_leader.is_some(),
+            leader_id: metrics.current_leader.unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or_default(),
+            committed_index: self.service.log_store.committed_index().unwrap_or_default(),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or_default(),
+            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or_default(),
+            purged_index: metrics.purged.map(|l| l.index).unwrap_or_default(),
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<proto::MembershipRequest>,
+    ) -> Result<Response<proto::MembershipReply>, Status> {
+        self.check(&request, true)?;
+        let is_leader =
+            self.service.raft.metrics().borrow().current_leader == Some(self.service.node_id());
+        if !is_leader {
+            return Ok(Response::new(proto::MembershipReply {
+                not_leader: true,
+                ..Default::default()
+            }));
+        }
+        let reply = match self
+            .service
+            .change_membership_here(request.into_inner())
+            .await
+        {
+            Ok(view) => proto::MembershipReply {
+                voters: view.voters,
+                learners: view.learners,
+                ..Default::default()
+            },
+            Err(error) => proto::MembershipReply {
+                http_status: u32::from(error.status.as_u16()),
+                error_code: error.code.to_owned(),
+                error_message: error.message,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+}

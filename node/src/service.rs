@@ -1,0 +1,552 @@
+//! [`LedgerService`]: one running node, as the HTTP API and the peer server see it. Implements
+//! [`api::Backend`]: writes through the group-commit [`Writer`], linearizable reads through
+//! read-index, and membership changes on the leader.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use api::AddNode;
+use api::ApiError;
+use api::ClusterStatus;
+use api::MemberStatus;
+use api::MembershipView;
+use api::NodeStatus;
+use axum::http::StatusCode;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use raft_store::Command;
+use raft_store::CommandResult;
+use raft_store::Ledger;
+use raft_store::LedgerNode;
+use raft_store::LogStore;
+use raft_store::NodeId;
+use raft_store::NodeRecord;
+use raft_store::Raft;
+
+use crate::network::Peers;
+use crate::network::Traffic;
+use crate::writer::Writer;
+
+/// A node is ready when it has applied all but at most this many committed entries.
+pub const READY_APPLY_LAG_ENTRIES_MAX: u64 = 64;
+/// Timeout of a `Status` call to a peer, in milliseconds.
+const STATUS_TIMEOUT_MS: u64 = 500;
+/// Timeout of a `Join` call to a new node, in milliseconds.
+const JOIN_TIMEOUT_MS: u64 = 5_000;
+/// How long a new node may take to catch up as a learner before it is made a voter.
+const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 120_000;
+
+pub struct LedgerService {
+    pub raft: Raft,
+    pub ledger: Ledger,
+    pub log_store: LogStore,
+    pub peers: Peers,
+    pub writer: Writer,
+    pub router: crate::writer::Router,
+    pub public_key: [u8; 32],
+    pub self_node: LedgerNode,
+    /// How long writes, reads and membership calls may wait for a leader.
+    pub deadline: Duration,
+}
+
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn membership_view(raft: &Raft) -> MembershipView {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    MembershipView {
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+    }
+}
+
+fn membership_error(
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+impl LedgerService {
+    pub fn node_id(&self) -> NodeId {
+        self.peers.local.node_id
+    }
+
+    fn leader(&self) -> Option<(NodeId, Option<LedgerNode>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        Some((
+            leader,
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .cloned(),
+        ))
+    }
+
+    /// Waits until this node has applied everything committed before the call (read-index:
+    /// locally when leading, through the leader's `ReadIndex` otherwise).
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            let reason = match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    match (forward.leader_id, forward.leader_node) {
+                        (Some(leader), Some(node)) => {
+                            match self.remote_read_index(leader, &node, remaining).await {
+                                Ok(index) => {
+                                    let wait = self
+                                        .raft
+                                        .wait(Some(remaining.max(Duration::from_millis(1))));
+                                    match wait.applied_index_at_least(index, "read index").await {
+                                        Ok(_) => return Ok(()),
+                                        Err(error) => {
+                                            format!("waiting to apply the read index: {error}")
+                                        }
+                                    }
+                                }
+                                Err(reason) => reason,
+                            }
+                        }
+                        _ => "no leader is elected".to_owned(),
+                    }
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                    error.to_string()
+                }
+                Err(RaftError::Fatal(error)) => {
+                    return Err(ApiError::unavailable(format!("raft stopped: {error}")));
+                }
+            };
+            if started.elapsed() + backoff >= self.deadline {
+                return Err(ApiError::unavailable(format!(
+                    "cannot serve a linearizable read within {} ms: {reason}",
+                    self.deadline.as_millis()
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    async fn remote_read_index(
+        &self,
+        leader: NodeId,
+        node: &LedgerNode,
+        remaining: Duration,
+    ) -> Result<Option<u64>, String> {
+        let mut client = self
+            .peers
+            .client(&node.grpc_addr, Traffic::Client)
+            .map_err(|s| s.message().to_owned())?;
+        let request = self
+            .peers
+            .request(leader, proto::ReadIndexRequest {}, Some(remaining));
+        let reply = tokio::time::timeout(remaining, client.read_index(request))
+            .await
+            .map_err(|_| format!("leader {leader} did not answer the read index in time"))?
+            .map_err(|status| format!("leader {leader}: {}", status.message()))?
+            .into_inner();
+        if reply.not_leader {
+            return Err(format!("node {leader} is no longer the leader"));
+        }
+        if !reply.error.is_empty() {
+            return Err(format!("leader {leader}: {}", reply.error));
+        }
+        Ok(reply.has_index.then_some(reply.index))
+    }
+
+    pub fn local_status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        NodeStatus {
+            id: self.node_id(),
+            cluster_id: self.peers.local.cluster_id(),
+            role: role_name(metrics.state),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            committed_index: self.log_store.committed_index(),
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+            purged_index: metrics.purged.map(|log_id| log_id.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    async fn peer_status(&self, id: NodeId, node: &LedgerNode) -> Option<proto::StatusReply> {
+        let mut client = self.peers.client(&node.grpc_addr, Traffic::Client).ok()?;
+        let timeout = Duration::from_millis(STATUS_TIMEOUT_MS);
+        let request = self
+            .peers
+            .request(id, proto::StatusRequest {}, Some(timeout));
+        let reply = tokio::time::timeout(timeout, client.status(request))
+            .await
+            .ok()?
+            .ok()?;
+        Some(reply.into_inner())
+    }
+
+    /// Runs a membership change on the leader, or sends it to the leader.
+    async fn change_membership(
+        &self,
+        request: proto::MembershipRequest,
+    ) -> Result<MembershipView, ApiError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.node_id() => {
+                self.change_membership_here(request).await
+            }
+            Some((leader, Some(node))) => {
+                let mut client = self
+                    .peers
+                    .client(&node.grpc_addr, Traffic::Client)
+                    .map_err(|s| ApiError::internal(s.message().to_owned()))?;
+                let timeout = Duration::from_millis(LEARNER_CATCH_UP_TIMEOUT_MS + JOIN_TIMEOUT_MS);
+                let reply = client
+                    .change_membership(self.peers.request(leader, request, Some(timeout)))
+                    .await
+                    .map_err(|s| {
+                        ApiError::unavailable(format!("leader {leader}: {}", s.message()))
+                    })?
+                    .into_inner();
+                if reply.not_leader {
+                    return Err(ApiError::unavailable("the leader changed; retry"));
+                }
+                if reply.http_status != 0 {
+                    let status = StatusCode::from_u16(reply.http_status as u16)
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let code = match reply.error_code.as_str() {
+                        "VALIDATION_ERROR" => "VALIDATION_ERROR",
+                        "CONFLICT" => "CONFLICT",
+                        "NOT_FOUND" => "NOT_FOUND",
+                        "UNAVAILABLE" => "UNAVAILABLE",
+                        _ => "INTERNAL",
+                    };
+                    return Err(ApiError::new(status, code, reply.error_message));
+                }
+                Ok(MembershipView {
+                    voters: reply.voters,
+                    learners: reply.learners,
+                })
+            }
+            _ => Err(ApiError::unavailable("no leader is elected; retry")),
+        }
+    }
+
+    /// A membership change, on the leader.
+    pub async fn change_membership_here(
+        &self,
+        request: proto::MembershipRequest,
+    ) -> Result<MembershipView, ApiError> {
+        match request.op.as_str() {
+            "add" => {
+                self.add_node_here(request.node_id, request.grpc_addr, request.http_addr)
+                    .await
+            }
+            "remove" => self.remove_node_here(request.node_id).await,
+            other => Err(ApiError::validation(format!(
+                "op: unknown membership operation {other}"
+            ))),
+        }
+    }
+
+    async fn add_node_here(
+        &self,
+        id: NodeId,
+        grpc_addr: String,
+        http_addr: String,
+    ) -> Result<MembershipView, ApiError> {
+        let view = membership_view(&self.raft);
+        if view.voters.contains(&id) || view.learners.contains(&id) {
+            return Err(ApiError::conflict(format!(
+                "id: node {id} is already a member"
+            )));
+        }
+        if self.ledger.node(id)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "id: node id {id} was already used in this cluster; ids are never reused"
+            )));
+        }
+        let cluster_id = self
+            .peers
+            .local
+            .cluster_id()
+            .ok_or_else(|| ApiError::unavailable("this cluster is not initialised yet"))?;
+        // Ask the new node to join: it adopts our cluster id and tells us its identity key.
+        let mut client = self
+            .peers
+            .client(&grpc_addr, Traffic::Client)
+            .map_err(|s| ApiError::validation(format!("grpc_addr: {}", s.message())))?;
+        let timeout = Duration::from_millis(JOIN_TIMEOUT_MS);
+        let reply = tokio::time::timeout(
+            timeout,
+            client.join(self.peers.request(
+                id,
+                proto::JoinRequest {
+                    cluster_id,
+                    node_id: id,
+                },
+                Some(timeout),
+            )),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "grpc_addr: node {id} at {grpc_addr} did not answer in time"
+            ))
+        })?
+        .map_err(|s| {
+            ApiError::unavailable(format!(
+                "grpc_addr: cannot reach node {id} at {grpc_addr}: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+        if !reply.error.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "id: node at {grpc_addr} refused to join: {}",
+                reply.error
+            )));
+        }
+        let public_key: [u8; 32] = reply
+            .public_key
+            .try_into()
+            .map_err(|_| ApiError::internal("the new node sent a malformed identity key"))?;
+        let record = NodeRecord {
+            id,
+            grpc_addr: grpc_addr.clone(),
+            http_addr: http_addr.clone(),
+            public_key,
+            retired: false,
+        };
+        match self
+            .writer
+            .submit(Command::RegisterNode { node: record })
+            .await?
+        {
+            CommandResult::Done => {}
+            CommandResult::Rejected { code, message } => {
+                return Err(ApiError::from_reject(code, message));
+            }
+            CommandResult::Appended { .. } => {
+                return Err(ApiError::internal("unexpected result for RegisterNode"));
+            }
+        }
+        let node = LedgerNode {
+            grpc_addr,
+            http_addr,
+        };
+        let add = tokio::time::timeout(
+            Duration::from_millis(LEARNER_CATCH_UP_TIMEOUT_MS),
+            self.raft.add_learner(id, node, true),
+        );
+        add.await
+            .map_err(|_| ApiError::unavailable(format!("node {id} did not catch up within {LEARNER_CATCH_UP_TIMEOUT_MS} ms; it stays a learner")))?
+            .map_err(client_write_error)?;
+        let mut voters: BTreeSet<NodeId> = membership_view(&self.raft).voters.into_iter().collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(client_write_error)?;
+        tracing::info!(node = id, "added node as a voter");
+        Ok(membership_view(&self.raft))
+    }
+
+    async fn remove_node_here(&self, id: NodeId) -> Result<MembershipView, ApiError> {
+        let view = membership_view(&self.raft);
+        if view.learners.contains(&id) {
+            let change = ChangeMembers::RemoveNodes([id].into_iter().collect());
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(client_write_error)?;
+        } else if view.voters.contains(&id) {
+            let voters: BTreeSet<NodeId> =
+                view.voters.iter().copied().filter(|v| *v != id).collect();
+            if voters.is_empty() {
+                return Err(ApiError::validation("id: cannot remove the last voter"));
+            }
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(client_write_error)?;
+        } else {
+            return Err(ApiError::not_found(format!(
+                "id: node {id} is not a member"
+            )));
+        }
+        // Record the retirement; the id stays used. Goes through the writer, which forwards it
+        // if this node just removed itself and stepped down.
+        match self
+            .writer
+            .submit(Command::RetireNode { node_id: id })
+            .await?
+        {
+            CommandResult::Done | CommandResult::Rejected { .. } => {}
+            CommandResult::Appended { .. } => {
+                return Err(ApiError::internal("unexpected result for RetireNode"));
+            }
+        }
+        tracing::info!(node = id, "removed node");
+        Ok(membership_view(&self.raft))
+    }
+}
+
+fn client_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, LedgerNode>>) -> ApiError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ApiError::unavailable("leadership moved during the membership change; retry")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => membership_error(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!("membership change refused: {error}"),
+        ),
+        RaftError::Fatal(error) => ApiError::unavailable(format!("raft stopped: {error}")),
+    }
+}
+
+impl api::Backend for LedgerService {
+    async fn submit(&self, command: Command) -> Result<CommandResult, ApiError> {
+        self.writer.submit(command).await
+    }
+
+    async fn linearize(&self) -> Result<(), ApiError> {
+        self.read_barrier().await
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        self.local_status()
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let local = self.local_status();
+        let members: Vec<(NodeId, LedgerNode, bool)> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            membership
+                .nodes()
+                .map(|(id, node)| (*id, node.clone(), voters.contains(id)))
+                .collect()
+        };
+        let statuses = futures::future::join_all(members.iter().map(|(id, node, _)| async move {
+            if *id == self.node_id() {
+                None
+            } else {
+                self.peer_status(*id, node).await
+            }
+        }))
+        .await;
+        let mut nodes = Vec::with_capacity(members.len());
+        for ((id, node, voter), status) in members.into_iter().zip(statuses) {
+            let member = if id == self.node_id() {
+                MemberStatus {
+                    id,
+                    grpc_addr: node.grpc_addr,
+                    http_addr: node.http_addr,
+                    voter,
+                    reachable: true,
+                    role: Some(local.role.to_owned()),
+                    term: Some(local.term),
+                    last_log_index: local.last_log_index,
+                    committed_index: local.committed_index,
+                    applied_index: local.applied_index,
+                }
+            } else {
+                let reachable = status.is_some();
+                let status = status.unwrap_or_default();
+                MemberStatus {
+                    id,
+                    grpc_addr: node.grpc_addr,
+                    http_addr: node.http_addr,
+                    voter,
+                    reachable,
+                    role: reachable.then(|| status.role.clone()),
+                    term: reachable.then_some(status.term),
+                    last_log_index: (reachable && status.last_log_index > 0)
+                        .then_some(status.last_log_index),
+                    committed_index: (reachable && status.committed_index > 0)
+                        .then_some(status.committed_index),
+                    applied_index: (reachable && status.applied_index > 0)
+                        .then_some(status.applied_index),
+                }
+            };
+            nodes.push(member);
+        }
+        Ok(ClusterStatus {
+            cluster_id: local.cluster_id,
+            leader_id: local.leader_id,
+            this_node: local.id,
+            voters: local.voters,
+            learners: local.learners,
+            nodes,
+        })
+    }
+
+    async fn add_node(&self, request: AddNode) -> Result<MembershipView, ApiError> {
+        self.change_membership(proto::MembershipRequest {
+            op: "add".into(),
+            node_id: request.id,
+            grpc_addr: request.grpc_addr,
+            http_addr: request.http_addr,
+        })
+        .await
+    }
+
+    async fn remove_node(&self, id: NodeId) -> Result<MembershipView, ApiError> {
+        self.change_membership(proto::MembershipRequest {
+            op: "remove".into(),
+            node_id: id,
+            ..Default::default()
+        })
+        .await
+    }
+
+    fn is_ready(&self) -> bool {
+        let status = self.local_status();
+        let is_member = status.voters.contains(&status.id) || status.learners.contains(&status.id);
+        let initialised = matches!(self.ledger.cluster(), Ok(Some(_)));
+        let caught_up = match (status.applied_index, status.committed_index) {
+            (Some(applied), Some(committed)) => applied + READY_APPLY_LAG_ENTRIES_MAX >= committed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        status.leader_id.is_some() && is_member && initialised && caught_up
+    }
+
+    fn now_ms(&self) -> i64 {
+        crate::writer::now_ms()
+    }
+}
+
+/// Keeps `Arc<LedgerService>` usable where a `Backend` is expected.
+pub type Service = Arc<LedgerService>;

@@ -1,0 +1,322 @@
+//! Group commit and write forwarding.
+//!
+//! [`Writer::submit`] puts a command into a bounded queue (full queue: 503 at once). One task
+//! drains the queue into batches: it waits for a free in-flight slot, then takes every command
+//! queued by then (up to the batch limits), so batches grow by themselves while earlier ones
+//! are being fsynced and replicated. A batch is one Raft entry: one log fsync per node for all
+//! of its commands.
+//!
+//! [`Router::propose`] sends a batch to the leader: locally with `client_write` when this node
+//! leads, otherwise over gRPC (`ForwardWrite`). While there is no leader, or the leader changes
+//! under it, it retries until the write deadline, then answers 503. Every command carries a
+//! dedup key, so a retry of a batch that did commit returns the first result instead of
+//! appending twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use raft_store::Command;
+use raft_store::CommandResult;
+use raft_store::NodeId;
+use raft_store::Raft;
+use raft_store::Request;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::network::Peers;
+use crate::network::Traffic;
+use api::ApiError;
+
+/// Bytes of commands in one batch, at most (estimated), to keep a Raft entry well under
+/// `raft_store::ENTRY_BYTES_MAX`.
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+const RETRY_BACKOFF_MIN_MS: u64 = 20;
+const RETRY_BACKOFF_MAX_MS: u64 = 400;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn estimated_bytes(command: &Command) -> usize {
+    match command {
+        Command::AppendEvents {
+            events,
+            reported_by,
+            ..
+        } => {
+            64 + reported_by.len()
+                + events
+                    .iter()
+                    .map(|e| 16 + e.asn.len() + e.event_type.len() + e.metadata_json.len())
+                    .sum::<usize>()
+        }
+        _ => 256,
+    }
+}
+
+/// How one attempt to propose went.
+enum Attempt {
+    Done(Vec<CommandResult>),
+    /// No leader, a leader change, or a lost connection: try again (dedup keys make it safe).
+    Retry(String),
+    Fail(ApiError),
+}
+
+#[derive(Clone)]
+pub struct Router {
+    pub raft: Raft,
+    pub peers: Peers,
+    pub deadline: Duration,
+}
+
+impl Router {
+    fn node_id(&self) -> NodeId {
+        self.peers.local.node_id
+    }
+
+    /// Proposes `commands` as one Raft entry on this node, which must lead. The leader's clock
+    /// stamps the entry.
+    pub async fn propose_here(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<
+        Vec<CommandResult>,
+        RaftError<NodeId, ClientWriteError<NodeId, raft_store::LedgerNode>>,
+    > {
+        let request = Request {
+            proposed_at_ms: now_ms(),
+            commands,
+        };
+        let response = self.raft.client_write(request).await?;
+        Ok(response.data.results)
+    }
+
+    async fn attempt(&self, commands: &[Command], remaining: Duration) -> Attempt {
+        let (leader, leader_addr) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let leader = metrics.current_leader;
+            let addr = leader.and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|node| node.grpc_addr.clone())
+            });
+            (leader, addr)
+        };
+        match leader {
+            None => Attempt::Retry("no leader is elected".into()),
+            Some(id) if id == self.node_id() => match self.propose_here(commands.to_vec()).await {
+                Ok(results) => Attempt::Done(results),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Attempt::Retry("leadership moved during the write".into())
+                }
+                Err(RaftError::APIError(error)) => {
+                    Attempt::Fail(ApiError::internal(format!("write refused: {error}")))
+                }
+                Err(RaftError::Fatal(error)) => {
+                    Attempt::Fail(ApiError::unavailable(format!("raft stopped: {error}")))
+                }
+            },
+            Some(id) => {
+                let Some(addr) = leader_addr else {
+                    return Attempt::Retry(format!("leader {id} has no known address"));
+                };
+                self.forward(id, &addr, commands, remaining).await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        commands: &[Command],
+        remaining: Duration,
+    ) -> Attempt {
+        let mut client = match self.peers.client(addr, Traffic::Client) {
+            Ok(client) => client,
+            Err(status) => return Attempt::Fail(ApiError::internal(status.message().to_owned())),
+        };
+        let message = proto::ForwardWriteRequest {
+            commands: raft_store::codec::encode(&commands),
+        };
+        let request = self.peers.request(leader, message, Some(remaining));
+        let reply = match tokio::time::timeout(remaining, client.forward_write(request)).await {
+            Err(_) => return Attempt::Retry(format!("leader {leader} did not answer in time")),
+            Ok(Err(status)) => {
+                return Attempt::Retry(format!("leader {leader}: {}", status.message()));
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        if reply.not_leader {
+            return Attempt::Retry(format!("node {leader} is no longer the leader"));
+        }
+        if !reply.error.is_empty() {
+            return Attempt::Retry(format!("leader {leader}: {}", reply.error));
+        }
+        match postcard::from_bytes::<Vec<CommandResult>>(&reply.results) {
+            Ok(results) => Attempt::Done(results),
+            Err(error) => Attempt::Fail(ApiError::internal(format!(
+                "undecodable reply from leader {leader}: {error}"
+            ))),
+        }
+    }
+
+    /// Proposes `commands` through the leader, retrying until the deadline.
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ApiError> {
+        let started = Instant::now();
+        let deadline = started + self.deadline;
+        let mut backoff = Duration::from_millis(RETRY_BACKOFF_MIN_MS);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self
+                .attempt(&commands, remaining.max(Duration::from_millis(1)))
+                .await
+            {
+                Attempt::Done(results) => {
+                    if results.len() != commands.len() {
+                        return Err(ApiError::internal(format!(
+                            "{} results for {} commands",
+                            results.len(),
+                            commands.len()
+                        )));
+                    }
+                    return Ok(results);
+                }
+                Attempt::Fail(error) => return Err(error),
+                Attempt::Retry(reason) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(ApiError::unavailable(format!(
+                            "no leader accepted the write within {} ms ({reason}); the write may or may not have been recorded: retry with the same Idempotency-Key",
+                            self.deadline.as_millis()
+                        )));
+                    }
+                    tracing::debug!(%reason, "retrying write");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MAX_MS));
+                }
+            }
+        }
+    }
+}
+
+struct Queued {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, ApiError>>,
+}
+
+/// Statistics of group commit, for metrics.
+#[derive(Default)]
+pub struct WriterStats {
+    pub batches_total: std::sync::atomic::AtomicU64,
+    pub commands_total: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Queued>,
+    queue_max: usize,
+    pub stats: Arc<WriterStats>,
+}
+
+pub struct WriterLimits {
+    pub queue_commands_max: usize,
+    pub batches_in_flight_max: usize,
+    pub batch_commands_max: usize,
+}
+
+impl Writer {
+    pub fn start(router: Router, limits: WriterLimits) -> Self {
+        let (queue, receiver) = mpsc::channel(limits.queue_commands_max);
+        let stats = Arc::new(WriterStats::default());
+        tokio::spawn(run(
+            router,
+            receiver,
+            limits.batches_in_flight_max,
+            limits.batch_commands_max,
+            Arc::clone(&stats),
+        ));
+        Self {
+            queue,
+            queue_max: limits.queue_commands_max,
+            stats,
+        }
+    }
+
+    pub async fn submit(&self, command: Command) -> Result<CommandResult, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Queued { command, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => ApiError::unavailable(format!(
+                    "overloaded: {} writes are already queued on this node",
+                    self.queue_max
+                )),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::unavailable("this node is shutting down")
+                }
+            })?;
+        answer.await.map_err(|_| {
+            ApiError::unavailable("this node is shutting down; the write's outcome is unknown")
+        })?
+    }
+}
+
+async fn run(
+    router: Router,
+    mut receiver: mpsc::Receiver<Queued>,
+    in_flight_max: usize,
+    batch_commands_max: usize,
+    stats: Arc<WriterStats>,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight_max));
+    while let Some(first) = receiver.recv().await {
+        // Wait for a slot first: commands queue up meanwhile and join this batch.
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut bytes = estimated_bytes(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < batch_commands_max && bytes < BATCH_BYTES_MAX {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    bytes += estimated_bytes(&next.command);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        stats
+            .batches_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .commands_total
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch
+                .into_iter()
+                .map(|queued| (queued.command, queued.reply))
+                .unzip();
+            match router.propose(commands).await {
+                Ok(results) => {
+                    for (result, reply) in results.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
