@@ -250,9 +250,10 @@ fn reported_by(key: &ApiKeyRecord) -> &'static str {
 pub async fn report<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let key = auth::require_key(backend.ledger(), &headers)?;
+    let body = read_body(body).await?;
     let allowed = [
         Permission::Admin,
         Permission::Write,
@@ -286,8 +287,31 @@ pub async fn report<B: Backend>(
 pub struct ActivityQuery {
     page: Option<String>,
     per_page: Option<String>,
-    #[serde(default)]
-    consistency: Consistency,
+    consistency: Option<String>,
+}
+
+/// `consistency=linearizable|local` (default linearizable).
+fn parse_consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
+    match text {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("local") => Ok(Consistency::Local),
+        Some(_) => Err(ApiError::validation(
+            "consistency: must be linearizable or local",
+        )),
+    }
+}
+
+/// Reads a request body of at most `REQUEST_BODY_BYTES_MAX` bytes; more is a JSON 413.
+pub async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("body: larger than {REQUEST_BODY_BYTES_MAX} bytes"),
+            )
+        })
 }
 
 fn parse_positive(
@@ -329,7 +353,7 @@ pub async fn agent_activity<B: Backend>(
         PAGE_EVENTS_DEFAULT,
         PAGE_EVENTS_MAX,
     )?;
-    if query.consistency == Consistency::Linearizable {
+    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();
@@ -358,8 +382,7 @@ pub async fn agent_activity<B: Backend>(
 pub struct LedgerQuery {
     from_seq: Option<String>,
     limit: Option<String>,
-    #[serde(default)]
-    consistency: Consistency,
+    consistency: Option<String>,
 }
 
 /// `GET /api/v1/ledger/events`: the whole ledger in `seq` order, a page at a time.
@@ -369,9 +392,10 @@ pub async fn ledger_events<B: Backend>(
 ) -> Result<Response, ApiError> {
     let from_seq = match query.from_seq.as_deref() {
         None => 1,
-        Some(text) => text
-            .parse::<u64>()
-            .map_err(|_| ApiError::validation("from_seq: must be a positive integer"))?,
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(ApiError::validation("from_seq: must be a positive integer")),
+        },
     };
     let limit = parse_positive(
         query.limit.as_deref(),
@@ -379,7 +403,7 @@ pub async fn ledger_events<B: Backend>(
         100,
         LEDGER_PAGE_EVENTS_MAX as u32,
     )? as usize;
-    if query.consistency == Consistency::Linearizable {
+    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();
@@ -395,8 +419,7 @@ pub async fn ledger_events<B: Backend>(
 
 #[derive(Deserialize)]
 pub struct HeadQuery {
-    #[serde(default)]
-    consistency: Consistency,
+    consistency: Option<String>,
 }
 
 /// `GET /api/v1/ledger/head`.
@@ -404,7 +427,7 @@ pub async fn ledger_head<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(query): Query<HeadQuery>,
 ) -> Result<Response, ApiError> {
-    if query.consistency == Consistency::Linearizable {
+    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();

@@ -54,7 +54,6 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/ledger/head", get(events::ledger_head::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(backend)
 }
 
@@ -96,9 +95,10 @@ async fn cluster_status<B: Backend>(
 async fn add_node<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     auth::require_admin(backend.ledger(), &headers)?;
+    let body = events::read_body(body).await?;
     let request: AddNode = events::parse_json(&body)?;
     if request.id == 0 {
         return Err(ApiError::validation("id: must be a positive integer"));

@@ -4,6 +4,9 @@
 //! Each traffic class has its own HTTP/2 connection so that heartbeats never queue behind a
 //! snapshot stream or a large forwarded batch.
 
+// openraft's `RPCError` is the error type of the `RaftNetwork` trait; it is large.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -133,12 +136,10 @@ impl Peers {
         timeout: Option<Duration>,
     ) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        if let Some(cluster_id) = self.local.cluster_id() {
-            if let Ok(value) = cluster_id.parse() {
-                request
-                    .metadata_mut()
-                    .insert(proto::CLUSTER_ID_HEADER, value);
-            }
+        if let Some(value) = self.local.cluster_id().and_then(|id| id.parse().ok()) {
+            request
+                .metadata_mut()
+                .insert(proto::CLUSTER_ID_HEADER, value);
         }
         if let Ok(value) = target.to_string().parse() {
             request

@@ -4,6 +4,9 @@
 //! Invariants: the log has no holes; the vote and every append are fsync-durable before openraft
 //! hears of them; `last_purged` is written before the entries it covers are removed.
 
+// openraft's `StorageError` is the error type of the traits implemented here; it is large.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;

@@ -80,11 +80,14 @@ struct StoredSnapshot {
     data_sha256: Hash,
 }
 
+/// One tree of a snapshot: its name and its key-value pairs.
+type TreeCopy = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// A snapshot's payload: every state-machine tree, key by key.
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     version: u32,
-    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    trees: Vec<TreeCopy>,
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {

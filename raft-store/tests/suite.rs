@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against the sled store, and our own durability tests.
+//! openraft's storage conformance suite against the sled store.
 
 use openraft::StorageError;
 use openraft::testing::StoreBuilder;
@@ -22,6 +22,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
 
 /// `Suite::test_all` builds its own runtime per case, so this is a plain `#[test]`.
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(SledBuilder)
+fn openraft_storage_suite() -> Result<(), Box<StorageError<NodeId>>> {
+    Suite::test_all(SledBuilder).map_err(Box::new)
 }

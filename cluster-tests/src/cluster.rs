@@ -1,0 +1,716 @@
+//! `Cluster`: real `ledgerd` child processes with their data directories and ports.
+//!
+//! Every node keeps its id, data directory and ports for the life of the cluster, so a restart
+//! brings back the same member. Children write stdout and stderr to `<data-dir>/ledgerd.log`;
+//! when a test fails the tail of each log is printed. Clusters in one test binary run one at a
+//! time (a process-wide lock held by each `Cluster`): the machines have 2 cores.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::api::{AddNodeResponse, Api, Endpoint, RemoveNodeResponse};
+use crate::wait_for;
+
+/// How long a node may take to become ready after it is spawned.
+pub const READY_TIMEOUT_MS: u64 = 30_000;
+/// How long a node may take to exit after SIGTERM.
+pub const TERMINATE_TIMEOUT_MS: u64 = 10_000;
+/// Lines of each node's log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 60;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static PORTS_HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Node flags that tests tune.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// `--snapshot-logs`; `None` keeps ledgerd's default.
+    pub snapshot_logs: Option<u64>,
+    /// `--snapshot-keep-logs`; `None` keeps ledgerd's default.
+    pub snapshot_keep_logs: Option<u64>,
+    /// Passed verbatim after the other flags.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_logs: None,
+            snapshot_keep_logs: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// Options with a small snapshot policy (`--snapshot-logs N --snapshot-keep-logs K`).
+    pub fn with_snapshots(snapshot_logs: u64, snapshot_keep_logs: u64) -> Options {
+        Options {
+            snapshot_logs: Some(snapshot_logs),
+            snapshot_keep_logs: Some(snapshot_keep_logs),
+            ..Options::default()
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--heartbeat-ms".to_string(),
+            self.heartbeat_ms.to_string(),
+            "--election-timeout-min-ms".to_string(),
+            self.election_timeout_min_ms.to_string(),
+            "--election-timeout-max-ms".to_string(),
+            self.election_timeout_max_ms.to_string(),
+        ];
+        if let Some(logs) = self.snapshot_logs {
+            args.extend(["--snapshot-logs".to_string(), logs.to_string()]);
+        }
+        if let Some(keep) = self.snapshot_keep_logs {
+            args.extend(["--snapshot-keep-logs".to_string(), keep.to_string()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+}
+
+/// The `ledgerd` binary: `$LEDGERD_BIN`, else `ledgerd` next to the directory of the running
+/// executable (tests run from `target/<profile>/deps/`, the binary is `target/<profile>/ledgerd`).
+pub fn ledgerd_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("LEDGERD_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "LEDGERD_BIN={} is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let exe_dir = exe
+        .parent()
+        .context("the running executable has no directory")?;
+    let mut candidates = Vec::new();
+    if let Some(profile_dir) = exe_dir.parent() {
+        candidates.push(profile_dir.join("ledgerd"));
+    }
+    candidates.push(exe_dir.join("ledgerd"));
+    for candidate in &candidates {
+        if candidate.is_file() {
+            return Ok(candidate.clone());
+        }
+    }
+    bail!(
+        "the ledgerd binary was not found (looked at {}). Build it first with \
+         `cargo build -p node` (same profile and CARGO_TARGET_DIR as the tests), or set \
+         LEDGERD_BIN=/path/to/ledgerd",
+        candidates
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A free port on 127.0.0.1: bind port 0, read the port, drop the listener. Never hands out
+/// the same port twice in one process.
+pub fn free_addr() -> Result<SocketAddr> {
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let mut handed_out = PORTS_HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handed_out.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    bail!("no fresh free port after 100 attempts")
+}
+
+struct NodeProc {
+    id: u64,
+    data_dir: PathBuf,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl NodeProc {
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.join("ledgerd.log")
+    }
+}
+
+/// A set of `ledgerd` processes forming (at most) one cluster.
+pub struct Cluster {
+    api: Api,
+    options: Options,
+    bin: PathBuf,
+    root: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProc>,
+    finished: bool,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Starts an `n`-node cluster with the default options.
+    pub async fn start(n: u64) -> Result<Cluster> {
+        Cluster::start_with(n, Options::default()).await
+    }
+
+    /// Node 1 bootstraps; nodes 2..=n are spawned empty and added through the API on node 1.
+    /// Returns once every node is ready and node 1 reports `n` voters.
+    pub async fn start_with(n: u64, options: Options) -> Result<Cluster> {
+        ensure!(n >= 1, "a cluster needs at least one node");
+        let bin = ledgerd_bin()?;
+        let serial = SERIAL.lock().await;
+        let root = tempfile::Builder::new()
+            .prefix("ledger-cluster-")
+            .tempdir()
+            .context("creating the cluster's temp dir")?;
+        eprintln!(
+            "cluster: {n} node(s) under {} using {}",
+            root.path().display(),
+            describe_binary(&bin)
+        );
+        let mut cluster = Cluster {
+            api: Api::new()?,
+            options,
+            bin,
+            root,
+            nodes: BTreeMap::new(),
+            finished: false,
+            _serial: serial,
+        };
+        for id in 1..=n {
+            cluster.allocate(id)?;
+        }
+        cluster.spawn(1, true)?;
+        cluster.wait_ready(1).await?;
+        let key_path = cluster.data_dir(1)?.join("admin.key");
+        let key = wait_for(
+            Duration::from_millis(READY_TIMEOUT_MS),
+            "node 1's admin.key",
+            async || {
+                let text = std::fs::read_to_string(&key_path)
+                    .with_context(|| format!("reading {}", key_path.display()))?;
+                let key = text.trim().to_string();
+                ensure!(!key.is_empty(), "{} is empty", key_path.display());
+                Ok(key)
+            },
+        )
+        .await?;
+        cluster.api.set_admin_key(key)?;
+        for id in 2..=n {
+            cluster.spawn(id, false)?;
+        }
+        for id in 2..=n {
+            cluster.add_node(1, id).await?;
+        }
+        for id in 1..=n {
+            cluster.wait_ready(id).await?;
+        }
+        let expected: Vec<u64> = (1..=n).collect();
+        cluster.wait_voters(1, &expected).await?;
+        Ok(cluster)
+    }
+
+    /// A clone of the cluster's API client (shares the node table).
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    /// The admin API key.
+    pub fn admin_key(&self) -> Result<String> {
+        Ok(self.api.admin_key()?.to_string())
+    }
+
+    /// The cluster's temp dir.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Ids of all nodes the harness knows (running or not).
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn node(&self, id: u64) -> Result<&NodeProc> {
+        self.nodes
+            .get(&id)
+            .with_context(|| format!("node {id} is unknown to the harness"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> Result<&mut NodeProc> {
+        self.nodes
+            .get_mut(&id)
+            .with_context(|| format!("node {id} is unknown to the harness"))
+    }
+
+    /// A node's data directory.
+    pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
+        Ok(self.node(id)?.data_dir.clone())
+    }
+
+    /// A node's HTTP address.
+    pub fn http_addr(&self, id: u64) -> Result<SocketAddr> {
+        Ok(self.node(id)?.http_addr)
+    }
+
+    /// A node's gRPC address.
+    pub fn grpc_addr(&self, id: u64) -> Result<SocketAddr> {
+        Ok(self.node(id)?.grpc_addr)
+    }
+
+    /// A node's process id, when it runs.
+    pub fn pid(&self, id: u64) -> Result<Option<u32>> {
+        Ok(self.node(id)?.child.as_ref().map(Child::id))
+    }
+
+    /// Reserves ports and an (empty) data directory for node `id`.
+    fn allocate(&mut self, id: u64) -> Result<()> {
+        ensure!(!self.nodes.contains_key(&id), "node id {id} already used");
+        let data_dir = self.root.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let node = NodeProc {
+            id,
+            data_dir,
+            http_addr: free_addr()?,
+            grpc_addr: free_addr()?,
+            child: None,
+            paused: false,
+        };
+        self.api.set_endpoint(
+            id,
+            Endpoint {
+                http_addr: node.http_addr,
+                alive: false,
+            },
+        );
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Spawns node `id` with its fixed id, data dir and ports.
+    fn spawn(&mut self, id: u64, bootstrap: bool) -> Result<()> {
+        let bin = self.bin.clone();
+        let option_args = self.options.args();
+        let node = self.node_mut(id)?;
+        ensure!(node.child.is_none(), "node {id} is already running");
+        let mut args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--data-dir".to_string(),
+            node.data_dir.display().to_string(),
+            "--http-addr".to_string(),
+            node.http_addr.to_string(),
+            "--grpc-addr".to_string(),
+            node.grpc_addr.to_string(),
+        ];
+        if bootstrap {
+            args.push("--bootstrap".to_string());
+        }
+        args.extend(option_args);
+        let log_path = node.log_path();
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        writeln!(
+            log,
+            "=== harness: starting node {id}: {} {}",
+            bin.display(),
+            args.join(" ")
+        )?;
+        let stderr = log.try_clone()?;
+        let mut command = Command::new(&bin);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr));
+        remove_ledger_env(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {} for node {id}", bin.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        self.api.set_alive(id, true);
+        Ok(())
+    }
+
+    /// Fails (with the log tail) if node `id` was started but its process has exited.
+    pub fn check_running(&mut self, id: u64) -> Result<()> {
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_mut() else {
+            bail!("node {id} is not running (stopped by the test)");
+        };
+        if let Some(status) = child.try_wait()? {
+            node.child = None;
+            self.api.set_alive(id, false);
+            bail!(
+                "node {id} exited unexpectedly with {status}; log tail:\n{}",
+                self.log_tail(id, LOG_TAIL_LINES)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until node `id` answers `/readyz` with 200; fails early if its process exits.
+    pub async fn wait_ready(&mut self, id: u64) -> Result<()> {
+        let api = self.api.clone();
+        let started = Instant::now();
+        loop {
+            self.check_running(id)?;
+            let last = match api.readyz(id).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => "503 not ready".to_string(),
+                Err(error) => error.to_string(),
+            };
+            if started.elapsed() >= Duration::from_millis(READY_TIMEOUT_MS) {
+                bail!(
+                    "node {id} not ready after {READY_TIMEOUT_MS} ms (last: {last}); log tail:\n{}",
+                    self.log_tail(id, LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(crate::POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Waits until node `id` answers `/livez` (its HTTP server is up; it may not be a member).
+    pub async fn wait_live(&mut self, id: u64) -> Result<()> {
+        let url = format!("{}/livez", self.api.base_url(id)?);
+        let started = Instant::now();
+        loop {
+            self.check_running(id)?;
+            let last = match self.api.http().get(&url).send().await {
+                Ok(response) if response.status() == 200 => return Ok(()),
+                Ok(response) => format!("HTTP {}", response.status()),
+                Err(error) => error.to_string(),
+            };
+            if started.elapsed() >= Duration::from_millis(READY_TIMEOUT_MS) {
+                bail!(
+                    "node {id} not live after {READY_TIMEOUT_MS} ms (last: {last}); log tail:\n{}",
+                    self.log_tail(id, LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(crate::POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Waits until every running node is ready.
+    pub async fn wait_all_ready(&mut self) -> Result<()> {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.id)
+            .collect();
+        for id in running {
+            self.wait_ready(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `GET /api/v1/cluster` on `via` shows exactly `expected` as voters and no
+    /// learners.
+    pub async fn wait_voters(&self, via: u64, expected: &[u64]) -> Result<()> {
+        let expected: BTreeSet<u64> = expected.iter().copied().collect();
+        let api = self.api.clone();
+        wait_for(
+            Duration::from_millis(READY_TIMEOUT_MS),
+            &format!("voters {expected:?} on node {via}"),
+            async || {
+                let view = api.cluster(via).await?;
+                let voters: BTreeSet<u64> = view.voters.iter().copied().collect();
+                ensure!(
+                    voters == expected && view.learners.is_empty(),
+                    "voters {voters:?} learners {:?}",
+                    view.learners
+                );
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        let node = self.node_mut(id)?;
+        let mut child = node
+            .child
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        node.paused = false;
+        self.api.set_alive(id, false);
+        // `Child::kill` sends SIGKILL on unix; an already exited child is fine.
+        let _ = child.kill();
+        child.wait().with_context(|| format!("reaping node {id}"))?;
+        append_log_marker(&self.node(id)?.log_path(), "=== harness: SIGKILL");
+        Ok(())
+    }
+
+    /// SIGKILL every running node.
+    pub fn kill_all(&mut self) -> Result<()> {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.id)
+            .collect();
+        for id in running {
+            self.kill(id)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM node `id` and wait for it to exit (SIGKILL and fail after
+    /// [`TERMINATE_TIMEOUT_MS`]). Returns the exit status.
+    pub async fn terminate(&mut self, id: u64) -> Result<ExitStatus> {
+        let pid = self
+            .pid(id)?
+            .with_context(|| format!("node {id} is not running"))?;
+        if self.node(id)?.paused {
+            signal(pid, "CONT")?;
+        }
+        append_log_marker(&self.node(id)?.log_path(), "=== harness: SIGTERM");
+        signal(pid, "TERM")?;
+        self.api.set_alive(id, false);
+        let started = Instant::now();
+        loop {
+            let node = self.node_mut(id)?;
+            let child = node
+                .child
+                .as_mut()
+                .with_context(|| format!("node {id} vanished"))?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                node.paused = false;
+                return Ok(status);
+            }
+            if started.elapsed() >= Duration::from_millis(TERMINATE_TIMEOUT_MS) {
+                self.kill(id)?;
+                bail!("node {id} did not exit within {TERMINATE_TIMEOUT_MS} ms of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGSTOP node `id` (it keeps its sockets but answers nothing). Takes it out of routing.
+    pub fn pause(&mut self, id: u64) -> Result<()> {
+        let pid = self
+            .pid(id)?
+            .with_context(|| format!("node {id} is not running"))?;
+        signal(pid, "STOP")?;
+        self.node_mut(id)?.paused = true;
+        self.api.set_alive(id, false);
+        Ok(())
+    }
+
+    /// SIGCONT node `id`. Puts it back into routing.
+    pub fn resume(&mut self, id: u64) -> Result<()> {
+        let pid = self
+            .pid(id)?
+            .with_context(|| format!("node {id} is not running"))?;
+        signal(pid, "CONT")?;
+        self.node_mut(id)?.paused = false;
+        self.api.set_alive(id, true);
+        Ok(())
+    }
+
+    /// Starts a stopped node again: same id, data dir and ports, without `--bootstrap`.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        self.spawn(id, false)
+    }
+
+    /// Spawns a brand-new node (next unused id, empty data dir, fresh ports, no `--bootstrap`);
+    /// it waits to be added. Returns its id.
+    pub fn spawn_new_node(&mut self) -> Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        self.allocate(id)?;
+        self.spawn(id, false)?;
+        // Clients are routed to it only once it is a member (`add_node`).
+        self.api.set_alive(id, false);
+        Ok(id)
+    }
+
+    /// Adds node `id` (already spawned) through `POST /api/v1/cluster/nodes` on `via`.
+    pub async fn add_node(&mut self, via: u64, id: u64) -> Result<AddNodeResponse> {
+        self.wait_live(id).await?;
+        let (grpc_addr, http_addr) = (self.grpc_addr(id)?, self.http_addr(id)?);
+        let added = self
+            .api
+            .add_node(via, id, grpc_addr, http_addr)
+            .await
+            .with_context(|| format!("adding node {id} through node {via}"))?;
+        ensure!(added.id == id, "adding node {id} answered id {}", added.id);
+        ensure!(
+            added.voters.contains(&id),
+            "node {id} is not a voter after it was added: {added:?}"
+        );
+        self.api.set_alive(id, true);
+        Ok(added)
+    }
+
+    /// Removes node `id` through `DELETE /api/v1/cluster/nodes/{id}` on `via`. The process keeps
+    /// running; the test decides what to do with it.
+    pub async fn remove_node(&self, via: u64, id: u64) -> Result<RemoveNodeResponse> {
+        let removed = self
+            .api
+            .remove_node(via, id)
+            .await
+            .with_context(|| format!("removing node {id} through node {via}"))?;
+        ensure!(
+            removed.removed == id,
+            "removing node {id} answered removed {}",
+            removed.removed
+        );
+        ensure!(
+            !removed.voters.contains(&id) && !removed.learners.contains(&id),
+            "node {id} is still a member after removal: {removed:?}"
+        );
+        Ok(removed)
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Ok(node) = self.node(id) else {
+            return format!("(node {id} unknown)");
+        };
+        tail(&node.log_path(), lines)
+    }
+
+    /// Marks the test as passed: the logs are not printed when the cluster is dropped. Kills
+    /// the children.
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+
+    /// Stops every node and moves the whole cluster directory out of the temp dir, so it
+    /// survives the cluster. Returns the new location (a directory with `n1`, `n2`, ...).
+    pub async fn stop_and_keep_data(mut self, destination: &Path) -> Result<PathBuf> {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.id)
+            .collect();
+        for id in running {
+            self.terminate(id).await?;
+        }
+        std::fs::rename(self.root.path(), destination).with_context(|| {
+            format!(
+                "moving {} to {}",
+                self.root.path().display(),
+                destination.display()
+            )
+        })?;
+        std::fs::create_dir_all(self.root.path())?;
+        self.finished = true;
+        Ok(destination.to_path_buf())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = !self.finished || std::thread::panicking();
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if failed {
+            eprintln!(
+                "cluster under {} ended without finish(): log tails follow",
+                self.root.path().display()
+            );
+            for node in self.nodes.values() {
+                eprintln!(
+                    "----- node {} ({}) last {LOG_TAIL_LINES} lines -----\n{}",
+                    node.id,
+                    node.log_path().display(),
+                    tail(&node.log_path(), LOG_TAIL_LINES)
+                );
+            }
+        }
+        if std::env::var_os("LEDGER_KEEP_DATA").is_some() {
+            self.root.disable_cleanup(true);
+            eprintln!("kept {} (LEDGER_KEEP_DATA)", self.root.path().display());
+        }
+    }
+}
+
+/// A `Command` for the ledgerd binary with no `LEDGER_*` variables inherited, for tests that
+/// run ledgerd outside a `Cluster` (bad configurations).
+pub fn ledgerd_command() -> Result<Command> {
+    let mut command = Command::new(ledgerd_bin()?);
+    remove_ledger_env(&mut command);
+    Ok(command)
+}
+
+/// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`) with kill(1), which keeps this crate
+/// free of `unsafe`.
+pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill(1)")?;
+    ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+    Ok(())
+}
+
+/// Removes every `LEDGER_*` variable from a child's environment: ledgerd reads its flags from
+/// them, and the developer's shell must not change what a test runs.
+pub(crate) fn remove_ledger_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LEDGER_") {
+            command.env_remove(key);
+        }
+    }
+}
+
+fn append_log_marker(path: &Path, marker: &str) {
+    if let Ok(mut file) = OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(file, "{marker}");
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(error) => format!("(cannot read {}: {error})", path.display()),
+    }
+}
+
+fn describe_binary(bin: &Path) -> String {
+    let modified = File::open(bin)
+        .and_then(|file| file.metadata())
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|time| time.elapsed().ok())
+        .map(|age| format!(" (built {} s ago)", age.as_secs()))
+        .unwrap_or_default();
+    format!("{}{modified}", bin.display())
+}

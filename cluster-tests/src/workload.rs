@@ -1,0 +1,258 @@
+//! `Workload`: concurrent writers over the live nodes, recording a `History`.
+//!
+//! Each append carries a unique operation token in its metadata (`{"op": "..."}`), so the
+//! checker can map every event in a log back to an attempt. Outcomes follow the checker's
+//! vocabulary: `ok` (201 with `seq` and `hash`), `fail` (a 4xx: nothing written) and `unknown`
+//! (no answer, or a 5xx: it may or may not have been written).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::api::{Api, Consistency, Event};
+
+/// Pause after a failed append before the worker tries again (no hot loops on fast 503s).
+pub const RETRY_PAUSE_MS: u64 = 50;
+
+/// One acknowledged append.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub node: u64,
+    pub op: String,
+    pub event: Event,
+    pub invoked: Instant,
+    pub completed: Instant,
+}
+
+/// Everything the workload attempted.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub acked: Vec<Ack>,
+    /// Operation tokens of every attempt (ok, fail and unknown).
+    pub attempted_ops: HashSet<String>,
+    /// Definite failures by label (`409 CONFLICT`, ...).
+    pub failed: BTreeMap<String, u64>,
+    /// Unknown outcomes by label (`transport`, `503 UNAVAILABLE`, ...).
+    pub unknown: BTreeMap<String, u64>,
+    /// Default (linearizable) head reads made on another node right after an acknowledgement.
+    pub reads_checked: u64,
+    /// Those reads that did not include the acknowledged append (guide I8), described.
+    pub stale_reads: Vec<String>,
+}
+
+impl History {
+    /// The acknowledged event with the largest `seq`.
+    pub fn max_acked_seq(&self) -> u64 {
+        self.acked
+            .iter()
+            .map(|ack| ack.event.seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// One line for the test output.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} attempted, {} ok, failed {:?}, unknown {:?}, {} reads checked, {} stale",
+            self.attempted_ops.len(),
+            self.acked.len(),
+            self.failed,
+            self.unknown,
+            self.reads_checked,
+            self.stale_reads.len()
+        )
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    tickets: AtomicU64,
+    next_node: AtomicUsize,
+    history: Mutex<History>,
+}
+
+impl Shared {
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Running writers. Stop them with [`Workload::stop`] or wait for a bounded run with
+/// [`Workload::join`].
+pub struct Workload {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Starts `concurrency` writers that loop until stopped, or until `attempts_max` appends
+    /// have been attempted in total when it is `Some`. Each append goes to the next live node,
+    /// round-robin.
+    pub fn start(api: Api, concurrency: usize, attempts_max: Option<u64>) -> Workload {
+        Workload::start_checked(api, concurrency, attempts_max, false)
+    }
+
+    /// Like [`Workload::start`]; with `check_reads`, every acknowledgement is followed by a
+    /// default head read on another live node, which must include the acknowledged append.
+    pub fn start_checked(
+        api: Api,
+        concurrency: usize,
+        attempts_max: Option<u64>,
+        check_reads: bool,
+    ) -> Workload {
+        let shared = Arc::new(Shared::default());
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let workers = (0..concurrency)
+            .map(|worker| {
+                let api = api.clone();
+                let shared = shared.clone();
+                let run = run[..8].to_string();
+                tokio::spawn(async move {
+                    write_loop(api, shared, run, worker, attempts_max, check_reads).await
+                })
+            })
+            .collect();
+        Workload { shared, workers }
+    }
+
+    /// Appends acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.shared.history().acked.len()
+    }
+
+    /// Appends acknowledged whose request was sent after `instant`.
+    pub fn acked_invoked_after(&self, instant: Instant) -> usize {
+        self.shared
+            .history()
+            .acked
+            .iter()
+            .filter(|ack| ack.invoked > instant)
+            .count()
+    }
+
+    /// A copy of the history so far.
+    pub fn snapshot(&self) -> History {
+        self.shared.history().clone()
+    }
+
+    /// Waits until `count` appends sent after `instant` are acknowledged.
+    pub async fn wait_acked_after(
+        &self,
+        instant: Instant,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        crate::wait_for(
+            timeout,
+            &format!("{count} acknowledged appends"),
+            async || {
+                let got = self.acked_invoked_after(instant);
+                ensure!(
+                    got >= count,
+                    "{got} acknowledged; {}",
+                    self.snapshot().summary()
+                );
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Stops the writers, waits for the requests in flight and returns the history.
+    pub async fn stop(self) -> Result<History> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.join().await
+    }
+
+    /// Waits until the writers end by themselves (bounded runs) and returns the history.
+    pub async fn join(self) -> Result<History> {
+        for worker in self.workers {
+            worker.await.context("a workload writer panicked")?;
+        }
+        let history = self.shared.history().clone();
+        Ok(history)
+    }
+}
+
+async fn write_loop(
+    api: Api,
+    shared: Arc<Shared>,
+    run: String,
+    worker: usize,
+    attempts_max: Option<u64>,
+    check_reads: bool,
+) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let ticket = shared.tickets.fetch_add(1, Ordering::SeqCst);
+        if attempts_max.is_some_and(|max| ticket >= max) {
+            return;
+        }
+        let live = api.live_nodes();
+        if live.is_empty() {
+            shared.tickets.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+            continue;
+        }
+        let position = shared.next_node.fetch_add(1, Ordering::SeqCst);
+        let node = live[position % live.len()];
+        let reader = live[(position + 1) % live.len()];
+        let op = format!("{run}-{worker}-{ticket}");
+        shared.history().attempted_ops.insert(op.clone());
+        let invoked = Instant::now();
+        let result = api
+            .report(
+                node,
+                &crate::asn(ticket % 97),
+                "task_completed",
+                json!({ "op": op, "worker": worker }),
+            )
+            .await;
+        let completed = Instant::now();
+        match result {
+            Ok(event) => {
+                let seq = event.seq;
+                shared.history().acked.push(Ack {
+                    node,
+                    op: op.clone(),
+                    event,
+                    invoked,
+                    completed,
+                });
+                if check_reads {
+                    // A read that fails (503 during an election, a killed node) proves nothing.
+                    if let Ok(head) = api.head(reader, Consistency::Linearizable).await {
+                        let mut history = shared.history();
+                        history.reads_checked += 1;
+                        if head.size < seq {
+                            history.stale_reads.push(format!(
+                                "op {op} acknowledged at seq {seq} by node {node}; a default \
+                                 read on node {reader} sent afterwards saw size {}",
+                                head.size
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                {
+                    let mut history = shared.history();
+                    let counts = if error.is_definite() {
+                        &mut history.failed
+                    } else {
+                        &mut history.unknown
+                    };
+                    *counts.entry(error.label()).or_insert(0) += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+            }
+        }
+    }
+}

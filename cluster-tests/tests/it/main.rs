@@ -1,0 +1,23 @@
+//! Tier-3 tests: real `ledgerd` processes on 127.0.0.1 (one integration-test binary).
+//!
+//! Each `tNN_*` module is one scenario; it starts its own cluster through the harness in the
+//! `cluster_tests` library, runs a fault schedule, and checks the invariants of the reliability
+//! guide (no lost acknowledged append, exactly once, one order, dense `seq`, intact chain).
+//!
+//! They run in `cargo test --workspace` (which builds `ledgerd` first, because `node` has
+//! integration tests); `LEDGER_SKIP_CLUSTER_TESTS=1` skips them. One test alone:
+//! `cargo build -p node && cargo test -p cluster-tests --test it -- t04 --nocapture`.
+
+mod t01_replication;
+mod t02_kill_leader;
+mod t03_restart_all_durability;
+mod t04_snapshot_catch_up;
+mod t05_membership;
+mod t06_bad_config;
+mod t07_admin_auth;
+mod t08_pause_leader;
+
+use std::time::Duration;
+
+/// Deadline for a condition that should hold within a few election timeouts.
+pub const CONDITION_TIMEOUT: Duration = Duration::from_secs(30);
