@@ -127,10 +127,11 @@ start_node() {
 	fi
 	# shellcheck disable=SC2206 # word splitting of the extra args is intended
 	args+=(${LEDGERD_EXTRA_ARGS:-})
-	# ledgerd reads LEDGER_* variables as flags: do not let this shell's variables leak in.
+	# ledgerd reads LEDGER_* variables as flags: do not let this shell's variables leak in
+	# (LEDGER_LOG, the log filter, is kept).
 	local unset_args=() name
 	for name in $(compgen -e); do
-		if [[ "$name" == LEDGER_* ]]; then
+		if [[ "$name" == LEDGER_* && "$name" != LEDGER_LOG ]]; then
 			unset_args+=(-u "$name")
 		fi
 	done

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::anyhow;
+use axum::serve::ListenerExt;
 use openraft::SnapshotPolicy;
 use raft_store::Command;
 use raft_store::CommandResult;
@@ -61,9 +62,11 @@ fn init_logging(format: &str) {
             "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
         )
     });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {
@@ -252,11 +255,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .max_decoding_message_size(network::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(network::GRPC_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-            tokio::net::TcpListener::from_std(grpc_listener).context("gRPC listener")?,
-        ));
-    let http_listener =
-        tokio::net::TcpListener::from_std(http_listener).context("HTTP listener")?;
+        .serve_with_incoming(
+            // Small request/response frames: Nagle plus delayed ACKs would add ~40 ms a call.
+            tonic::transport::server::TcpIncoming::from(
+                tokio::net::TcpListener::from_std(grpc_listener).context("gRPC listener")?,
+            )
+            .with_nodelay(Some(true)),
+        );
+    let http_listener = tokio::net::TcpListener::from_std(http_listener)
+        .context("HTTP listener")?
+        .tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY");
+            }
+        });
     let http = axum::serve(http_listener, api::router(Arc::clone(&service)));
     tracing::info!(id = config.id, http = %config.http_addr, grpc = %config.grpc_addr, "ledgerd serving");
 

@@ -147,7 +147,15 @@ impl proto::peer_server::Peer for PeerServer {
             postcard::from_bytes(&request.into_inner().commands)
                 .map_err(|e| invalid(format!("commands: {e}")))?;
         let router = &self.service.router;
-        let reply = match router.propose_here(commands).await {
+        let started = std::time::Instant::now();
+        let count = commands.len();
+        let result = router.propose_here(commands).await;
+        tracing::debug!(
+            commands = count,
+            micros = started.elapsed().as_micros() as u64,
+            "forwarded batch proposed"
+        );
+        let reply = match result {
             Ok(results) => proto::ForwardWriteReply {
                 results: encode(&results),
                 ..Default::default()

@@ -147,7 +147,14 @@ impl Router {
             commands: raft_store::codec::encode(&commands),
         };
         let request = self.peers.request(leader, message, Some(remaining));
-        let reply = match tokio::time::timeout(remaining, client.forward_write(request)).await {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(remaining, client.forward_write(request)).await;
+        tracing::debug!(
+            commands = commands.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "forwarded batch answered"
+        );
+        let reply = match reply {
             Err(_) => return Attempt::Retry(format!("leader {leader} did not answer in time")),
             Ok(Err(status)) => {
                 return Attempt::Retry(format!("leader {leader}: {}", status.message()));

@@ -57,6 +57,14 @@ impl Durability {
         Ok(())
     }
 
+    /// [`Durability::sync`] for start-up, outside the async runtime's worker threads.
+    pub fn sync_blocking(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        self.data_file.sync_data()?;
+        self.stats.syncs_total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }

@@ -4,7 +4,9 @@
 //! - Applying is deterministic: it reads only the entries and the stored state (no clock, no
 //!   randomness), so every replica derives the same events, ids and hashes.
 //! - One `apply` call is one sled transaction over every state-machine tree, including
-//!   `last_applied`, followed by one fsync before it returns (a persistent state machine).
+//!   `last_applied`. It is not fsynced on its own: the next log fsync covers it (sled recovers
+//!   a prefix of one log for all trees), so after a crash the state is behind the log, never
+//!   ahead, and never behind the snapshot file (restored from it at open).
 //! - No code path changes or removes a stored event, except replacing the whole state from a
 //!   snapshot of the same cluster.
 //! - Snapshots are files (`<dir>/snapshot/current`), never sled values: tmp file, fsync,
@@ -109,6 +111,20 @@ impl StateMachineStore {
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
         let current = read_snapshot_file(&snapshot_dir.join("current"))?;
+        if let Some(snapshot) = &current {
+            // The state machine is not fsynced on its own (see `apply`): after a crash it may be
+            // behind the snapshot file, whose log entries may be purged. Catch up from the file.
+            if snapshot.meta.last_log_id > ledger.last_applied()? {
+                tracing::warn!(
+                    snapshot = ?snapshot.meta.last_log_id,
+                    applied = ?ledger.last_applied()?,
+                    "state machine is behind the snapshot file; restoring it from the snapshot"
+                );
+                replace_state(&ledger, &snapshot.meta, &snapshot.data)?;
+                durability.sync_blocking()?;
+                ledger.verify_head()?;
+            }
+        }
         Ok(Self {
             ledger,
             durability,
@@ -186,6 +202,37 @@ fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<(
     std::fs::rename(&tmp, dir.join("current"))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Replaces every state-machine tree with the snapshot's: removes what is there and inserts the
+/// snapshot's pairs, in one transaction, so a crash leaves either the old state or the new one.
+fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+    let payload: SnapshotPayload = codec::decode(data, "snapshot payload")?;
+    if payload.version != SNAPSHOT_FORMAT_VERSION || payload.trees.len() != SM_TREES.len() {
+        return Err(StoreError::Corrupt(format!(
+            "unsupported snapshot format version {}",
+            payload.version
+        )));
+    }
+    let mut batches: [sled::Batch; 7] = Default::default();
+    for (index, ((name, pairs), tree)) in payload.trees.iter().zip(ledger.trees()).enumerate() {
+        if name != SM_TREES[index] {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot tree {index} is {name}, expected {}",
+                SM_TREES[index]
+            )));
+        }
+        for item in tree.iter() {
+            let (key, _) = item?;
+            batches[index].remove(key);
+        }
+        for (key, value) in pairs {
+            batches[index].insert(key.as_slice(), value.as_slice());
+        }
+    }
+    batches[T_META].insert(META_LAST_APPLIED, codec::encode(&meta.last_log_id));
+    batches[T_META].insert(META_LAST_MEMBERSHIP, codec::encode(&meta.last_membership));
+    commit_batches(ledger, &batches)
 }
 
 /// Builds a snapshot from a state copied on the state-machine worker.
@@ -539,7 +586,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(pending.apply_entry(&entry).map_err(sm_write_err)?);
         }
         pending.commit().map_err(sm_write_err)?;
-        self.durability.sync().await.map_err(sm_write_err)?;
+        // No fsync here: sled recovers a prefix of its one log, which holds every tree, so the
+        // next log append's fsync makes these writes durable too. After a crash the state
+        // machine may be behind the log, never ahead of it, and openraft re-applies from
+        // `last_applied` (written in the same transaction). See `open` for the snapshot case.
         Ok(responses)
     }
 
@@ -563,39 +613,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let snapshot_err = |e: &StoreError| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), e).into()
         };
-        let payload: SnapshotPayload =
-            codec::decode(&data, "snapshot payload").map_err(|e| snapshot_err(&e))?;
-        if payload.version != SNAPSHOT_FORMAT_VERSION || payload.trees.len() != SM_TREES.len() {
-            let e = StoreError::Corrupt(format!(
-                "unsupported snapshot format version {}",
-                payload.version
-            ));
-            return Err(snapshot_err(&e));
-        }
-        // Replace every tree: remove what is there, insert the snapshot's pairs; all in one
-        // transaction, so a crash leaves either the old state or the new one.
-        let mut batches: [sled::Batch; 7] = Default::default();
-        for (index, ((name, pairs), tree)) in
-            payload.trees.iter().zip(self.ledger.trees()).enumerate()
-        {
-            if name != SM_TREES[index] {
-                let e = StoreError::Corrupt(format!(
-                    "snapshot tree {index} is {name}, expected {}",
-                    SM_TREES[index]
-                ));
-                return Err(snapshot_err(&e));
-            }
-            for item in tree.iter() {
-                let (key, _) = item.map_err(sm_read_err)?;
-                batches[index].remove(key);
-            }
-            for (key, value) in pairs {
-                batches[index].insert(key.as_slice(), value.as_slice());
-            }
-        }
-        batches[T_META].insert(META_LAST_APPLIED, codec::encode(&meta.last_log_id));
-        batches[T_META].insert(META_LAST_MEMBERSHIP, codec::encode(&meta.last_membership));
-        commit_batches(&self.ledger, &batches).map_err(sm_write_err)?;
+        replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;
 
