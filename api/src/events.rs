@@ -1,4 +1,4 @@
-//! Event routes: report, the agent's activity, and the raw ledger in `seq` order.
+//! Event routes: report one, report a batch, an agent's activity, the ledger in `seq` order.
 
 use std::sync::Arc;
 
@@ -37,19 +37,28 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::validation(format!("body: invalid JSON: {e}")))
 }
 
-/// An event as the API shows it.
-#[derive(Serialize)]
-pub struct EventView<'a> {
-    pub id: String,
-    pub asn: &'a str,
-    pub event_type: &'a str,
-    pub severity: &'static str,
-    pub metadata: &'a RawValue,
-    pub reported_by: &'a str,
-    pub created_at: String,
-    pub seq: u64,
-    pub hash: String,
-    pub prev_hash: String,
+/// Reads a request body of at most `REQUEST_BODY_BYTES_MAX` bytes; more is a JSON 413.
+pub async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("body: larger than {REQUEST_BODY_BYTES_MAX} bytes"),
+            )
+        })
+}
+
+/// `consistency=linearizable|local` (default linearizable).
+pub fn parse_consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
+    match text {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("local") => Ok(Consistency::Local),
+        Some(_) => Err(ApiError::validation(
+            "consistency: must be linearizable or local",
+        )),
+    }
 }
 
 pub fn rfc3339_ms(millis: i64) -> String {
@@ -57,6 +66,23 @@ pub fn rfc3339_ms(millis: i64) -> String {
         Some(time) => time.to_rfc3339_opts(SecondsFormat::Millis, true),
         None => String::from("invalid-time"),
     }
+}
+
+/// An event as the API shows it: the spec's fields, then the ledger's (`asn`, `seq`, `hash`,
+/// `prev_hash`).
+#[derive(Serialize)]
+pub struct EventView<'a> {
+    pub id: String,
+    pub agent_id: String,
+    pub event_type: &'a str,
+    pub severity: &'static str,
+    pub metadata: &'a RawValue,
+    pub reported_by: &'a str,
+    pub created_at: String,
+    pub asn: &'a str,
+    pub seq: u64,
+    pub hash: String,
+    pub prev_hash: String,
 }
 
 impl<'a> EventView<'a> {
@@ -69,12 +95,13 @@ impl<'a> EventView<'a> {
         })?;
         Ok(Self {
             id: uuid::Uuid::from_bytes(event.id).to_string(),
-            asn: &event.asn,
+            agent_id: uuid::Uuid::from_bytes(event.agent_id).to_string(),
             event_type: &event.event_type,
             severity: event.severity.as_str(),
             metadata,
             reported_by: &event.reported_by,
             created_at: rfc3339_ms(event.created_at_ms),
+            asn: &event.asn,
             seq: event.seq,
             hash: hex::encode(event.hash),
             prev_hash: hex::encode(event.prev_hash),
@@ -94,15 +121,27 @@ fn json_depth(value: &Value) -> usize {
     }
 }
 
-fn validate_asn(asn: &str, field: &str) -> Result<(), ApiError> {
-    if asn.is_empty() || asn.len() > ASN_BYTES_MAX {
+/// An ASN must be well formed (`ASN-YYYY-DDDD-DDDD-L`, check letter included).
+pub fn validate_asn(asn: &str, field: &str) -> Result<(), ApiError> {
+    if raft_store::asn::is_valid(asn) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "{field}: must be an ASN like ASN-2026-0384-7721-A with a valid check letter"
+        )))
+    }
+}
+
+fn validate_event_type(event_type: &str, field: &str) -> Result<(), ApiError> {
+    let chars = event_type.chars().count();
+    if chars == 0 || chars > EVENT_TYPE_CHARS_MAX {
         return Err(ApiError::validation(format!(
-            "{field}: must be 1 to {ASN_BYTES_MAX} bytes"
+            "{field}: must be 1 to {EVENT_TYPE_CHARS_MAX} characters, got {chars}"
         )));
     }
-    if !asn.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if event_type.chars().any(char::is_control) {
         return Err(ApiError::validation(format!(
-            "{field}: only letters, digits and '-' are allowed"
+            "{field}: control characters are not allowed"
         )));
     }
     Ok(())
@@ -112,10 +151,12 @@ fn validate_asn(asn: &str, field: &str) -> Result<(), ApiError> {
 /// `"events[3]."`).
 pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError> {
     let object = value.as_object().ok_or_else(|| {
-        ApiError::validation(format!(
-            "{}: must be a JSON object",
+        let name = if prefix.is_empty() {
+            "body"
+        } else {
             prefix.trim_end_matches('.')
-        ))
+        };
+        ApiError::validation(format!("{name}: must be a JSON object"))
     })?;
     for key in object.keys() {
         if !matches!(key.as_str(), "asn" | "event_type" | "severity" | "metadata") {
@@ -147,17 +188,7 @@ pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError>
             )));
         }
     };
-    let chars = event_type.chars().count();
-    if chars == 0 || chars > EVENT_TYPE_CHARS_MAX {
-        return Err(ApiError::validation(format!(
-            "{prefix}event_type: must be 1 to {EVENT_TYPE_CHARS_MAX} characters, got {chars}"
-        )));
-    }
-    if event_type.chars().any(char::is_control) {
-        return Err(ApiError::validation(format!(
-            "{prefix}event_type: control characters are not allowed"
-        )));
-    }
+    validate_event_type(&event_type, &format!("{prefix}event_type"))?;
     let severity = match object.get("severity") {
         None | Some(Value::Null) => Severity::Info,
         Some(Value::String(s)) => Severity::parse(s).ok_or_else(|| {
@@ -205,9 +236,10 @@ pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError>
 
 /// The deduplication key of a write: derived from the `Idempotency-Key` header and the API key
 /// when the client sends one, random otherwise (then only our own internal retries dedupe).
+/// The body hash is over the validated events, so formatting does not matter.
 fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Result<TxKey, ApiError> {
-    let body_hash: [u8; 32] =
-        sha2::Sha256::digest(postcard::to_stdvec(events).unwrap_or_default()).into();
+    let encoded = postcard::to_stdvec(events).map_err(|e| ApiError::internal(e.to_string()))?;
+    let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
     let dedup_key = match headers.get("idempotency-key") {
         Some(value) => {
             let text = value
@@ -228,7 +260,7 @@ fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Resul
         None => {
             let mut hasher = sha2::Sha256::new();
             hasher.update(b"asn-ledger/request/v0\0");
-            hasher.update(uuid::Uuid::new_v4().as_bytes());
+            hasher.update(rand::random::<[u8; 32]>());
             hasher.finalize().into()
         }
     };
@@ -238,11 +270,40 @@ fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Resul
     })
 }
 
-fn reported_by(key: &ApiKeyRecord) -> &'static str {
-    if key.operator_id.is_some() {
-        "operator"
-    } else {
-        "admin"
+/// A key that may report activity (the agent's ownership is checked when applied).
+fn require_reporter(backend: &impl Backend, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
+    let key = auth::require_key(backend.ledger(), headers)?;
+    let allowed = [
+        Permission::Admin,
+        Permission::Write,
+        Permission::ActivityReport,
+    ];
+    if !key.permissions.iter().any(|p| allowed.contains(p)) {
+        return Err(ApiError::forbidden(
+            "Authorization: reporting activity needs the activity:report or write permission",
+        ));
+    }
+    Ok(key)
+}
+
+async fn append(
+    backend: &impl Backend,
+    headers: &HeaderMap,
+    key: &ApiKeyRecord,
+    events: Vec<NewEvent>,
+) -> Result<Vec<Event>, ApiError> {
+    let tx = tx_key(headers, key, &events)?;
+    let command = Command::AppendEvents {
+        tx,
+        by: key.id.clone(),
+        events,
+    };
+    match backend.submit(command).await? {
+        CommandResult::Appended { events, .. } => Ok(events),
+        CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
+        other => Err(ApiError::internal(format!(
+            "unexpected result for an append: {other:?}"
+        ))),
     }
 }
 
@@ -252,66 +313,65 @@ pub async fn report<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let key = auth::require_key(backend.ledger(), &headers)?;
+    let key = require_reporter(backend.as_ref(), &headers)?;
     let body = read_body(body).await?;
-    let allowed = [
-        Permission::Admin,
-        Permission::Write,
-        Permission::ActivityReport,
-    ];
-    if !key.permissions.iter().any(|p| allowed.contains(p)) {
-        return Err(ApiError::forbidden(
-            "Authorization: this key lacks the activity:report permission",
-        ));
-    }
     let value: Value = parse_json(&body)?;
     let event = validate_event(&value, "")?;
-    let events = vec![event];
-    let tx = tx_key(&headers, &key, &events)?;
-    let command = Command::AppendEvents {
-        tx,
-        reported_by: reported_by(&key).to_owned(),
-        events,
-    };
-    match backend.submit(command).await? {
-        CommandResult::Appended { events, .. } => match events.first() {
-            Some(event) => Ok((StatusCode::CREATED, Json(EventView::new(event)?)).into_response()),
-            None => Err(ApiError::internal("the ledger appended no event")),
-        },
-        CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
-        CommandResult::Done => Err(ApiError::internal("unexpected result for an append")),
+    let events = append(backend.as_ref(), &headers, &key, vec![event]).await?;
+    let event = events
+        .first()
+        .ok_or_else(|| ApiError::internal("the ledger appended no event"))?;
+    Ok((StatusCode::CREATED, Json(EventView::new(event)?)).into_response())
+}
+
+/// `POST /api/v1/activity/report/batch`: all events or none, as one Raft command.
+pub async fn report_batch<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let key = require_reporter(backend.as_ref(), &headers)?;
+    let body = read_body(body).await?;
+    let value: Value = parse_json(&body)?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::validation("body: must be a JSON object"))?;
+    if let Some(field) = object.keys().find(|k| k.as_str() != "events") {
+        return Err(ApiError::validation(format!("{field}: unknown field")));
     }
+    let items = match object.get("events") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::validation("events: must be an array")),
+        None => return Err(ApiError::validation("events: required")),
+    };
+    if items.is_empty() || items.len() > BATCH_EVENTS_MAX {
+        return Err(ApiError::validation(format!(
+            "events: must hold 1 to {BATCH_EVENTS_MAX} events, got {}",
+            items.len()
+        )));
+    }
+    let events = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| validate_event(item, &format!("events[{index}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let events = append(backend.as_ref(), &headers, &key, events).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "data": views(&events)? })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
-pub struct ActivityQuery {
+pub struct ActivityParams {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
     page: Option<String>,
     per_page: Option<String>,
     consistency: Option<String>,
-}
-
-/// `consistency=linearizable|local` (default linearizable).
-fn parse_consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
-    match text {
-        None | Some("linearizable") => Ok(Consistency::Linearizable),
-        Some("local") => Ok(Consistency::Local),
-        Some(_) => Err(ApiError::validation(
-            "consistency: must be linearizable or local",
-        )),
-    }
-}
-
-/// Reads a request body of at most `REQUEST_BODY_BYTES_MAX` bytes; more is a JSON 413.
-pub async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!("body: larger than {REQUEST_BODY_BYTES_MAX} bytes"),
-            )
-        })
 }
 
 fn parse_positive(
@@ -329,6 +389,27 @@ fn parse_positive(
     }
 }
 
+/// An ISO 8601 date-time (RFC 3339) or a date. A date means its first millisecond (for `from`)
+/// or its last (for `to`), UTC.
+fn parse_time(text: &str, field: &str, end_of_day: bool) -> Result<i64, ApiError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_millis());
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let time = if end_of_day {
+            date.and_hms_milli_opt(23, 59, 59, 999)
+        } else {
+            date.and_hms_milli_opt(0, 0, 0, 0)
+        };
+        if let Some(time) = time {
+            return Ok(time.and_utc().timestamp_millis());
+        }
+    }
+    Err(ApiError::validation(format!(
+        "{field}: must be an ISO 8601 date-time like 2026-03-18T14:30:00Z or a date like 2026-03-18"
+    )))
+}
+
 #[derive(Serialize)]
 struct Pagination {
     page: u32,
@@ -337,49 +418,81 @@ struct Pagination {
     total_pages: u64,
 }
 
-/// `GET /api/v1/agents/{asn}/activity`: newest first.
+/// `GET /api/v1/agents/{asn}/activity`: newest first. Without a key, or with a key that may not
+/// read the agent's full history, only the `PUBLIC_WINDOW_EVENTS` most recent matching events
+/// exist; the owner's `read` or `write` keys, and admin keys, see everything.
 pub async fn agent_activity<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
     Path(asn): Path<String>,
-    Query(query): Query<ActivityQuery>,
+    Query(params): Query<ActivityParams>,
 ) -> Result<Response, ApiError> {
-    validate_asn(&asn, "asn")?;
     let key = auth::authenticate(backend.ledger(), &headers)?;
-    let page = parse_positive(query.page.as_deref(), "page", 1, u32::MAX)?;
+    validate_asn(&asn, "asn")?;
+    if let Some(event_type) = &params.event_type {
+        validate_event_type(event_type, "type")?;
+    }
+    let from_ms = params
+        .from
+        .as_deref()
+        .map(|t| parse_time(t, "from", false))
+        .transpose()?;
+    let to_ms = params
+        .to
+        .as_deref()
+        .map(|t| parse_time(t, "to", true))
+        .transpose()?;
+    if let (Some(from), Some(to)) = (from_ms, to_ms)
+        && from > to
+    {
+        return Err(ApiError::validation("from: must not be later than to"));
+    }
+    let page = parse_positive(params.page.as_deref(), "page", 1, u32::MAX)?;
     let per_page = parse_positive(
-        query.per_page.as_deref(),
+        params.per_page.as_deref(),
         "per_page",
         PAGE_EVENTS_DEFAULT,
         PAGE_EVENTS_MAX,
     )?;
-    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
+    if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();
-    let count = ledger.agent_event_count(&asn)?;
-    let full_history = key.is_some_and(|k| k.permissions.contains(&Permission::Admin));
-    let total = if full_history {
-        count
-    } else {
-        count.min(PUBLIC_WINDOW_EVENTS)
-    };
-    let skip = u64::from(page - 1) * u64::from(per_page);
-    let limit = if skip >= total {
-        0
-    } else {
-        (total - skip).min(u64::from(per_page)) as usize
-    };
-    let events = ledger.agent_events_newest_first(&asn, skip, limit)?;
+    let agent = ledger
+        .agent(&asn)?
+        .ok_or_else(|| ApiError::not_found(format!("asn: agent {asn} not found")))?;
+    let full_history = key.is_some_and(|key| {
+        key.is_admin()
+            || (key.operator_id.as_deref() == Some(agent.owner_id.as_str())
+                && (key.has(Permission::Read) || key.has(Permission::Write)))
+    });
+    let result = ledger.agent_activity(raft_store::ActivityQuery {
+        asn: &asn,
+        event_type: params.event_type.as_deref(),
+        from_ms,
+        to_ms,
+        window: if full_history {
+            None
+        } else {
+            Some(PUBLIC_WINDOW_EVENTS)
+        },
+        skip: u64::from(page - 1) * u64::from(per_page),
+        limit: per_page as usize,
+    })?;
     let body = serde_json::json!({
-        "data": views(&events)?,
-        "pagination": Pagination { page, per_page, total, total_pages: total.div_ceil(u64::from(per_page)) },
+        "data": views(&result.events)?,
+        "pagination": Pagination {
+            page,
+            per_page,
+            total: result.total,
+            total_pages: result.total.div_ceil(u64::from(per_page)),
+        },
     });
     Ok(Json(body).into_response())
 }
 
 #[derive(Deserialize)]
-pub struct LedgerQuery {
+pub struct LedgerParams {
     from_seq: Option<String>,
     limit: Option<String>,
     consistency: Option<String>,
@@ -388,9 +501,9 @@ pub struct LedgerQuery {
 /// `GET /api/v1/ledger/events`: the whole ledger in `seq` order, a page at a time.
 pub async fn ledger_events<B: Backend>(
     State(backend): State<Arc<B>>,
-    Query(query): Query<LedgerQuery>,
+    Query(params): Query<LedgerParams>,
 ) -> Result<Response, ApiError> {
-    let from_seq = match query.from_seq.as_deref() {
+    let from_seq = match params.from_seq.as_deref() {
         None => 1,
         Some(text) => match text.parse::<u64>() {
             Ok(n) if n >= 1 => n,
@@ -398,12 +511,12 @@ pub async fn ledger_events<B: Backend>(
         },
     };
     let limit = parse_positive(
-        query.limit.as_deref(),
+        params.limit.as_deref(),
         "limit",
         100,
         LEDGER_PAGE_EVENTS_MAX as u32,
     )? as usize;
-    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
+    if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();
@@ -418,16 +531,16 @@ pub async fn ledger_events<B: Backend>(
 }
 
 #[derive(Deserialize)]
-pub struct HeadQuery {
+pub struct HeadParams {
     consistency: Option<String>,
 }
 
 /// `GET /api/v1/ledger/head`.
 pub async fn ledger_head<B: Backend>(
     State(backend): State<Arc<B>>,
-    Query(query): Query<HeadQuery>,
+    Query(params): Query<HeadParams>,
 ) -> Result<Response, ApiError> {
-    if parse_consistency(query.consistency.as_deref())? == Consistency::Linearizable {
+    if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
     let ledger = backend.ledger();

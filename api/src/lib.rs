@@ -6,6 +6,7 @@
 //! - Every error body is `{"error": {"code", "message"}}` and the message names the field.
 //! - Every limit is a named constant below, with its unit in the name.
 
+mod admin;
 mod auth;
 mod backend;
 mod error;
@@ -42,13 +43,28 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/cluster", get(cluster_status::<B>))
         .route("/api/v1/cluster/nodes", post(add_node::<B>))
         .route("/api/v1/cluster/nodes/{id}", delete(remove_node::<B>))
+        // Activity is immutable: any other method on these paths is 405.
         .route(
             "/api/v1/activity/report",
             post(events::report::<B>).fallback(method_not_allowed),
         )
         .route(
+            "/api/v1/activity/report/batch",
+            post(events::report_batch::<B>).fallback(method_not_allowed),
+        )
+        .route(
             "/api/v1/agents/{asn}/activity",
             get(events::agent_activity::<B>).fallback(method_not_allowed),
+        )
+        .route("/api/v1/operators", post(admin::create_operator::<B>))
+        .route("/api/v1/operators/{id}", get(admin::get_operator::<B>))
+        .route("/api/v1/keys", post(admin::create_key::<B>))
+        .route("/api/v1/keys/{id}", delete(admin::revoke_key::<B>))
+        .route("/api/v1/agents", post(admin::create_agent::<B>))
+        .route("/api/v1/agents/{asn}", get(admin::get_agent::<B>))
+        .route(
+            "/api/v1/agents/{asn}/deactivate",
+            post(admin::deactivate_agent::<B>),
         )
         .route("/api/v1/ledger/events", get(events::ledger_events::<B>))
         .route("/api/v1/ledger/head", get(events::ledger_head::<B>))

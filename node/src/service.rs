@@ -350,8 +350,10 @@ impl LedgerService {
             CommandResult::Rejected { code, message } => {
                 return Err(ApiError::from_reject(code, message));
             }
-            CommandResult::Appended { .. } => {
-                return Err(ApiError::internal("unexpected result for RegisterNode"));
+            other => {
+                return Err(ApiError::internal(format!(
+                    "unexpected result for RegisterNode: {other:?}"
+                )));
             }
         }
         let node = LedgerNode {
@@ -406,8 +408,10 @@ impl LedgerService {
             .await?
         {
             CommandResult::Done | CommandResult::Rejected { .. } => {}
-            CommandResult::Appended { .. } => {
-                return Err(ApiError::internal("unexpected result for RetireNode"));
+            other => {
+                return Err(ApiError::internal(format!(
+                    "unexpected result for RetireNode: {other:?}"
+                )));
             }
         }
         tracing::info!(node = id, "removed node");

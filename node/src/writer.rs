@@ -43,12 +43,8 @@ pub fn now_ms() -> i64 {
 
 fn estimated_bytes(command: &Command) -> usize {
     match command {
-        Command::AppendEvents {
-            events,
-            reported_by,
-            ..
-        } => {
-            64 + reported_by.len()
+        Command::AppendEvents { events, by, .. } => {
+            64 + by.len()
                 + events
                     .iter()
                     .map(|e| 16 + e.asn.len() + e.event_type.len() + e.metadata_json.len())

@@ -35,12 +35,65 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreE
         .map_err(|error| StoreError::Corrupt(format!("cannot decode {what}: {error}")))
 }
 
-/// Key of the per-agent index: `asn || 0x00 || ordinal` where `ordinal` counts that agent's
-/// events from 0. ASNs never contain a NUL byte (the API checks), so prefixes never collide.
-pub fn agent_index_key(asn: &str, ordinal: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(asn.len() + 9);
-    key.extend_from_slice(asn.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&ordinal.to_be_bytes());
-    key
+/// Which events an index lists: all of an agent's, or those of one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexScope<'a> {
+    Agent(&'a str),
+    AgentType(&'a str, &'a str),
+}
+
+impl IndexScope<'_> {
+    /// The prefix of this index's keys, also the key of its count in `sm_counts`:
+    /// `a asn 0x00` or `t asn 0x00 type 0x00`. ASNs and event types never contain a NUL byte
+    /// (the API refuses control characters), so no prefix is a prefix of another scope's.
+    pub fn prefix(&self) -> Vec<u8> {
+        match self {
+            Self::Agent(asn) => {
+                let mut key = Vec::with_capacity(asn.len() + 2);
+                key.push(b'a');
+                key.extend_from_slice(asn.as_bytes());
+                key.push(0);
+                key
+            }
+            Self::AgentType(asn, event_type) => {
+                let mut key = Vec::with_capacity(asn.len() + event_type.len() + 3);
+                key.push(b't');
+                key.extend_from_slice(asn.as_bytes());
+                key.push(0);
+                key.extend_from_slice(event_type.as_bytes());
+                key.push(0);
+                key
+            }
+        }
+    }
+
+    /// Key of the `ordinal`-th event (from 0, in ledger order) of this scope.
+    pub fn key(&self, ordinal: u64) -> Vec<u8> {
+        let mut key = self.prefix();
+        key.extend_from_slice(&ordinal.to_be_bytes());
+        key
+    }
+}
+
+/// Value of an index entry: the event's seq and created_at, so that date bounds are found by
+/// binary search over ordinals without reading events.
+pub fn index_value(seq: u64, created_at_ms: i64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&seq.to_be_bytes());
+    value[8..].copy_from_slice(&created_at_ms.to_be_bytes());
+    value
+}
+
+pub fn parse_index_value(bytes: &[u8]) -> Result<(u64, i64), StoreError> {
+    let array: [u8; 16] = bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "index value of {} bytes where 16 were expected",
+            bytes.len()
+        ))
+    })?;
+    let mut seq = [0u8; 8];
+    let mut time = [0u8; 8];
+    seq.copy_from_slice(&array[..8]);
+    time.copy_from_slice(&array[8..]);
+    Ok((u64::from_be_bytes(seq), i64::from_be_bytes(time)))
 }

@@ -3,15 +3,22 @@
 //! The trees are written only by the state machine ([`crate::StateMachineStore`]), in one
 //! transaction per `apply` call; everything else reads them through this handle.
 //!
-//! | tree             | key                          | value                  |
-//! |------------------|------------------------------|------------------------|
-//! | `sm_meta`        | `last_applied`, `last_membership`, `head`, `cluster` | postcard |
-//! | `sm_events`      | seq (u64 BE)                 | postcard([`Event`])    |
-//! | `sm_agent_idx`   | asn, 0x00, ordinal (u64 BE)  | seq (u64 BE)           |
-//! | `sm_agent_count` | asn                          | count (u64 BE)         |
-//! | `sm_tx`          | dedup key (32 bytes)         | postcard([`TxRecord`]) |
-//! | `sm_nodes`       | node id (u64 BE)             | postcard([`NodeRecord`]) |
-//! | `sm_keys`        | key id                       | postcard([`ApiKeyRecord`]) |
+//! | tree           | key                                   | value                        |
+//! |----------------|---------------------------------------|------------------------------|
+//! | `sm_meta`      | `last_applied`, `last_membership`, `head`, `cluster`, `agents_total` | postcard |
+//! | `sm_events`    | seq (u64 BE)                          | postcard([`Event`])          |
+//! | `sm_idx`       | [`IndexScope`] prefix, ordinal (u64 BE) | seq, created_at (2 × 8 BE) |
+//! | `sm_counts`    | [`IndexScope`] prefix                 | count (u64 BE)               |
+//! | `sm_tx`        | dedup key (32 bytes)                  | postcard([`TxRecord`])       |
+//! | `sm_nodes`     | node id (u64 BE)                      | postcard([`NodeRecord`])     |
+//! | `sm_keys`      | key id                                | postcard([`ApiKeyRecord`])   |
+//! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
+//! | `sm_agents`    | asn                                   | postcard([`AgentRecord`])    |
+//!
+//! Two indexes list an agent's events in ledger order by ordinal: all of them, and those of
+//! one type. `created_at` never decreases in ledger order, so it never decreases along an
+//! index either: a date range is a range of ordinals found by binary search, and any page is
+//! a range scan of `per_page` keys, whatever its number.
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -19,6 +26,8 @@ use serde::Serialize;
 use crate::StoreError;
 use crate::chain;
 use crate::codec;
+use crate::codec::IndexScope;
+use crate::types::AgentRecord;
 use crate::types::ApiKeyRecord;
 use crate::types::ClusterRecord;
 use crate::types::Event;
@@ -27,22 +36,30 @@ use crate::types::LedgerHead;
 use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::NodeRecord;
+use crate::types::OperatorRecord;
 use crate::types::StoredMembership;
 
 pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const META_LAST_MEMBERSHIP: &[u8] = b"last_membership";
 pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_CLUSTER: &[u8] = b"cluster";
+pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
+pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
+
+/// How many state-machine trees there are.
+pub(crate) const SM_TREE_COUNT: usize = 9;
 
 /// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
-pub(crate) const SM_TREES: [&str; 7] = [
+pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_meta",
     "sm_events",
-    "sm_agent_idx",
-    "sm_agent_count",
+    "sm_idx",
+    "sm_counts",
     "sm_tx",
     "sm_nodes",
     "sm_keys",
+    "sm_operators",
+    "sm_agents",
 ];
 
 /// What the state machine remembers of an applied `AppendEvents`, to answer a retry.
@@ -53,16 +70,50 @@ pub struct TxRecord {
     pub count: u64,
 }
 
+/// An activity query over one agent's events.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityQuery<'a> {
+    pub asn: &'a str,
+    pub event_type: Option<&'a str>,
+    /// Inclusive bounds on `created_at`, milliseconds since the Unix epoch.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Only this many of the most recent matching events exist for the caller (`None`: all).
+    pub window: Option<u64>,
+    /// Newest first: skip this many, return at most `limit`.
+    pub skip: u64,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityPage {
+    pub events: Vec<Event>,
+    /// Matching events visible to the caller.
+    pub total: u64,
+}
+
 /// Read handle on the state-machine trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     pub(crate) meta: sled::Tree,
     pub(crate) events: sled::Tree,
-    pub(crate) agent_idx: sled::Tree,
-    pub(crate) agent_count: sled::Tree,
+    pub(crate) idx: sled::Tree,
+    pub(crate) counts: sled::Tree,
     pub(crate) tx: sled::Tree,
     pub(crate) nodes: sled::Tree,
     pub(crate) keys: sled::Tree,
+    pub(crate) operators: sled::Tree,
+    pub(crate) agents: sled::Tree,
+}
+
+fn decode_opt<T: serde::de::DeserializeOwned>(
+    bytes: Option<sled::IVec>,
+    what: &str,
+) -> Result<Option<T>, StoreError> {
+    match bytes {
+        None => Ok(None),
+        Some(bytes) => codec::decode(&bytes, what).map(Some),
+    }
 }
 
 impl Ledger {
@@ -70,24 +121,28 @@ impl Ledger {
         Ok(Self {
             meta: db.open_tree(SM_TREES[0])?,
             events: db.open_tree(SM_TREES[1])?,
-            agent_idx: db.open_tree(SM_TREES[2])?,
-            agent_count: db.open_tree(SM_TREES[3])?,
+            idx: db.open_tree(SM_TREES[2])?,
+            counts: db.open_tree(SM_TREES[3])?,
             tx: db.open_tree(SM_TREES[4])?,
             nodes: db.open_tree(SM_TREES[5])?,
             keys: db.open_tree(SM_TREES[6])?,
+            operators: db.open_tree(SM_TREES[7])?,
+            agents: db.open_tree(SM_TREES[8])?,
         })
     }
 
     /// The trees in the order of [`SM_TREES`].
-    pub(crate) fn trees(&self) -> [&sled::Tree; 7] {
+    pub(crate) fn trees(&self) -> [&sled::Tree; SM_TREE_COUNT] {
         [
             &self.meta,
             &self.events,
-            &self.agent_idx,
-            &self.agent_count,
+            &self.idx,
+            &self.counts,
             &self.tx,
             &self.nodes,
             &self.keys,
+            &self.operators,
+            &self.agents,
         ]
     }
 
@@ -95,10 +150,7 @@ impl Ledger {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key)? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, &String::from_utf8_lossy(key)).map(Some),
-        }
+        decode_opt(self.meta.get(key)?, &String::from_utf8_lossy(key))
     }
 
     pub fn head(&self) -> Result<LedgerHead, StoreError> {
@@ -117,11 +169,18 @@ impl Ledger {
         Ok(self.meta_get(META_LAST_MEMBERSHIP)?.unwrap_or_default())
     }
 
+    /// How many agents were ever registered.
+    pub fn agents_total(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_get(META_AGENTS_TOTAL)?.unwrap_or(0))
+    }
+
+    /// How many operators were ever created.
+    pub fn operators_total(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_get(META_OPERATORS_TOTAL)?.unwrap_or(0))
+    }
+
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        match self.events.get(codec::u64_key(seq))? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, "event").map(Some),
-        }
+        decode_opt(self.events.get(codec::u64_key(seq))?, "event")
     }
 
     /// Up to `limit` events from `from_seq` upwards, in ledger order.
@@ -134,58 +193,103 @@ impl Ledger {
         Ok(out)
     }
 
-    /// How many events the agent `asn` has.
-    pub fn agent_event_count(&self, asn: &str) -> Result<u64, StoreError> {
-        match self.agent_count.get(asn.as_bytes())? {
+    /// How many events an index lists.
+    pub fn index_count(&self, scope: IndexScope<'_>) -> Result<u64, StoreError> {
+        match self.counts.get(scope.prefix())? {
             None => Ok(0),
             Some(bytes) => codec::u64_from_key(&bytes),
         }
     }
 
-    /// The agent's events newest first, skipping the `skip` newest, at most `limit`.
-    /// Costs O(limit) index reads, whatever `skip` is.
-    pub fn agent_events_newest_first(
+    /// How many events the agent `asn` has.
+    pub fn agent_event_count(&self, asn: &str) -> Result<u64, StoreError> {
+        self.index_count(IndexScope::Agent(asn))
+    }
+
+    fn index_entry(&self, scope: IndexScope<'_>, ordinal: u64) -> Result<(u64, i64), StoreError> {
+        let value = self.idx.get(scope.key(ordinal))?.ok_or_else(|| {
+            StoreError::Corrupt(format!("index {scope:?} has no entry {ordinal}"))
+        })?;
+        codec::parse_index_value(&value)
+    }
+
+    /// The first ordinal in `[0, count)` whose event's `created_at` satisfies `past`, where
+    /// `past` turns from false to true along the index (binary search, O(log count) reads).
+    fn partition_point(
         &self,
-        asn: &str,
-        skip: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        let count = self.agent_event_count(asn)?;
-        if skip >= count || limit == 0 {
-            return Ok(Vec::new());
+        scope: IndexScope<'_>,
+        count: u64,
+        past: impl Fn(i64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let (mut low, mut high) = (0, count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let (_, created_at_ms) = self.index_entry(scope, middle)?;
+            if past(created_at_ms) {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
         }
-        let newest = count - 1 - skip;
-        let oldest = newest.saturating_sub(limit as u64 - 1);
-        let range = codec::agent_index_key(asn, oldest)..=codec::agent_index_key(asn, newest);
-        let mut out = Vec::with_capacity(limit);
-        for item in self.agent_idx.range(range).rev() {
+        Ok(low)
+    }
+
+    /// A page of an agent's events, newest first. Costs O(log n) reads for date bounds plus
+    /// O(limit) for the page, whatever `skip` is.
+    pub fn agent_activity(&self, query: ActivityQuery<'_>) -> Result<ActivityPage, StoreError> {
+        let scope = match query.event_type {
+            Some(event_type) => IndexScope::AgentType(query.asn, event_type),
+            None => IndexScope::Agent(query.asn),
+        };
+        let count = self.index_count(scope)?;
+        let low = match query.from_ms {
+            Some(from) => self.partition_point(scope, count, |t| t >= from)?,
+            None => 0,
+        };
+        let high = match query.to_ms {
+            Some(to) => self.partition_point(scope, count, |t| t > to)?,
+            None => count,
+        };
+        let matching = high.saturating_sub(low);
+        let total = query.window.map_or(matching, |window| matching.min(window));
+        if query.skip >= total || query.limit == 0 {
+            return Ok(ActivityPage {
+                events: Vec::new(),
+                total,
+            });
+        }
+        // Ordinals visible: [high - total, high). Newest first from high - 1 - skip.
+        let newest = high - 1 - query.skip;
+        let take = (total - query.skip).min(query.limit as u64);
+        let oldest = newest + 1 - take;
+        let mut events = Vec::with_capacity(take as usize);
+        for item in self.idx.range(scope.key(oldest)..=scope.key(newest)).rev() {
             let (_, value) = item?;
-            let seq = codec::u64_from_key(&value)?;
+            let (seq, _) = codec::parse_index_value(&value)?;
             let event = self.event(seq)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("agent index points at missing event {seq}"))
+                StoreError::Corrupt(format!("index {scope:?} points at missing event {seq}"))
             })?;
             assert_eq!(
-                event.asn, asn,
-                "agent index of {asn} points at event {seq} of {}",
-                event.asn
+                event.asn, query.asn,
+                "index of {} points at event {seq} of {}",
+                query.asn, event.asn
             );
-            out.push(event);
+            events.push(event);
         }
-        Ok(out)
+        assert_eq!(
+            events.len() as u64,
+            take,
+            "index {scope:?} has a hole in [{oldest}, {newest}]"
+        );
+        Ok(ActivityPage { events, total })
     }
 
     pub(crate) fn tx_record(&self, dedup_key: &Hash) -> Result<Option<TxRecord>, StoreError> {
-        match self.tx.get(dedup_key)? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, "tx record").map(Some),
-        }
+        decode_opt(self.tx.get(dedup_key)?, "tx record")
     }
 
     pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        match self.nodes.get(codec::u64_key(id))? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, "node record").map(Some),
-        }
+        decode_opt(self.nodes.get(codec::u64_key(id))?, "node record")
     }
 
     /// Every node that ever joined, retired ones included, by id.
@@ -199,10 +303,15 @@ impl Ledger {
     }
 
     pub fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        match self.keys.get(id.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes, "api key").map(Some),
-        }
+        decode_opt(self.keys.get(id.as_bytes())?, "api key")
+    }
+
+    pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        decode_opt(self.operators.get(id.as_bytes())?, "operator")
+    }
+
+    pub fn agent(&self, asn: &str) -> Result<Option<AgentRecord>, StoreError> {
+        decode_opt(self.agents.get(asn.as_bytes())?, "agent")
     }
 
     /// Checks what can be checked cheaply at start-up: the recorded head is the last event, the

@@ -8,6 +8,8 @@
 //!   ([`durability::Durability::sync`]) before openraft is told they are done.
 //! - Applying entries is deterministic and never changes or removes an event.
 
+mod apply;
+pub mod asn;
 pub mod chain;
 pub mod codec;
 pub mod durability;
@@ -18,6 +20,9 @@ pub mod types;
 
 use std::path::Path;
 
+pub use apply::COMMAND_EVENTS_MAX;
+pub use ledger::ActivityPage;
+pub use ledger::ActivityQuery;
 pub use ledger::Ledger;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;

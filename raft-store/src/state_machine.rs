@@ -12,57 +12,36 @@
 //! - Snapshots are files (`<dir>/snapshot/current`), never sled values: tmp file, fsync,
 //!   rename, fsync the directory.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::StorageIOError;
 use openraft::storage::RaftStateMachine;
 use serde::Deserialize;
 use serde::Serialize;
-use sled::Transactional;
 
 use crate::StoreError;
 use crate::chain;
 use crate::codec;
 use crate::durability::Durability;
 use crate::ledger::Ledger;
-use crate::ledger::META_CLUSTER;
-use crate::ledger::META_HEAD;
 use crate::ledger::META_LAST_APPLIED;
 use crate::ledger::META_LAST_MEMBERSHIP;
 use crate::ledger::SM_TREES;
-use crate::ledger::TxRecord;
-use crate::types::ClusterRecord;
-use crate::types::Command;
-use crate::types::CommandResult;
 use crate::types::Entry;
-use crate::types::Event;
 use crate::types::Hash;
-use crate::types::LedgerHead;
 use crate::types::LogId;
-use crate::types::NodeId;
-use crate::types::NodeRecord;
-use crate::types::RejectCode;
 use crate::types::Response;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
 use crate::types::StoredMembership;
-use crate::types::TxKey;
 use crate::types::TypeConfig;
-
-/// The most events one `AppendEvents` command may carry (the API's batch limit is lower).
-pub const COMMAND_EVENTS_MAX: usize = 10_000;
-/// The longest ASN the state machine accepts, in bytes.
-pub const ASN_BYTES_MAX: usize = 64;
 
 const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
@@ -214,7 +193,7 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
             payload.version
         )));
     }
-    let mut batches: [sled::Batch; 7] = Default::default();
+    let mut batches: crate::apply::Batches = Default::default();
     for (index, ((name, pairs), tree)) in payload.trees.iter().zip(ledger.trees()).enumerate() {
         if name != SM_TREES[index] {
             return Err(StoreError::Corrupt(format!(
@@ -230,9 +209,10 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
             batches[index].insert(key.as_slice(), value.as_slice());
         }
     }
-    batches[T_META].insert(META_LAST_APPLIED, codec::encode(&meta.last_log_id));
-    batches[T_META].insert(META_LAST_MEMBERSHIP, codec::encode(&meta.last_membership));
-    commit_batches(ledger, &batches)
+    batches[crate::apply::T_META].insert(META_LAST_APPLIED, codec::encode(&meta.last_log_id));
+    batches[crate::apply::T_META]
+        .insert(META_LAST_MEMBERSHIP, codec::encode(&meta.last_membership));
+    crate::apply::commit_batches(ledger, &batches)
 }
 
 /// Builds a snapshot from a state copied on the state-machine worker.
@@ -279,293 +259,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Writes gathered while applying one batch of entries, and the state they lead to, so that
-/// later commands of the same batch see earlier ones. Committed in one transaction.
-struct Pending<'a> {
-    ledger: &'a Ledger,
-    batches: [sled::Batch; 7],
-    head: LedgerHead,
-    cluster: Option<ClusterRecord>,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    new_events: BTreeMap<u64, Event>,
-    agent_counts: HashMap<String, u64>,
-    tx: HashMap<Hash, TxRecord>,
-    nodes: HashMap<NodeId, NodeRecord>,
-}
-
-// Indexes into `Pending::batches`, in the order of `SM_TREES`.
-const T_META: usize = 0;
-const T_EVENTS: usize = 1;
-const T_AGENT_IDX: usize = 2;
-const T_AGENT_COUNT: usize = 3;
-const T_TX: usize = 4;
-const T_NODES: usize = 5;
-const T_KEYS: usize = 6;
-
-fn rejected(code: RejectCode, message: impl Into<String>) -> CommandResult {
-    CommandResult::Rejected {
-        code,
-        message: message.into(),
-    }
-}
-
-impl<'a> Pending<'a> {
-    fn new(ledger: &'a Ledger) -> Result<Self, StoreError> {
-        Ok(Self {
-            ledger,
-            batches: Default::default(),
-            head: ledger.head()?,
-            cluster: ledger.cluster()?,
-            last_applied: ledger.last_applied()?,
-            membership: ledger.last_membership()?,
-            new_events: BTreeMap::new(),
-            agent_counts: HashMap::new(),
-            tx: HashMap::new(),
-            nodes: HashMap::new(),
-        })
-    }
-
-    fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        match self.new_events.get(&seq) {
-            Some(event) => Ok(Some(event.clone())),
-            None => self.ledger.event(seq),
-        }
-    }
-
-    fn tx_record(&self, key: &Hash) -> Result<Option<TxRecord>, StoreError> {
-        match self.tx.get(key) {
-            Some(record) => Ok(Some(*record)),
-            None => self.ledger.tx_record(key),
-        }
-    }
-
-    fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        match self.nodes.get(&id) {
-            Some(node) => Ok(Some(node.clone())),
-            None => self.ledger.node(id),
-        }
-    }
-
-    fn agent_count(&self, asn: &str) -> Result<u64, StoreError> {
-        match self.agent_counts.get(asn) {
-            Some(count) => Ok(*count),
-            None => self.ledger.agent_event_count(asn),
-        }
-    }
-
-    fn put_node(&mut self, node: NodeRecord) {
-        self.batches[T_NODES].insert(&codec::u64_key(node.id), codec::encode(&node));
-        self.nodes.insert(node.id, node);
-    }
-
-    fn apply_entry(&mut self, entry: &Entry) -> Result<crate::types::Response, StoreError> {
-        if let Some(last) = self.last_applied {
-            assert!(
-                entry.log_id.index > last.index,
-                "applying {} after {}",
-                entry.log_id,
-                last
-            );
-        }
-        self.last_applied = Some(entry.log_id);
-        let mut response = Response::default();
-        match &entry.payload {
-            EntryPayload::Blank => {}
-            EntryPayload::Membership(membership) => {
-                self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-            }
-            EntryPayload::Normal(request) => {
-                response.results.reserve(request.commands.len());
-                for command in &request.commands {
-                    let result = self.apply_command(request.proposed_at_ms, command)?;
-                    response.results.push(result);
-                }
-            }
-        }
-        Ok(response)
-    }
-
-    fn apply_command(
-        &mut self,
-        proposed_at_ms: i64,
-        command: &Command,
-    ) -> Result<CommandResult, StoreError> {
-        match command {
-            Command::InitCluster {
-                cluster_id,
-                admin_key,
-                node,
-            } => {
-                if self.cluster.is_some() {
-                    return Ok(rejected(
-                        RejectCode::Conflict,
-                        "the cluster is already initialised",
-                    ));
-                }
-                let cluster = ClusterRecord {
-                    cluster_id: cluster_id.clone(),
-                    created_at_ms: proposed_at_ms,
-                };
-                self.cluster = Some(cluster);
-                self.batches[T_KEYS].insert(admin_key.id.as_bytes(), codec::encode(admin_key));
-                self.put_node(node.clone());
-                Ok(CommandResult::Done)
-            }
-            Command::RegisterNode { node } => {
-                if self.node(node.id)?.is_some() {
-                    return Ok(rejected(
-                        RejectCode::Conflict,
-                        format!("node id {} was already used", node.id),
-                    ));
-                }
-                self.put_node(node.clone());
-                Ok(CommandResult::Done)
-            }
-            Command::RetireNode { node_id } => match self.node(*node_id)? {
-                None => Ok(rejected(
-                    RejectCode::NotFound,
-                    format!("node {node_id} is not known"),
-                )),
-                Some(mut node) => {
-                    node.retired = true;
-                    self.put_node(node);
-                    Ok(CommandResult::Done)
-                }
-            },
-            Command::AppendEvents {
-                tx,
-                reported_by,
-                events,
-            } => self.append_events(proposed_at_ms, tx, reported_by, events),
-        }
-    }
-
-    fn append_events(
-        &mut self,
-        proposed_at_ms: i64,
-        tx: &TxKey,
-        reported_by: &str,
-        events: &[crate::types::NewEvent],
-    ) -> Result<CommandResult, StoreError> {
-        if let Some(record) = self.tx_record(&tx.dedup_key)? {
-            if record.body_hash != tx.body_hash {
-                return Ok(rejected(
-                    RejectCode::Conflict,
-                    "Idempotency-Key: this key was already used with a different request body",
-                ));
-            }
-            let mut replay = Vec::with_capacity(record.count as usize);
-            for seq in record.first_seq..record.first_seq + record.count {
-                let event = self.event(seq)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("tx record points at missing event {seq}"))
-                })?;
-                replay.push(event);
-            }
-            return Ok(CommandResult::Appended {
-                events: replay,
-                replayed: true,
-            });
-        }
-        if events.is_empty() || events.len() > COMMAND_EVENTS_MAX {
-            return Ok(rejected(
-                RejectCode::Validation,
-                format!(
-                    "events: between 1 and {COMMAND_EVENTS_MAX} events, got {}",
-                    events.len()
-                ),
-            ));
-        }
-        for (index, event) in events.iter().enumerate() {
-            if event.asn.is_empty() || event.asn.len() > ASN_BYTES_MAX || event.asn.contains('\0') {
-                return Ok(rejected(
-                    RejectCode::Validation,
-                    format!("events[{index}].asn: invalid"),
-                ));
-            }
-        }
-        let first_seq = self.head.size + 1;
-        let mut appended = Vec::with_capacity(events.len());
-        for new in events {
-            let seq = self.head.size + 1;
-            let created_at_ms = proposed_at_ms.max(self.head.last_created_at_ms);
-            let prev_hash = self.head.head_hash;
-            let mut event = Event {
-                seq,
-                id: chain::event_id(seq, &prev_hash, created_at_ms),
-                asn: new.asn.clone(),
-                event_type: new.event_type.clone(),
-                severity: new.severity,
-                metadata_json: new.metadata_json.clone(),
-                reported_by: reported_by.to_owned(),
-                created_at_ms,
-                prev_hash,
-                hash: [0; 32],
-            };
-            event.hash = chain::event_hash(&event);
-            let ordinal = self.agent_count(&event.asn)?;
-            self.batches[T_AGENT_IDX].insert(
-                codec::agent_index_key(&event.asn, ordinal),
-                &codec::u64_key(seq),
-            );
-            self.batches[T_AGENT_COUNT].insert(event.asn.as_bytes(), &codec::u64_key(ordinal + 1));
-            self.agent_counts.insert(event.asn.clone(), ordinal + 1);
-            self.batches[T_EVENTS].insert(&codec::u64_key(seq), codec::encode(&event));
-            self.head = LedgerHead {
-                size: seq,
-                head_hash: event.hash,
-                last_created_at_ms: created_at_ms,
-            };
-            self.new_events.insert(seq, event.clone());
-            appended.push(event);
-        }
-        let record = TxRecord {
-            body_hash: tx.body_hash,
-            first_seq,
-            count: appended.len() as u64,
-        };
-        self.batches[T_TX].insert(&tx.dedup_key, codec::encode(&record));
-        self.tx.insert(tx.dedup_key, record);
-        Ok(CommandResult::Appended {
-            events: appended,
-            replayed: false,
-        })
-    }
-
-    /// Writes everything in one transaction over all state-machine trees.
-    fn commit(mut self) -> Result<(), StoreError> {
-        let meta = &mut self.batches[T_META];
-        meta.insert(META_LAST_APPLIED, codec::encode(&self.last_applied));
-        meta.insert(META_LAST_MEMBERSHIP, codec::encode(&self.membership));
-        meta.insert(META_HEAD, codec::encode(&self.head));
-        if let Some(cluster) = &self.cluster {
-            meta.insert(META_CLUSTER, codec::encode(cluster));
-        }
-        commit_batches(self.ledger, &self.batches)
-    }
-}
-
-fn commit_batches(ledger: &Ledger, batches: &[sled::Batch; 7]) -> Result<(), StoreError> {
-    let [meta, events, agent_idx, agent_count, tx, nodes, keys] = ledger.trees();
-    (meta, events, agent_idx, agent_count, tx, nodes, keys)
-        .transaction(|(t0, t1, t2, t3, t4, t5, t6)| {
-            t0.apply_batch(&batches[T_META])?;
-            t1.apply_batch(&batches[T_EVENTS])?;
-            t2.apply_batch(&batches[T_AGENT_IDX])?;
-            t3.apply_batch(&batches[T_AGENT_COUNT])?;
-            t4.apply_batch(&batches[T_TX])?;
-            t5.apply_batch(&batches[T_NODES])?;
-            t6.apply_batch(&batches[T_KEYS])?;
-            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-        })
-        .map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-            sled::transaction::TransactionError::Abort(()) => {
-                StoreError::Corrupt("transaction aborted".into())
-            }
-        })
-}
-
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -580,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut pending = Pending::new(&self.ledger).map_err(sm_read_err)?;
+        let mut pending = crate::apply::Pending::new(&self.ledger).map_err(sm_read_err)?;
         let mut responses = Vec::new();
         for entry in entries {
             responses.push(pending.apply_entry(&entry).map_err(sm_write_err)?);

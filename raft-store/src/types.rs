@@ -84,12 +84,27 @@ pub enum Command {
     RegisterNode { node: NodeRecord },
     /// Marks a node as removed from the cluster. Its id stays used.
     RetireNode { node_id: NodeId },
-    /// Appends events, all or none.
+    /// Appends events, all or none, for the key `by` (authorised when applied).
     AppendEvents {
         tx: TxKey,
-        reported_by: String,
+        by: String,
         events: Vec<NewEvent>,
     },
+    /// Creates an operator (admin only). Its id is derived when applied.
+    CreateOperator { by: String, name: String },
+    /// Creates an API key (admin only); the key's secret hash was made by the receiving node.
+    CreateKey { by: String, key: ApiKeyRecord },
+    /// Revokes an API key (admin only).
+    RevokeKey { by: String, key_id: String },
+    /// Creates an agent owned by `owner_id` (admin, or the owner's key with `write`). Its id
+    /// and ASN are derived when applied.
+    CreateAgent {
+        by: String,
+        name: String,
+        owner_id: String,
+    },
+    /// Deactivates an agent (admin, or the owner's key with `write`). Its history stays.
+    DeactivateAgent { by: String, asn: String },
 }
 
 /// Identifies a write for deduplication: a retried write with the same `dedup_key` returns the
@@ -142,6 +157,8 @@ pub struct Event {
     pub seq: u64,
     /// UUIDv7 derived deterministically from `created_at_ms` and the chain.
     pub id: [u8; 16],
+    /// The agent's id (see [`AgentRecord`]).
+    pub agent_id: [u8; 16],
     pub asn: String,
     pub event_type: String,
     pub severity: Severity,
@@ -175,6 +192,9 @@ pub enum CommandResult {
     },
     /// A non-event command took effect.
     Done,
+    Operator(OperatorRecord),
+    Key(ApiKeyRecord),
+    Agent(AgentRecord),
     Rejected {
         code: RejectCode,
         message: String,
@@ -229,4 +249,78 @@ pub struct LedgerHead {
 pub struct ClusterRecord {
     pub cluster_id: String,
     pub created_at_ms: i64,
+}
+
+/// An operator: the owner of agents and of API keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// UUIDv7, derived when applied.
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentStatus {
+    Active,
+    Deactivated,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deactivated => "deactivated",
+        }
+    }
+}
+
+/// An agent, identified by its ASN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// UUIDv7, derived when applied.
+    pub id: [u8; 16],
+    /// `ASN-YYYY-DDDD-DDDD-L`, derived when applied (see `asn.rs`).
+    pub asn: String,
+    pub name: String,
+    pub owner_id: String,
+    pub status: AgentStatus,
+    pub created_at_ms: i64,
+    pub deactivated_at_ms: Option<i64>,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 4] = [Self::ActivityReport, Self::Write, Self::Read, Self::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ActivityReport => "activity:report",
+            Self::Write => "write",
+            Self::Read => "read",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+impl ApiKeyRecord {
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has(Permission::Admin)
+    }
+
+    /// `operator` for an operator's key, `admin` for a key of the cluster's administrators.
+    pub fn reporter(&self) -> &'static str {
+        if self.operator_id.is_some() {
+            "operator"
+        } else {
+            "admin"
+        }
+    }
 }

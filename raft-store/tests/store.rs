@@ -1,6 +1,6 @@
 //! Our own storage tests, beside openraft's suite: what survives a reopen, the ledger's
-//! invariants when applying (dense `seq`, intact chain, dedup), snapshots that replace the whole
-//! state, and corruption found at open.
+//! invariants when applying (dense `seq`, intact chain, dedup, authorization at apply, indexes),
+//! snapshots that replace the whole state, and corruption found at open.
 
 use openraft::CommittedLeaderId;
 use openraft::EntryPayload;
@@ -9,18 +9,25 @@ use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftLogStorage;
 use openraft::storage::RaftLogStorageExt;
 use openraft::storage::RaftStateMachine;
+use raft_store::ActivityQuery;
+use raft_store::ApiKeyRecord;
 use raft_store::Command;
 use raft_store::CommandResult;
 use raft_store::Entry;
 use raft_store::Event;
 use raft_store::LogId;
 use raft_store::NewEvent;
+use raft_store::NodeRecord;
+use raft_store::Permission;
 use raft_store::RejectCode;
 use raft_store::Request;
 use raft_store::Severity;
+use raft_store::StateMachineStore;
 use raft_store::TxKey;
 use raft_store::Vote;
 use raft_store::chain;
+
+const ADMIN: &str = "00000000000000a1";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -33,23 +40,31 @@ fn log_id(index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn append(tx: u8, body: u8, asns: &[&str]) -> Command {
+fn new_event(asn: &str, event_type: &str) -> NewEvent {
+    NewEvent {
+        asn: asn.to_owned(),
+        event_type: event_type.to_owned(),
+        severity: Severity::Info,
+        metadata_json: r#"{"k":1}"#.into(),
+    }
+}
+
+fn append_as(by: &str, tx: u8, body: u8, asns: &[&str]) -> Command {
     Command::AppendEvents {
         tx: TxKey {
             dedup_key: [tx; 32],
             body_hash: [body; 32],
         },
-        reported_by: "operator".into(),
+        by: by.to_owned(),
         events: asns
             .iter()
-            .map(|asn| NewEvent {
-                asn: (*asn).to_owned(),
-                event_type: "task_completed".into(),
-                severity: Severity::Info,
-                metadata_json: r#"{"k":1}"#.into(),
-            })
+            .map(|asn| new_event(asn, "task_completed"))
             .collect(),
     }
+}
+
+fn append(tx: u8, body: u8, asns: &[&str]) -> Command {
+    append_as(ADMIN, tx, body, asns)
 }
 
 fn entry(index: u64, proposed_at_ms: i64, commands: Vec<Command>) -> Entry {
@@ -62,10 +77,78 @@ fn entry(index: u64, proposed_at_ms: i64, commands: Vec<Command>) -> Entry {
     }
 }
 
+fn key(id: &str, operator_id: Option<&str>, permissions: &[Permission]) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.into(),
+        name: id.into(),
+        operator_id: operator_id.map(str::to_owned),
+        permissions: permissions.to_vec(),
+        secret_sha256: [7; 32],
+        created_at_ms: 0,
+        revoked: false,
+    }
+}
+
+/// Initialises the cluster (admin key `ADMIN`), creates an operator and one agent per name in
+/// log entries 1 and 2. Returns the operator id and the agents' ASNs in order.
+async fn setup(sm: &mut StateMachineStore, names: &[&str]) -> (String, Vec<String>) {
+    let node = NodeRecord {
+        id: 1,
+        grpc_addr: "127.0.0.1:1".into(),
+        http_addr: "127.0.0.1:2".into(),
+        public_key: [0; 32],
+        retired: false,
+    };
+    let init = Command::InitCluster {
+        cluster_id: "c".into(),
+        admin_key: key(ADMIN, None, &[Permission::Admin]),
+        node,
+    };
+    let operator = Command::CreateOperator {
+        by: ADMIN.into(),
+        name: "acme".into(),
+    };
+    let responses = sm
+        .apply(vec![entry(1, 1, vec![init, operator])])
+        .await
+        .expect("apply setup");
+    let CommandResult::Operator(operator) = &responses[0].results[1] else {
+        panic!("expected an operator, got {:?}", responses[0].results[1]);
+    };
+    let agents = names
+        .iter()
+        .map(|name| Command::CreateAgent {
+            by: ADMIN.into(),
+            name: (*name).into(),
+            owner_id: operator.id.clone(),
+        })
+        .collect();
+    let responses = sm
+        .apply(vec![entry(2, 1, agents)])
+        .await
+        .expect("apply agents");
+    let asns = responses[0]
+        .results
+        .iter()
+        .map(|result| match result {
+            CommandResult::Agent(agent) => agent.asn.clone(),
+            other => panic!("expected an agent, got {other:?}"),
+        })
+        .collect();
+    (operator.id.clone(), asns)
+}
+
 fn appended(result: &CommandResult) -> (&[Event], bool) {
     match result {
         CommandResult::Appended { events, replayed } => (events, *replayed),
         other => panic!("expected Appended, got {other:?}"),
+    }
+}
+
+fn rejected(result: &CommandResult) -> (RejectCode, &str) {
+    match result {
+        CommandResult::Rejected { code, message } => (*code, message),
+        other => panic!("expected Rejected, got {other:?}"),
     }
 }
 
@@ -97,44 +180,36 @@ fn assert_chain(events: &[Event]) {
     }
 }
 
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
 #[test]
 fn applying_builds_a_dense_chain_dedupes_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
         let (mut log, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["one", "two", "three"]).await;
+        let (a1, a2, a3) = (asns[0].as_str(), asns[1].as_str(), asns[2].as_str());
         let vote = Vote::new(3, 1);
         log.save_vote(&vote).await.expect("save vote");
         let entries = vec![
-            entry(
-                1,
-                1_000,
-                vec![append(1, 1, &["A-1", "A-2"]), append(2, 2, &["A-1"])],
-            ),
+            entry(3, 1_000, vec![append(1, 1, &[a1, a2]), append(2, 2, &[a1])]),
             // The clock went back on a new leader: created_at must not.
-            entry(2, 500, vec![append(3, 3, &["A-2"])]),
+            entry(4, 500, vec![append(3, 3, &[a2])]),
             // A retry of tx 1 with the same body, and one with another body.
-            entry(
-                3,
-                2_000,
-                vec![append(1, 1, &["A-1", "A-2"]), append(1, 9, &["A-3"])],
-            ),
+            entry(5, 2_000, vec![append(1, 1, &[a1, a2]), append(1, 9, &[a3])]),
         ];
         log.blocking_append(entries.clone()).await.expect("append");
         let responses = sm.apply(entries).await.expect("apply");
         assert_eq!(responses.len(), 3);
         let (first, replayed) = appended(&responses[0].results[0]);
         assert!(!replayed);
-        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(seqs(first), [1, 2]);
         let (again, replayed) = appended(&responses[2].results[0]);
         assert!(replayed, "same dedup key and body is a replay");
         assert_eq!(again, first, "a replay returns the original events");
-        assert!(matches!(
-            responses[2].results[1],
-            CommandResult::Rejected {
-                code: RejectCode::Conflict,
-                ..
-            }
-        ));
+        assert_eq!(rejected(&responses[2].results[1]).0, RejectCode::Conflict);
         let (late, _) = appended(&responses[1].results[0]);
         assert_eq!(
             late[0].created_at_ms, 1_000,
@@ -146,34 +221,202 @@ fn applying_builds_a_dense_chain_dedupes_and_survives_reopen() {
         let (mut log, mut sm) = raft_store::open(dir.path()).expect("reopen");
         assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
         let state = log.get_log_state().await.expect("log state");
-        assert_eq!(state.last_log_id, Some(log_id(3)));
+        assert_eq!(state.last_log_id, Some(log_id(5)));
         assert_eq!(
-            log.try_get_log_entries(1..4).await.expect("entries").len(),
+            log.try_get_log_entries(3..6).await.expect("entries").len(),
             3
         );
         let (applied, _) = sm.applied_state().await.expect("applied state");
-        assert_eq!(applied, Some(log_id(3)));
+        assert_eq!(applied, Some(log_id(5)));
         let ledger = sm.ledger();
         let events = ledger.events_from(1, 100).expect("events");
         assert_eq!(events.len(), 4);
         assert_chain(&events);
         assert_eq!(ledger.head().expect("head").head_hash, events[3].hash);
-        // The per-agent index: newest first, any page in O(page).
-        let newest: Vec<u64> = ledger
-            .agent_events_newest_first("A-2", 0, 10)
-            .expect("agent")
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(newest, [4, 2]);
-        let second: Vec<u64> = ledger
-            .agent_events_newest_first("A-1", 1, 1)
-            .expect("agent")
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(second, [1]);
-        assert_eq!(ledger.agent_event_count("A-9").expect("count"), 0);
+        assert_eq!(ledger.agent_event_count(a2).expect("count"), 2);
+        assert_eq!(ledger.agent_event_count(a3).expect("count"), 0);
+    });
+}
+
+#[test]
+fn authorization_is_decided_when_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (owner, asns) = setup(&mut sm, &["mine", "retired"]).await;
+        let (mine, retired) = (asns[0].as_str(), asns[1].as_str());
+        let other_operator = Command::CreateOperator {
+            by: ADMIN.into(),
+            name: "other".into(),
+        };
+        let responses = sm
+            .apply(vec![entry(3, 1, vec![other_operator])])
+            .await
+            .expect("apply");
+        let CommandResult::Operator(other) = &responses[0].results[0] else {
+            panic!("operator")
+        };
+        let keys = vec![
+            Command::CreateKey {
+                by: ADMIN.into(),
+                key: key("report", Some(&owner), &[Permission::ActivityReport]),
+            },
+            Command::CreateKey {
+                by: ADMIN.into(),
+                key: key("read", Some(&owner), &[Permission::Read]),
+            },
+            Command::CreateKey {
+                by: ADMIN.into(),
+                key: key("other", Some(&other.id), &[Permission::Write]),
+            },
+            Command::CreateKey {
+                by: "report".into(),
+                key: key("sneaky", None, &[Permission::Admin]),
+            },
+            Command::DeactivateAgent {
+                by: ADMIN.into(),
+                asn: retired.into(),
+            },
+        ];
+        let responses = sm.apply(vec![entry(4, 1, keys)]).await.expect("apply keys");
+        assert_eq!(
+            rejected(&responses[0].results[3]).0,
+            RejectCode::Forbidden,
+            "only admins create keys"
+        );
+        let commands = vec![
+            append_as("report", 1, 0, &[mine]),
+            append_as("read", 2, 0, &[mine]),
+            append_as("other", 3, 0, &[mine]),
+            append_as("nobody", 4, 0, &[mine]),
+            append_as("report", 5, 0, &[retired]),
+            append_as("report", 6, 0, &[mine, "ASN-2026-0000-0000-A"]),
+            Command::RevokeKey {
+                by: ADMIN.into(),
+                key_id: "report".into(),
+            },
+            append_as("report", 7, 0, &[mine]),
+            // A retry of tx 1 after the revocation returns the first result.
+            append_as("report", 1, 0, &[mine]),
+        ];
+        let responses = sm
+            .apply(vec![entry(5, 1, commands)])
+            .await
+            .expect("apply events");
+        let results = &responses[0].results;
+        assert_eq!(seqs(appended(&results[0]).0), [1]);
+        assert_eq!(
+            rejected(&results[1]).0,
+            RejectCode::Forbidden,
+            "read keys do not report"
+        );
+        assert_eq!(
+            rejected(&results[2]).0,
+            RejectCode::Forbidden,
+            "another operator's key"
+        );
+        assert_eq!(
+            rejected(&results[3]).0,
+            RejectCode::Unauthorized,
+            "unknown key"
+        );
+        assert_eq!(
+            rejected(&results[4]).0,
+            RejectCode::Gone,
+            "deactivated agent"
+        );
+        let (code, message) = rejected(&results[5]);
+        assert_eq!(code, RejectCode::NotFound);
+        assert!(message.starts_with("events[1]"), "{message}");
+        assert!(matches!(results[6], CommandResult::Key(ref k) if k.revoked));
+        assert_eq!(
+            rejected(&results[7]).0,
+            RejectCode::Unauthorized,
+            "revoked key"
+        );
+        assert_eq!(seqs(appended(&results[8]).0), [1]);
+        assert_eq!(
+            sm.ledger().head().expect("head").size,
+            1,
+            "refused commands recorded nothing"
+        );
+    });
+}
+
+#[test]
+fn activity_queries_page_filter_and_window_through_the_indexes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["a", "b"]).await;
+        let (a, b) = (asns[0].as_str(), asns[1].as_str());
+        // 120 events of `a` at times 1000, 1010, …; every third is an incident; `b` interleaves.
+        let mut entries = Vec::new();
+        for i in 0..120u64 {
+            let event_type = if i % 3 == 0 {
+                "incident"
+            } else {
+                "task_completed"
+            };
+            let mut dedup_key = [0u8; 32];
+            dedup_key[..8].copy_from_slice(&i.to_be_bytes());
+            let command = Command::AppendEvents {
+                tx: TxKey {
+                    dedup_key,
+                    body_hash: [0; 32],
+                },
+                by: ADMIN.into(),
+                events: vec![new_event(a, event_type), new_event(b, "startup")],
+            };
+            entries.push(entry(3 + i, 1_000 + 10 * i as i64, vec![command]));
+        }
+        sm.apply(entries).await.expect("apply");
+        let ledger = sm.ledger();
+        let query = |event_type, from_ms, to_ms, window, skip, limit| {
+            ledger
+                .agent_activity(ActivityQuery {
+                    asn: a,
+                    event_type,
+                    from_ms,
+                    to_ms,
+                    window,
+                    skip,
+                    limit,
+                })
+                .expect("query")
+        };
+        // Newest first; a's events have odd seqs 1, 3, …, 239.
+        let page = query(None, None, None, None, 0, 3);
+        assert_eq!(page.total, 120);
+        assert_eq!(seqs(&page.events), [239, 237, 235]);
+        let last = query(None, None, None, None, 118, 20);
+        assert_eq!(seqs(&last.events), [3, 1]);
+        assert!(query(None, None, None, None, 120, 20).events.is_empty());
+        // The public window: only the 50 most recent exist.
+        let window = query(None, None, None, Some(50), 40, 20);
+        assert_eq!(window.total, 50);
+        assert_eq!(
+            seqs(&window.events),
+            (0..10).map(|k| 239 - 2 * (40 + k)).collect::<Vec<_>>()
+        );
+        // By type: incidents are i = 0, 3, …, 117 (40 of them).
+        let incidents = query(Some("incident"), None, None, None, 0, 50);
+        assert_eq!(incidents.total, 40);
+        assert!(incidents.events.iter().all(|e| e.event_type == "incident"));
+        assert_eq!(incidents.events[0].seq, 2 * 117 + 1);
+        // By time, inclusive: i in 10..=19.
+        let range = query(None, Some(1_100), Some(1_190), None, 0, 50);
+        assert_eq!(range.total, 10);
+        assert_eq!(
+            seqs(&range.events),
+            (10..20).rev().map(|i| 2 * i + 1).collect::<Vec<_>>()
+        );
+        // Type and time together, under a window: incidents with i in 10..=19 are 12, 15, 18.
+        let both = query(Some("incident"), Some(1_100), Some(1_190), Some(2), 0, 50);
+        assert_eq!(both.total, 2);
+        assert_eq!(seqs(&both.events), [37, 31]);
+        assert_eq!(query(None, Some(5_000), None, None, 0, 50).total, 0);
+        assert_eq!(query(Some("nothing"), None, None, None, 0, 50).total, 0);
     });
 }
 
@@ -183,8 +426,9 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
     let target_dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
         let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
-        let entries: Vec<Entry> = (1..=5)
-            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &["S-1"])]))
+        let (_, asns) = setup(&mut source, &["s"]).await;
+        let entries: Vec<Entry> = (3..=7)
+            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
             .collect();
         source.apply(entries).await.expect("apply source");
         let snapshot = source
@@ -193,14 +437,15 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
             .build_snapshot()
             .await
             .expect("build");
-        assert_eq!(snapshot.meta.last_log_id, Some(log_id(5)));
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(7)));
 
         // The target has other, older state: it must be gone after the install.
         let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        let (_, other) = setup(&mut target, &["t1", "t2"]).await;
         target
-            .apply(vec![entry(1, 1, vec![append(99, 0, &["OTHER"])])])
+            .apply(vec![entry(3, 1, vec![append(99, 0, &[other[1].as_str()])])])
             .await
-            .expect("apply target");
+            .expect("apply");
         target
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
@@ -209,12 +454,13 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
         let source_events = source.ledger().events_from(1, 100).expect("source events");
         assert_eq!(target_events, source_events);
         assert_chain(&target_events);
+        assert!(target.ledger().agent(&other[1]).expect("agent").is_none());
         assert_eq!(
-            target.ledger().agent_event_count("OTHER").expect("count"),
+            target.ledger().agent_event_count(&other[1]).expect("count"),
             0
         );
         let (applied, _) = target.applied_state().await.expect("applied");
-        assert_eq!(applied, Some(log_id(5)));
+        assert_eq!(applied, Some(log_id(7)));
         let current = target
             .get_current_snapshot()
             .await
@@ -229,7 +475,43 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
             .await
             .expect("current")
             .expect("a snapshot");
-        assert_eq!(current.meta.last_log_id, Some(log_id(5)));
+        assert_eq!(current.meta.last_log_id, Some(log_id(7)));
+    });
+}
+
+#[test]
+fn a_state_machine_behind_its_snapshot_file_is_restored_at_open() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
+        let (_, asns) = setup(&mut source, &["r"]).await;
+        let entries: Vec<Entry> = (3..=5)
+            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
+            .collect();
+        source.apply(entries).await.expect("apply");
+        source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+    });
+    // The target's state machine is empty but its snapshot file covers entries 1..=5, as after
+    // a crash that lost unsynced state-machine writes.
+    std::fs::create_dir_all(target_dir.path().join("snapshot")).expect("mkdir");
+    std::fs::copy(
+        source_dir.path().join("snapshot/current"),
+        target_dir.path().join("snapshot/current"),
+    )
+    .expect("copy snapshot");
+    runtime().block_on(async {
+        let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        let (applied, _) = target.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(log_id(5)));
+        let events = target.ledger().events_from(1, 10).expect("events");
+        assert_eq!(events.len(), 3);
+        assert_chain(&events);
     });
 }
 
@@ -238,7 +520,9 @@ fn a_damaged_store_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
         let (_, mut sm) = raft_store::open(dir.path()).expect("open");
-        sm.apply(vec![entry(1, 1, vec![append(1, 0, &["D-1", "D-1"])])])
+        let (_, asns) = setup(&mut sm, &["d"]).await;
+        let asn = asns[0].as_str();
+        sm.apply(vec![entry(3, 1, vec![append(1, 0, &[asn, asn])])])
             .await
             .expect("apply");
     });
@@ -262,7 +546,8 @@ fn a_damaged_store_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
         let (_, mut sm) = raft_store::open(dir.path()).expect("open");
-        sm.apply(vec![entry(1, 1, vec![append(1, 0, &["D-1"])])])
+        let (_, asns) = setup(&mut sm, &["d"]).await;
+        sm.apply(vec![entry(3, 1, vec![append(1, 0, &[asns[0].as_str()])])])
             .await
             .expect("apply");
         sm.get_snapshot_builder()
@@ -281,39 +566,4 @@ fn a_damaged_store_refuses_to_open() {
         .expect("open must fail")
         .to_string();
     assert!(message.contains("snapshot"), "{message}");
-}
-
-#[test]
-fn a_state_machine_behind_its_snapshot_file_is_restored_at_open() {
-    let source_dir = tempfile::tempdir().expect("tempdir");
-    let target_dir = tempfile::tempdir().expect("tempdir");
-    runtime().block_on(async {
-        let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
-        let entries: Vec<Entry> = (1..=3)
-            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &["R-1"])]))
-            .collect();
-        source.apply(entries).await.expect("apply");
-        source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
-    });
-    // The target's state machine is empty but its snapshot file covers entries 1..=3, as after
-    // a crash that lost unsynced state-machine writes.
-    std::fs::create_dir_all(target_dir.path().join("snapshot")).expect("mkdir");
-    std::fs::copy(
-        source_dir.path().join("snapshot/current"),
-        target_dir.path().join("snapshot/current"),
-    )
-    .expect("copy snapshot");
-    runtime().block_on(async {
-        let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
-        let (applied, _) = target.applied_state().await.expect("applied");
-        assert_eq!(applied, Some(log_id(3)));
-        let events = target.ledger().events_from(1, 10).expect("events");
-        assert_eq!(events.len(), 3);
-        assert_chain(&events);
-    });
 }

@@ -1,0 +1,370 @@
+//! The parts the spec page presumes: operators, API keys and agents.
+//!
+//! The receiving node authenticates and checks the permission (fast 401/403); the state
+//! machine decides again when the command is applied, against the replicated records.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use raft_store::AgentRecord;
+use raft_store::ApiKeyRecord;
+use raft_store::Command;
+use raft_store::CommandResult;
+use raft_store::OperatorRecord;
+use raft_store::Permission;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::ApiError;
+use crate::Backend;
+use crate::Consistency;
+use crate::auth;
+use crate::events::parse_consistency;
+use crate::events::parse_json;
+use crate::events::read_body;
+use crate::events::rfc3339_ms;
+use crate::events::validate_asn;
+use crate::limits::NAME_CHARS_MAX;
+
+fn validate_name(name: &str, field: &str) -> Result<(), ApiError> {
+    let chars = name.chars().count();
+    if name.trim().is_empty() || chars > NAME_CHARS_MAX {
+        return Err(ApiError::validation(format!(
+            "{field}: must be 1 to {NAME_CHARS_MAX} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "{field}: control characters are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+async fn submit(backend: &impl Backend, command: Command) -> Result<CommandResult, ApiError> {
+    match backend.submit(command).await? {
+        CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
+        result => Ok(result),
+    }
+}
+
+fn unexpected(result: &CommandResult) -> ApiError {
+    ApiError::internal(format!("unexpected command result: {result:?}"))
+}
+
+#[derive(Serialize)]
+struct OperatorView {
+    id: String,
+    name: String,
+    created_at: String,
+}
+
+impl From<&OperatorRecord> for OperatorView {
+    fn from(operator: &OperatorRecord) -> Self {
+        Self {
+            id: operator.id.clone(),
+            name: operator.name.clone(),
+            created_at: rfc3339_ms(operator.created_at_ms),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperator {
+    name: String,
+}
+
+/// `POST /api/v1/operators` (admin).
+pub async fn create_operator<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let key = auth::require_admin(backend.ledger(), &headers)?;
+    let request: CreateOperator = parse_json(&read_body(body).await?)?;
+    validate_name(&request.name, "name")?;
+    match submit(
+        backend.as_ref(),
+        Command::CreateOperator {
+            by: key.id,
+            name: request.name,
+        },
+    )
+    .await?
+    {
+        CommandResult::Operator(operator) => {
+            Ok((StatusCode::CREATED, Json(OperatorView::from(&operator))).into_response())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `GET /api/v1/operators/{id}` (admin).
+pub async fn get_operator<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth::require_admin(backend.ledger(), &headers)?;
+    backend.linearize().await?;
+    let operator = backend
+        .ledger()
+        .operator(&id)?
+        .ok_or_else(|| ApiError::not_found(format!("id: operator {id} not found")))?;
+    Ok(Json(OperatorView::from(&operator)).into_response())
+}
+
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    /// The secret, present only in the answer that creates the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    operator_id: Option<String>,
+    name: String,
+    permissions: Vec<&'static str>,
+    created_at: String,
+    revoked: bool,
+}
+
+impl KeyView {
+    fn new(record: &ApiKeyRecord, secret: Option<String>) -> Self {
+        Self {
+            id: record.id.clone(),
+            key: secret,
+            operator_id: record.operator_id.clone(),
+            name: record.name.clone(),
+            permissions: record.permissions.iter().map(|p| p.as_str()).collect(),
+            created_at: rfc3339_ms(record.created_at_ms),
+            revoked: record.revoked,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    operator_id: Option<String>,
+    name: String,
+    permissions: Vec<String>,
+}
+
+/// `POST /api/v1/keys` (admin): the secret is generated here, shown once, stored as a hash.
+pub async fn create_key<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let admin = auth::require_admin(backend.ledger(), &headers)?;
+    let request: CreateKey = parse_json(&read_body(body).await?)?;
+    validate_name(&request.name, "name")?;
+    if request.permissions.is_empty() {
+        return Err(ApiError::validation(
+            "permissions: at least one of activity:report, write, read, admin",
+        ));
+    }
+    let mut permissions = Vec::with_capacity(request.permissions.len());
+    for (index, text) in request.permissions.iter().enumerate() {
+        let permission = Permission::parse(text).ok_or_else(|| {
+            ApiError::validation(format!(
+                "permissions[{index}]: unknown permission {text:?}; use activity:report, write, read or admin"
+            ))
+        })?;
+        if !permissions.contains(&permission) {
+            permissions.push(permission);
+        }
+    }
+    if request.operator_id.is_none() && !permissions.contains(&Permission::Admin) {
+        return Err(ApiError::validation(
+            "operator_id: required unless the key has the admin permission",
+        ));
+    }
+    let (id, secret) = auth::generate_key(rand::random(), rand::random());
+    let record = ApiKeyRecord {
+        id,
+        name: request.name,
+        operator_id: request.operator_id,
+        permissions,
+        secret_sha256: auth::hash_secret(&secret),
+        created_at_ms: 0,
+        revoked: false,
+    };
+    match submit(
+        backend.as_ref(),
+        Command::CreateKey {
+            by: admin.id,
+            key: record,
+        },
+    )
+    .await?
+    {
+        CommandResult::Key(record) => Ok((
+            StatusCode::CREATED,
+            Json(KeyView::new(&record, Some(secret))),
+        )
+            .into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `DELETE /api/v1/keys/{id}` (admin): revokes the key. Revoking twice is harmless.
+pub async fn revoke_key<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let admin = auth::require_admin(backend.ledger(), &headers)?;
+    match submit(
+        backend.as_ref(),
+        Command::RevokeKey {
+            by: admin.id,
+            key_id: id,
+        },
+    )
+    .await?
+    {
+        CommandResult::Key(record) => Ok(Json(KeyView::new(&record, None)).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+#[derive(Serialize)]
+pub struct AgentView {
+    asn: String,
+    id: String,
+    name: String,
+    owner_id: String,
+    status: &'static str,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deactivated_at: Option<String>,
+}
+
+impl From<&AgentRecord> for AgentView {
+    fn from(agent: &AgentRecord) -> Self {
+        Self {
+            asn: agent.asn.clone(),
+            id: uuid::Uuid::from_bytes(agent.id).to_string(),
+            name: agent.name.clone(),
+            owner_id: agent.owner_id.clone(),
+            status: agent.status.as_str(),
+            created_at: rfc3339_ms(agent.created_at_ms),
+            deactivated_at: agent.deactivated_at_ms.map(rfc3339_ms),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    name: String,
+    owner_id: Option<String>,
+}
+
+/// `POST /api/v1/agents`: an admin names the owner; an operator's `write` key owns what it
+/// creates.
+pub async fn create_agent<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let key = auth::require_key(backend.ledger(), &headers)?;
+    if !key.is_admin() && !key.has(Permission::Write) {
+        return Err(ApiError::forbidden(
+            "Authorization: creating an agent needs the write permission",
+        ));
+    }
+    let request: CreateAgent = parse_json(&read_body(body).await?)?;
+    validate_name(&request.name, "name")?;
+    let owner_id = match (key.is_admin(), request.owner_id, key.operator_id.clone()) {
+        (true, Some(owner_id), _) => owner_id,
+        (true, None, Some(own)) => own,
+        (true, None, None) => {
+            return Err(ApiError::validation("owner_id: required for an admin key"));
+        }
+        (false, Some(owner_id), own) => {
+            if own.as_deref() != Some(owner_id.as_str()) {
+                return Err(ApiError::forbidden(
+                    "owner_id: an operator key can only create agents it owns",
+                ));
+            }
+            owner_id
+        }
+        (false, None, Some(own)) => own,
+        (false, None, None) => {
+            return Err(ApiError::forbidden(
+                "Authorization: this key belongs to no operator",
+            ));
+        }
+    };
+    match submit(
+        backend.as_ref(),
+        Command::CreateAgent {
+            by: key.id,
+            name: request.name,
+            owner_id,
+        },
+    )
+    .await?
+    {
+        CommandResult::Agent(agent) => {
+            Ok((StatusCode::CREATED, Json(AgentView::from(&agent))).into_response())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AgentParams {
+    consistency: Option<String>,
+}
+
+/// `GET /api/v1/agents/{asn}` (public).
+pub async fn get_agent<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    Path(asn): Path<String>,
+    axum::extract::Query(params): axum::extract::Query<AgentParams>,
+) -> Result<Response, ApiError> {
+    auth::authenticate(backend.ledger(), &headers)?;
+    validate_asn(&asn, "asn")?;
+    if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
+        backend.linearize().await?;
+    }
+    let agent = backend
+        .ledger()
+        .agent(&asn)?
+        .ok_or_else(|| ApiError::not_found(format!("asn: agent {asn} not found")))?;
+    Ok(Json(AgentView::from(&agent)).into_response())
+}
+
+/// `POST /api/v1/agents/{asn}/deactivate` (the owner's `write` key, or admin).
+pub async fn deactivate_agent<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    Path(asn): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = auth::require_key(backend.ledger(), &headers)?;
+    if !key.is_admin() && !key.has(Permission::Write) {
+        return Err(ApiError::forbidden(
+            "Authorization: deactivating an agent needs the write permission",
+        ));
+    }
+    validate_asn(&asn, "asn")?;
+    match submit(
+        backend.as_ref(),
+        Command::DeactivateAgent { by: key.id, asn },
+    )
+    .await?
+    {
+        CommandResult::Agent(agent) => Ok(Json(AgentView::from(&agent)).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}

@@ -1,0 +1,629 @@
+//! Applying committed entries: [`Pending`] gathers the writes of one `apply` call (and the state
+//! they lead to, so later commands see earlier ones), then [`Pending::commit`] writes them in
+//! one sled transaction over every state-machine tree.
+//!
+//! Authorization happens here, deterministically, against the replicated key, operator and
+//! agent records as of this point in the log: a key revoked or an agent deactivated between a
+//! request's submission and its commit is honoured.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use openraft::EntryPayload;
+use sled::Transactional;
+
+use crate::StoreError;
+use crate::asn;
+use crate::chain;
+use crate::codec;
+use crate::codec::IndexScope;
+use crate::ledger::Ledger;
+use crate::ledger::META_AGENTS_TOTAL;
+use crate::ledger::META_CLUSTER;
+use crate::ledger::META_HEAD;
+use crate::ledger::META_LAST_APPLIED;
+use crate::ledger::META_LAST_MEMBERSHIP;
+use crate::ledger::META_OPERATORS_TOTAL;
+use crate::ledger::SM_TREE_COUNT;
+use crate::ledger::TxRecord;
+use crate::types::AgentRecord;
+use crate::types::AgentStatus;
+use crate::types::ApiKeyRecord;
+use crate::types::ClusterRecord;
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::Entry;
+use crate::types::Event;
+use crate::types::Hash;
+use crate::types::LedgerHead;
+use crate::types::LogId;
+use crate::types::NewEvent;
+use crate::types::NodeId;
+use crate::types::NodeRecord;
+use crate::types::OperatorRecord;
+use crate::types::Permission;
+use crate::types::RejectCode;
+use crate::types::Response;
+use crate::types::StoredMembership;
+use crate::types::TxKey;
+
+/// The most events one `AppendEvents` command may carry (the API's batch limit is lower).
+pub const COMMAND_EVENTS_MAX: usize = 10_000;
+
+// Indexes into `Pending::batches`, in the order of `SM_TREES`.
+pub(crate) const T_META: usize = 0;
+const T_EVENTS: usize = 1;
+const T_IDX: usize = 2;
+const T_COUNTS: usize = 3;
+const T_TX: usize = 4;
+const T_NODES: usize = 5;
+const T_KEYS: usize = 6;
+const T_OPERATORS: usize = 7;
+const T_AGENTS: usize = 8;
+
+pub(crate) type Batches = [sled::Batch; SM_TREE_COUNT];
+
+fn rejected(code: RejectCode, message: impl Into<String>) -> CommandResult {
+    CommandResult::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A refusal, carried through `?` inside a command.
+struct Reject(RejectCode, String);
+
+type Checked<T> = Result<Result<T, Reject>, StoreError>;
+
+/// A deterministic UUIDv7 for a record created at `at_ms`, from a domain and a counter.
+fn derived_uuid(domain: &str, counter: u64, at_ms: i64) -> [u8; 16] {
+    let mut input = Vec::with_capacity(domain.len() + 9);
+    input.extend_from_slice(domain.as_bytes());
+    input.push(0);
+    input.extend_from_slice(&counter.to_be_bytes());
+    let digest = chain::sha256(&input);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(at_ms).unwrap_or(0);
+    *uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .as_bytes()
+}
+
+pub(crate) struct Pending<'a> {
+    ledger: &'a Ledger,
+    batches: Batches,
+    head: LedgerHead,
+    cluster: Option<ClusterRecord>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    agents_total: u64,
+    operators_total: u64,
+    new_events: BTreeMap<u64, Event>,
+    counts: HashMap<Vec<u8>, u64>,
+    tx: HashMap<Hash, TxRecord>,
+    nodes: HashMap<NodeId, NodeRecord>,
+    keys: HashMap<String, ApiKeyRecord>,
+    operators: HashMap<String, OperatorRecord>,
+    agents: HashMap<String, AgentRecord>,
+}
+
+impl<'a> Pending<'a> {
+    pub(crate) fn new(ledger: &'a Ledger) -> Result<Self, StoreError> {
+        Ok(Self {
+            ledger,
+            batches: Default::default(),
+            head: ledger.head()?,
+            cluster: ledger.cluster()?,
+            last_applied: ledger.last_applied()?,
+            membership: ledger.last_membership()?,
+            agents_total: ledger.agents_total()?,
+            operators_total: ledger.operators_total()?,
+            new_events: BTreeMap::new(),
+            counts: HashMap::new(),
+            tx: HashMap::new(),
+            nodes: HashMap::new(),
+            keys: HashMap::new(),
+            operators: HashMap::new(),
+            agents: HashMap::new(),
+        })
+    }
+
+    // Reads see this batch's writes first, then the store.
+
+    fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        match self.new_events.get(&seq) {
+            Some(event) => Ok(Some(event.clone())),
+            None => self.ledger.event(seq),
+        }
+    }
+
+    fn tx_record(&self, key: &Hash) -> Result<Option<TxRecord>, StoreError> {
+        match self.tx.get(key) {
+            Some(record) => Ok(Some(*record)),
+            None => self.ledger.tx_record(key),
+        }
+    }
+
+    fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        match self.nodes.get(&id) {
+            Some(node) => Ok(Some(node.clone())),
+            None => self.ledger.node(id),
+        }
+    }
+
+    fn key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        match self.keys.get(id) {
+            Some(key) => Ok(Some(key.clone())),
+            None => self.ledger.api_key(id),
+        }
+    }
+
+    fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        match self.operators.get(id) {
+            Some(operator) => Ok(Some(operator.clone())),
+            None => self.ledger.operator(id),
+        }
+    }
+
+    fn agent(&self, asn: &str) -> Result<Option<AgentRecord>, StoreError> {
+        match self.agents.get(asn) {
+            Some(agent) => Ok(Some(agent.clone())),
+            None => self.ledger.agent(asn),
+        }
+    }
+
+    fn count(&self, scope: IndexScope<'_>) -> Result<u64, StoreError> {
+        match self.counts.get(&scope.prefix()) {
+            Some(count) => Ok(*count),
+            None => self.ledger.index_count(scope),
+        }
+    }
+
+    fn put_node(&mut self, node: NodeRecord) {
+        self.batches[T_NODES].insert(&codec::u64_key(node.id), codec::encode(&node));
+        self.nodes.insert(node.id, node);
+    }
+
+    fn put_key(&mut self, key: ApiKeyRecord) {
+        self.batches[T_KEYS].insert(key.id.as_bytes(), codec::encode(&key));
+        self.keys.insert(key.id.clone(), key);
+    }
+
+    fn put_agent(&mut self, agent: AgentRecord) {
+        self.batches[T_AGENTS].insert(agent.asn.as_bytes(), codec::encode(&agent));
+        self.agents.insert(agent.asn.clone(), agent);
+    }
+
+    /// Appends `seq` with `created_at_ms` to an index.
+    fn index(
+        &mut self,
+        scope: IndexScope<'_>,
+        seq: u64,
+        created_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let ordinal = self.count(scope)?;
+        self.batches[T_IDX].insert(scope.key(ordinal), &codec::index_value(seq, created_at_ms));
+        let prefix = scope.prefix();
+        self.batches[T_COUNTS].insert(prefix.as_slice(), &codec::u64_key(ordinal + 1));
+        self.counts.insert(prefix, ordinal + 1);
+        Ok(())
+    }
+
+    /// The key `by`, valid (present, not revoked) at this point of the log.
+    fn authenticate(&self, by: &str) -> Checked<ApiKeyRecord> {
+        Ok(match self.key(by)? {
+            Some(key) if !key.revoked => Ok(key),
+            _ => Err(Reject(
+                RejectCode::Unauthorized,
+                "Authorization: invalid or missing API key".into(),
+            )),
+        })
+    }
+
+    fn require_admin(&self, by: &str) -> Checked<ApiKeyRecord> {
+        let key = match self.authenticate(by)? {
+            Ok(key) => key,
+            Err(reject) => return Ok(Err(reject)),
+        };
+        if !key.is_admin() {
+            return Ok(Err(Reject(
+                RejectCode::Forbidden,
+                "Authorization: this key lacks the admin permission".into(),
+            )));
+        }
+        Ok(Ok(key))
+    }
+
+    /// May `key` act on `agent` with one of `permissions`? Admin keys may act on any agent.
+    fn may_act_on(
+        key: &ApiKeyRecord,
+        agent: &AgentRecord,
+        permissions: &[Permission],
+        what: &str,
+    ) -> Result<(), Reject> {
+        if key.is_admin() {
+            return Ok(());
+        }
+        if !permissions.iter().any(|p| key.has(*p)) {
+            let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
+            return Err(Reject(
+                RejectCode::Forbidden,
+                format!(
+                    "Authorization: {what} needs the {} permission",
+                    names.join(" or ")
+                ),
+            ));
+        }
+        if key.operator_id.as_deref() != Some(agent.owner_id.as_str()) {
+            return Err(Reject(
+                RejectCode::Forbidden,
+                format!(
+                    "Authorization: this key's operator does not own agent {}",
+                    agent.asn
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply_entry(&mut self, entry: &Entry) -> Result<Response, StoreError> {
+        if let Some(last) = self.last_applied {
+            assert!(
+                entry.log_id.index > last.index,
+                "applying {} after {}",
+                entry.log_id,
+                last
+            );
+        }
+        self.last_applied = Some(entry.log_id);
+        let mut response = Response::default();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+            }
+            EntryPayload::Normal(request) => {
+                response.results.reserve(request.commands.len());
+                for command in &request.commands {
+                    let result = match self.apply_command(request.proposed_at_ms, command)? {
+                        Ok(result) => result,
+                        Err(Reject(code, message)) => rejected(code, message),
+                    };
+                    response.results.push(result);
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// Applies one command. A refusal leaves no trace: every check comes before any write.
+    fn apply_command(&mut self, proposed_at_ms: i64, command: &Command) -> Checked<CommandResult> {
+        // created_at of whatever this command creates: leader time, never decreasing.
+        let now_ms = proposed_at_ms.max(self.head.last_created_at_ms);
+        macro_rules! check {
+            ($checked:expr) => {
+                match $checked? {
+                    Ok(value) => value,
+                    Err(reject) => return Ok(Err(reject)),
+                }
+            };
+        }
+        match command {
+            Command::InitCluster {
+                cluster_id,
+                admin_key,
+                node,
+            } => {
+                if self.cluster.is_some() {
+                    return Ok(Err(Reject(
+                        RejectCode::Conflict,
+                        "the cluster is already initialised".into(),
+                    )));
+                }
+                self.cluster = Some(ClusterRecord {
+                    cluster_id: cluster_id.clone(),
+                    created_at_ms: proposed_at_ms,
+                });
+                self.put_key(admin_key.clone());
+                self.put_node(node.clone());
+                Ok(Ok(CommandResult::Done))
+            }
+            Command::RegisterNode { node } => {
+                if self.node(node.id)?.is_some() {
+                    return Ok(Err(Reject(
+                        RejectCode::Conflict,
+                        format!("id: node id {} was already used", node.id),
+                    )));
+                }
+                self.put_node(node.clone());
+                Ok(Ok(CommandResult::Done))
+            }
+            Command::RetireNode { node_id } => match self.node(*node_id)? {
+                None => Ok(Err(Reject(
+                    RejectCode::NotFound,
+                    format!("id: node {node_id} is not known"),
+                ))),
+                Some(mut node) => {
+                    node.retired = true;
+                    self.put_node(node);
+                    Ok(Ok(CommandResult::Done))
+                }
+            },
+            Command::CreateOperator { by, name } => {
+                check!(self.require_admin(by));
+                self.operators_total += 1;
+                let counter = self.operators_total;
+                let id =
+                    uuid::Uuid::from_bytes(derived_uuid("asn-ledger/operator", counter, now_ms))
+                        .to_string();
+                let operator = OperatorRecord {
+                    id: id.clone(),
+                    name: name.clone(),
+                    created_at_ms: now_ms,
+                };
+                self.batches[T_OPERATORS].insert(id.as_bytes(), codec::encode(&operator));
+                self.operators.insert(id, operator.clone());
+                Ok(Ok(CommandResult::Operator(operator)))
+            }
+            Command::CreateKey { by, key } => {
+                check!(self.require_admin(by));
+                if let Some(operator_id) = &key.operator_id
+                    && self.operator(operator_id)?.is_none()
+                {
+                    return Ok(Err(Reject(
+                        RejectCode::NotFound,
+                        format!("operator_id: operator {operator_id} not found"),
+                    )));
+                }
+                if self.key(&key.id)?.is_some() {
+                    return Ok(Err(Reject(
+                        RejectCode::Conflict,
+                        format!("id: key id {} already exists", key.id),
+                    )));
+                }
+                let mut key = key.clone();
+                key.created_at_ms = now_ms;
+                key.revoked = false;
+                self.put_key(key.clone());
+                Ok(Ok(CommandResult::Key(key)))
+            }
+            Command::RevokeKey { by, key_id } => {
+                check!(self.require_admin(by));
+                match self.key(key_id)? {
+                    None => Ok(Err(Reject(
+                        RejectCode::NotFound,
+                        format!("id: key {key_id} not found"),
+                    ))),
+                    Some(mut key) => {
+                        key.revoked = true;
+                        self.put_key(key.clone());
+                        Ok(Ok(CommandResult::Key(key)))
+                    }
+                }
+            }
+            Command::CreateAgent { by, name, owner_id } => {
+                let key = check!(self.authenticate(by));
+                if !key.is_admin() {
+                    if !key.has(Permission::Write) {
+                        return Ok(Err(Reject(
+                            RejectCode::Forbidden,
+                            "Authorization: creating an agent needs the write permission".into(),
+                        )));
+                    }
+                    if key.operator_id.as_deref() != Some(owner_id.as_str()) {
+                        return Ok(Err(Reject(
+                            RejectCode::Forbidden,
+                            "owner_id: an operator key can only create agents it owns".into(),
+                        )));
+                    }
+                }
+                if self.operator(owner_id)?.is_none() {
+                    return Ok(Err(Reject(
+                        RejectCode::NotFound,
+                        format!("owner_id: operator {owner_id} not found"),
+                    )));
+                }
+                let number = self.agents_total + 1;
+                if number >= asn::AGENTS_MAX {
+                    return Ok(Err(Reject(
+                        RejectCode::Conflict,
+                        "the cluster has no ASNs left".into(),
+                    )));
+                }
+                let asn = asn::format(number, now_ms);
+                assert!(self.agent(&asn)?.is_none(), "ASN {asn} assigned twice");
+                let agent = AgentRecord {
+                    id: derived_uuid("asn-ledger/agent", number, now_ms),
+                    asn,
+                    name: name.clone(),
+                    owner_id: owner_id.clone(),
+                    status: AgentStatus::Active,
+                    created_at_ms: now_ms,
+                    deactivated_at_ms: None,
+                };
+                self.agents_total = number;
+                self.put_agent(agent.clone());
+                Ok(Ok(CommandResult::Agent(agent)))
+            }
+            Command::DeactivateAgent { by, asn } => {
+                let key = check!(self.authenticate(by));
+                let Some(mut agent) = self.agent(asn)? else {
+                    return Ok(Err(Reject(
+                        RejectCode::NotFound,
+                        format!("asn: agent {asn} not found"),
+                    )));
+                };
+                if let Err(reject) =
+                    Self::may_act_on(&key, &agent, &[Permission::Write], "deactivating an agent")
+                {
+                    return Ok(Err(reject));
+                }
+                if agent.status == AgentStatus::Active {
+                    agent.status = AgentStatus::Deactivated;
+                    agent.deactivated_at_ms = Some(now_ms);
+                    self.put_agent(agent.clone());
+                }
+                Ok(Ok(CommandResult::Agent(agent)))
+            }
+            Command::AppendEvents { tx, by, events } => {
+                self.append_events(proposed_at_ms, tx, by, events)
+            }
+        }
+    }
+
+    fn append_events(
+        &mut self,
+        proposed_at_ms: i64,
+        tx: &TxKey,
+        by: &str,
+        events: &[NewEvent],
+    ) -> Checked<CommandResult> {
+        // A retry of a write that was applied returns its result, whatever happened since
+        // (the key may be revoked now: the write was authorised when it was first applied).
+        if let Some(record) = self.tx_record(&tx.dedup_key)? {
+            if record.body_hash != tx.body_hash {
+                return Ok(Err(Reject(
+                    RejectCode::Conflict,
+                    "Idempotency-Key: this key was already used with a different request body"
+                        .into(),
+                )));
+            }
+            let mut replay = Vec::with_capacity(record.count as usize);
+            for seq in record.first_seq..record.first_seq + record.count {
+                let event = self.event(seq)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("tx record points at missing event {seq}"))
+                })?;
+                replay.push(event);
+            }
+            return Ok(Ok(CommandResult::Appended {
+                events: replay,
+                replayed: true,
+            }));
+        }
+        let key = match self.authenticate(by)? {
+            Ok(key) => key,
+            Err(reject) => return Ok(Err(reject)),
+        };
+        if events.is_empty() || events.len() > COMMAND_EVENTS_MAX {
+            return Ok(Err(Reject(
+                RejectCode::Validation,
+                format!(
+                    "events: between 1 and {COMMAND_EVENTS_MAX} events, got {}",
+                    events.len()
+                ),
+            )));
+        }
+        // Check every event before writing any: all or nothing.
+        let single = events.len() == 1;
+        let name = |index: usize| {
+            if single {
+                "asn".to_owned()
+            } else {
+                format!("events[{index}]")
+            }
+        };
+        let mut agents = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let Some(agent) = self.agent(&event.asn)? else {
+                return Ok(Err(Reject(
+                    RejectCode::NotFound,
+                    format!("{}: agent {} not found", name(index), event.asn),
+                )));
+            };
+            if let Err(Reject(code, message)) = Self::may_act_on(
+                &key,
+                &agent,
+                &[Permission::ActivityReport, Permission::Write],
+                "reporting activity",
+            ) {
+                return Ok(Err(Reject(code, format!("{}: {message}", name(index)))));
+            }
+            if agent.status == AgentStatus::Deactivated {
+                return Ok(Err(Reject(
+                    RejectCode::Gone,
+                    format!("{}: agent {} is deactivated", name(index), agent.asn),
+                )));
+            }
+            agents.push(agent.id);
+        }
+        let first_seq = self.head.size + 1;
+        let mut appended = Vec::with_capacity(events.len());
+        for (new, agent_id) in events.iter().zip(agents) {
+            let seq = self.head.size + 1;
+            let created_at_ms = proposed_at_ms.max(self.head.last_created_at_ms);
+            let prev_hash = self.head.head_hash;
+            let mut event = Event {
+                seq,
+                id: chain::event_id(seq, &prev_hash, created_at_ms),
+                agent_id,
+                asn: new.asn.clone(),
+                event_type: new.event_type.clone(),
+                severity: new.severity,
+                metadata_json: new.metadata_json.clone(),
+                reported_by: key.reporter().to_owned(),
+                created_at_ms,
+                prev_hash,
+                hash: [0; 32],
+            };
+            event.hash = chain::event_hash(&event);
+            self.index(IndexScope::Agent(&event.asn), seq, created_at_ms)?;
+            self.index(
+                IndexScope::AgentType(&event.asn, &event.event_type),
+                seq,
+                created_at_ms,
+            )?;
+            self.batches[T_EVENTS].insert(&codec::u64_key(seq), codec::encode(&event));
+            self.head = LedgerHead {
+                size: seq,
+                head_hash: event.hash,
+                last_created_at_ms: created_at_ms,
+            };
+            self.new_events.insert(seq, event.clone());
+            appended.push(event);
+        }
+        let record = TxRecord {
+            body_hash: tx.body_hash,
+            first_seq,
+            count: appended.len() as u64,
+        };
+        self.batches[T_TX].insert(&tx.dedup_key, codec::encode(&record));
+        self.tx.insert(tx.dedup_key, record);
+        Ok(Ok(CommandResult::Appended {
+            events: appended,
+            replayed: false,
+        }))
+    }
+
+    /// Writes everything in one transaction over all state-machine trees.
+    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        let meta = &mut self.batches[T_META];
+        meta.insert(META_LAST_APPLIED, codec::encode(&self.last_applied));
+        meta.insert(META_LAST_MEMBERSHIP, codec::encode(&self.membership));
+        meta.insert(META_HEAD, codec::encode(&self.head));
+        meta.insert(META_AGENTS_TOTAL, codec::encode(&self.agents_total));
+        meta.insert(META_OPERATORS_TOTAL, codec::encode(&self.operators_total));
+        if let Some(cluster) = &self.cluster {
+            meta.insert(META_CLUSTER, codec::encode(cluster));
+        }
+        commit_batches(self.ledger, &self.batches)
+    }
+}
+
+pub(crate) fn commit_batches(ledger: &Ledger, batches: &Batches) -> Result<(), StoreError> {
+    let trees = ledger.trees();
+    trees
+        .as_slice()
+        .transaction(|views| {
+            for (view, batch) in views.iter().zip(batches.iter()) {
+                view.apply_batch(batch)?;
+            }
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                StoreError::Corrupt("transaction aborted".into())
+            }
+        })
+}
