@@ -48,7 +48,7 @@ fn validate_name(name: &str, field: &str) -> Result<(), ApiError> {
 }
 
 async fn submit(backend: &impl Backend, command: Command) -> Result<CommandResult, ApiError> {
-    match backend.submit(command).await? {
+    match backend.submit(crate::proposal(command)).await? {
         CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
         result => Ok(result),
     }

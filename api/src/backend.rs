@@ -3,10 +3,10 @@
 
 use std::future::Future;
 
-use raft_store::Command;
 use raft_store::CommandResult;
 use raft_store::Ledger;
 use raft_store::NodeId;
+use raft_store::Proposal;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -86,7 +86,7 @@ pub trait Backend: Send + Sync + 'static {
     /// committed on a majority and applied on the leader.
     fn submit(
         &self,
-        command: Command,
+        proposal: Proposal,
     ) -> impl Future<Output = Result<CommandResult, ApiError>> + Send;
 
     /// Waits until this node has applied every write acknowledged before the call.

@@ -294,11 +294,10 @@ async fn append(
 ) -> Result<Vec<Event>, ApiError> {
     let tx = tx_key(headers, key, &events)?;
     let command = Command::AppendEvents {
-        tx,
         by: key.id.clone(),
         events,
     };
-    match backend.submit(command).await? {
+    match backend.submit(raft_store::Proposal { tx, command }).await? {
         CommandResult::Appended { events, .. } => Ok(events),
         CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
         other => Err(ApiError::internal(format!(

@@ -34,6 +34,19 @@ pub use crate::auth::KEY_PREFIX;
 pub use crate::auth::generate_key;
 pub use crate::auth::hash_secret;
 
+/// A proposal deduplicated only against its own retries: a random dedup key, and the hash of
+/// the command as its body hash.
+pub fn proposal(command: raft_store::Command) -> raft_store::Proposal {
+    use sha2::Digest;
+    let encoded = raft_store::codec::encode(&command);
+    let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
+    let tx = raft_store::TxKey {
+        dedup_key: rand::random(),
+        body_hash,
+    };
+    raft_store::Proposal { tx, command }
+}
+
 /// Builds the router. `Arc<B>` is the shared state of every handler.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()

@@ -359,7 +359,7 @@ async fn record_cluster(
                 retired: false,
             },
         };
-        match service.writer.submit(command).await {
+        match service.writer.submit(api::proposal(command)).await {
             Ok(CommandResult::Done) => {
                 tracing::info!("cluster initialised");
                 return;

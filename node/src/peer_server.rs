@@ -143,7 +143,7 @@ impl proto::peer_server::Peer for PeerServer {
         request: Request<proto::ForwardWriteRequest>,
     ) -> Result<Response<proto::ForwardWriteReply>, Status> {
         self.check(&request, true)?;
-        let commands: Vec<raft_store::Command> =
+        let commands: Vec<raft_store::Proposal> =
             postcard::from_bytes(&request.into_inner().commands)
                 .map_err(|e| invalid(format!("commands: {e}")))?;
         let router = &self.service.router;

@@ -343,7 +343,7 @@ impl LedgerService {
         };
         match self
             .writer
-            .submit(Command::RegisterNode { node: record })
+            .submit(api::proposal(Command::RegisterNode { node: record }))
             .await?
         {
             CommandResult::Done => {}
@@ -404,7 +404,7 @@ impl LedgerService {
         // if this node just removed itself and stepped down.
         match self
             .writer
-            .submit(Command::RetireNode { node_id: id })
+            .submit(api::proposal(Command::RetireNode { node_id: id }))
             .await?
         {
             CommandResult::Done | CommandResult::Rejected { .. } => {}
@@ -434,8 +434,8 @@ fn client_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, LedgerNo
 }
 
 impl api::Backend for LedgerService {
-    async fn submit(&self, command: Command) -> Result<CommandResult, ApiError> {
-        self.writer.submit(command).await
+    async fn submit(&self, proposal: raft_store::Proposal) -> Result<CommandResult, ApiError> {
+        self.writer.submit(proposal).await
     }
 
     async fn linearize(&self) -> Result<(), ApiError> {

@@ -21,6 +21,7 @@ use openraft::error::RaftError;
 use raft_store::Command;
 use raft_store::CommandResult;
 use raft_store::NodeId;
+use raft_store::Proposal;
 use raft_store::Raft;
 use raft_store::Request;
 use tokio::sync::Semaphore;
@@ -41,8 +42,8 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn estimated_bytes(command: &Command) -> usize {
-    match command {
+fn estimated_bytes(proposal: &Proposal) -> usize {
+    match &proposal.command {
         Command::AppendEvents { events, by, .. } => {
             64 + by.len()
                 + events
@@ -78,7 +79,7 @@ impl Router {
     /// stamps the entry.
     pub async fn propose_here(
         &self,
-        commands: Vec<Command>,
+        commands: Vec<Proposal>,
     ) -> Result<
         Vec<CommandResult>,
         RaftError<NodeId, ClientWriteError<NodeId, raft_store::LedgerNode>>,
@@ -91,7 +92,7 @@ impl Router {
         Ok(response.data.results)
     }
 
-    async fn attempt(&self, commands: &[Command], remaining: Duration) -> Attempt {
+    async fn attempt(&self, commands: &[Proposal], remaining: Duration) -> Attempt {
         let (leader, leader_addr) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -132,7 +133,7 @@ impl Router {
         &self,
         leader: NodeId,
         addr: &str,
-        commands: &[Command],
+        commands: &[Proposal],
         remaining: Duration,
     ) -> Attempt {
         let mut client = match self.peers.client(addr, Traffic::Client) {
@@ -172,7 +173,7 @@ impl Router {
     }
 
     /// Proposes `commands` through the leader, retrying until the deadline.
-    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ApiError> {
+    pub async fn propose(&self, commands: Vec<Proposal>) -> Result<Vec<CommandResult>, ApiError> {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut backoff = Duration::from_millis(RETRY_BACKOFF_MIN_MS);
@@ -210,7 +211,7 @@ impl Router {
 }
 
 struct Queued {
-    command: Command,
+    command: Proposal,
     reply: oneshot::Sender<Result<CommandResult, ApiError>>,
 }
 
@@ -252,7 +253,7 @@ impl Writer {
         }
     }
 
-    pub async fn submit(&self, command: Command) -> Result<CommandResult, ApiError> {
+    pub async fn submit(&self, command: Proposal) -> Result<CommandResult, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Queued { command, reply })
@@ -304,7 +305,7 @@ async fn run(
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (commands, replies): (Vec<Command>, Vec<_>) = batch
+            let (commands, replies): (Vec<Proposal>, Vec<_>) = batch
                 .into_iter()
                 .map(|queued| (queued.command, queued.reply))
                 .unzip();

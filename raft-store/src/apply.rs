@@ -42,10 +42,10 @@ use crate::types::NodeId;
 use crate::types::NodeRecord;
 use crate::types::OperatorRecord;
 use crate::types::Permission;
+use crate::types::Proposal;
 use crate::types::RejectCode;
 use crate::types::Response;
 use crate::types::StoredMembership;
-use crate::types::TxKey;
 
 /// The most events one `AppendEvents` command may carry (the API's batch limit is lower).
 pub const COMMAND_EVENTS_MAX: usize = 10_000;
@@ -140,9 +140,69 @@ impl<'a> Pending<'a> {
 
     fn tx_record(&self, key: &Hash) -> Result<Option<TxRecord>, StoreError> {
         match self.tx.get(key) {
-            Some(record) => Ok(Some(*record)),
+            Some(record) => Ok(Some(record.clone())),
             None => self.ledger.tx_record(key),
         }
+    }
+
+    fn put_tx(&mut self, key: Hash, record: TxRecord) {
+        self.batches[T_TX].insert(&key, codec::encode(&record));
+        self.tx.insert(key, record);
+    }
+
+    /// Applies one proposal: the stored result if its dedup key was applied before (whatever
+    /// happened since: a key revoked later does not undo a write it made), otherwise the
+    /// command, remembered under the key if it took effect. A refusal is not remembered, so a
+    /// retry is decided afresh.
+    fn apply_proposal(
+        &mut self,
+        proposed_at_ms: i64,
+        proposal: &Proposal,
+    ) -> Result<CommandResult, StoreError> {
+        let tx = &proposal.tx;
+        if let Some(record) = self.tx_record(&tx.dedup_key)? {
+            if record.body_hash() != &tx.body_hash {
+                return Ok(rejected(
+                    RejectCode::Conflict,
+                    "Idempotency-Key: this key was already used with a different request body",
+                ));
+            }
+            return match record {
+                TxRecord::Result { result, .. } => Ok(result),
+                TxRecord::Events {
+                    first_seq, count, ..
+                } => {
+                    let mut replay = Vec::with_capacity(count as usize);
+                    for seq in first_seq..first_seq + count {
+                        let event = self.event(seq)?.ok_or_else(|| {
+                            StoreError::Corrupt(format!("tx record points at missing event {seq}"))
+                        })?;
+                        replay.push(event);
+                    }
+                    Ok(CommandResult::Appended {
+                        events: replay,
+                        replayed: true,
+                    })
+                }
+            };
+        }
+        let result = match self.apply_command(proposed_at_ms, &proposal.command)? {
+            Ok(result) => result,
+            Err(Reject(code, message)) => return Ok(rejected(code, message)),
+        };
+        let record = match &result {
+            CommandResult::Appended { events, .. } => TxRecord::Events {
+                body_hash: tx.body_hash,
+                first_seq: events.first().map_or(0, |e| e.seq),
+                count: events.len() as u64,
+            },
+            other => TxRecord::Result {
+                body_hash: tx.body_hash,
+                result: other.clone(),
+            },
+        };
+        self.put_tx(tx.dedup_key, record);
+        Ok(result)
     }
 
     fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
@@ -285,11 +345,8 @@ impl<'a> Pending<'a> {
             }
             EntryPayload::Normal(request) => {
                 response.results.reserve(request.commands.len());
-                for command in &request.commands {
-                    let result = match self.apply_command(request.proposed_at_ms, command)? {
-                        Ok(result) => result,
-                        Err(Reject(code, message)) => rejected(code, message),
-                    };
+                for proposal in &request.commands {
+                    let result = self.apply_proposal(request.proposed_at_ms, proposal)?;
                     response.results.push(result);
                 }
             }
@@ -466,41 +523,16 @@ impl<'a> Pending<'a> {
                 }
                 Ok(Ok(CommandResult::Agent(agent)))
             }
-            Command::AppendEvents { tx, by, events } => {
-                self.append_events(proposed_at_ms, tx, by, events)
-            }
+            Command::AppendEvents { by, events } => self.append_events(proposed_at_ms, by, events),
         }
     }
 
     fn append_events(
         &mut self,
         proposed_at_ms: i64,
-        tx: &TxKey,
         by: &str,
         events: &[NewEvent],
     ) -> Checked<CommandResult> {
-        // A retry of a write that was applied returns its result, whatever happened since
-        // (the key may be revoked now: the write was authorised when it was first applied).
-        if let Some(record) = self.tx_record(&tx.dedup_key)? {
-            if record.body_hash != tx.body_hash {
-                return Ok(Err(Reject(
-                    RejectCode::Conflict,
-                    "Idempotency-Key: this key was already used with a different request body"
-                        .into(),
-                )));
-            }
-            let mut replay = Vec::with_capacity(record.count as usize);
-            for seq in record.first_seq..record.first_seq + record.count {
-                let event = self.event(seq)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("tx record points at missing event {seq}"))
-                })?;
-                replay.push(event);
-            }
-            return Ok(Ok(CommandResult::Appended {
-                events: replay,
-                replayed: true,
-            }));
-        }
         let key = match self.authenticate(by)? {
             Ok(key) => key,
             Err(reject) => return Ok(Err(reject)),
@@ -582,13 +614,7 @@ impl<'a> Pending<'a> {
             self.new_events.insert(seq, event.clone());
             appended.push(event);
         }
-        let record = TxRecord {
-            body_hash: tx.body_hash,
-            first_seq,
-            count: appended.len() as u64,
-        };
-        self.batches[T_TX].insert(&tx.dedup_key, codec::encode(&record));
-        self.tx.insert(tx.dedup_key, record);
+        assert_eq!(appended.first().map(|e| e.seq), Some(first_seq));
         Ok(Ok(CommandResult::Appended {
             events: appended,
             replayed: false,

@@ -9,7 +9,7 @@
 //! | `sm_events`    | seq (u64 BE)                          | postcard([`Event`])          |
 //! | `sm_idx`       | [`IndexScope`] prefix, ordinal (u64 BE) | seq, created_at (2 × 8 BE) |
 //! | `sm_counts`    | [`IndexScope`] prefix                 | count (u64 BE)               |
-//! | `sm_tx`        | dedup key (32 bytes)                  | postcard([`TxRecord`])       |
+//! | `sm_tx`        | dedup key (32 bytes) of every applied proposal | postcard([`TxRecord`]) |
 //! | `sm_nodes`     | node id (u64 BE)                      | postcard([`NodeRecord`])     |
 //! | `sm_keys`      | key id                                | postcard([`ApiKeyRecord`])   |
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
@@ -30,6 +30,7 @@ use crate::codec::IndexScope;
 use crate::types::AgentRecord;
 use crate::types::ApiKeyRecord;
 use crate::types::ClusterRecord;
+use crate::types::CommandResult;
 use crate::types::Event;
 use crate::types::Hash;
 use crate::types::LedgerHead;
@@ -62,12 +63,28 @@ pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_agents",
 ];
 
-/// What the state machine remembers of an applied `AppendEvents`, to answer a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxRecord {
-    pub body_hash: Hash,
-    pub first_seq: u64,
-    pub count: u64,
+/// What the state machine remembers of an applied proposal, to answer a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxRecord {
+    /// Appended events: the range of their seqs (the events themselves are in `sm_events`).
+    Events {
+        body_hash: Hash,
+        first_seq: u64,
+        count: u64,
+    },
+    /// Any other command that took effect: its result.
+    Result {
+        body_hash: Hash,
+        result: CommandResult,
+    },
+}
+
+impl TxRecord {
+    pub fn body_hash(&self) -> &Hash {
+        match self {
+            Self::Events { body_hash, .. } | Self::Result { body_hash, .. } => body_hash,
+        }
+    }
 }
 
 /// An activity query over one agent's events.

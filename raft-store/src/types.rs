@@ -60,7 +60,17 @@ pub struct Request {
     /// The leader's wall clock when it proposed the entry, in milliseconds since the Unix epoch.
     /// Applying clamps it so that `created_at` never decreases in ledger order.
     pub proposed_at_ms: i64,
-    pub commands: Vec<Command>,
+    pub commands: Vec<Proposal>,
+}
+
+/// A command with the key that deduplicates it: applying a proposal whose `tx.dedup_key` was
+/// applied before returns the first result and changes nothing (with another `body_hash`: a
+/// conflict). Every write carries one, so retries after an unknown outcome (a lost answer, a
+/// leader change) never apply a command twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub tx: TxKey,
+    pub command: Command,
 }
 
 /// The result of one Raft entry: one [`CommandResult`] per command, in order.
@@ -85,11 +95,7 @@ pub enum Command {
     /// Marks a node as removed from the cluster. Its id stays used.
     RetireNode { node_id: NodeId },
     /// Appends events, all or none, for the key `by` (authorised when applied).
-    AppendEvents {
-        tx: TxKey,
-        by: String,
-        events: Vec<NewEvent>,
-    },
+    AppendEvents { by: String, events: Vec<NewEvent> },
     /// Creates an operator (admin only). Its id is derived when applied.
     CreateOperator { by: String, name: String },
     /// Creates an API key (admin only); the key's secret hash was made by the receiving node.

@@ -19,6 +19,7 @@ use raft_store::LogId;
 use raft_store::NewEvent;
 use raft_store::NodeRecord;
 use raft_store::Permission;
+use raft_store::Proposal;
 use raft_store::RejectCode;
 use raft_store::Request;
 use raft_store::Severity;
@@ -49,25 +50,42 @@ fn new_event(asn: &str, event_type: &str) -> NewEvent {
     }
 }
 
-fn append_as(by: &str, tx: u8, body: u8, asns: &[&str]) -> Command {
-    Command::AppendEvents {
+fn append_as(by: &str, tx: u8, body: u8, asns: &[&str]) -> Proposal {
+    Proposal {
         tx: TxKey {
             dedup_key: [tx; 32],
             body_hash: [body; 32],
         },
-        by: by.to_owned(),
-        events: asns
-            .iter()
-            .map(|asn| new_event(asn, "task_completed"))
-            .collect(),
+        command: Command::AppendEvents {
+            by: by.to_owned(),
+            events: asns
+                .iter()
+                .map(|asn| new_event(asn, "task_completed"))
+                .collect(),
+        },
     }
 }
 
-fn append(tx: u8, body: u8, asns: &[&str]) -> Command {
+/// A proposal with a dedup key of its own (distinct from the `[tx; 32]` keys of `append_as`).
+fn once(command: Command) -> Proposal {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut dedup_key = [0xff; 32];
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dedup_key[..8].copy_from_slice(&n.to_be_bytes());
+    Proposal {
+        tx: TxKey {
+            dedup_key,
+            body_hash: [0; 32],
+        },
+        command,
+    }
+}
+
+fn append(tx: u8, body: u8, asns: &[&str]) -> Proposal {
     append_as(ADMIN, tx, body, asns)
 }
 
-fn entry(index: u64, proposed_at_ms: i64, commands: Vec<Command>) -> Entry {
+fn entry(index: u64, proposed_at_ms: i64, commands: Vec<Proposal>) -> Entry {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Request {
@@ -109,7 +127,7 @@ async fn setup(sm: &mut StateMachineStore, names: &[&str]) -> (String, Vec<Strin
         name: "acme".into(),
     };
     let responses = sm
-        .apply(vec![entry(1, 1, vec![init, operator])])
+        .apply(vec![entry(1, 1, vec![once(init), once(operator)])])
         .await
         .expect("apply setup");
     let CommandResult::Operator(operator) = &responses[0].results[1] else {
@@ -122,6 +140,7 @@ async fn setup(sm: &mut StateMachineStore, names: &[&str]) -> (String, Vec<Strin
             name: (*name).into(),
             owner_id: operator.id.clone(),
         })
+        .map(once)
         .collect();
     let responses = sm
         .apply(vec![entry(2, 1, agents)])
@@ -250,33 +269,33 @@ fn authorization_is_decided_when_applied() {
             name: "other".into(),
         };
         let responses = sm
-            .apply(vec![entry(3, 1, vec![other_operator])])
+            .apply(vec![entry(3, 1, vec![once(other_operator)])])
             .await
             .expect("apply");
         let CommandResult::Operator(other) = &responses[0].results[0] else {
             panic!("operator")
         };
         let keys = vec![
-            Command::CreateKey {
+            once(Command::CreateKey {
                 by: ADMIN.into(),
                 key: key("report", Some(&owner), &[Permission::ActivityReport]),
-            },
-            Command::CreateKey {
+            }),
+            once(Command::CreateKey {
                 by: ADMIN.into(),
                 key: key("read", Some(&owner), &[Permission::Read]),
-            },
-            Command::CreateKey {
+            }),
+            once(Command::CreateKey {
                 by: ADMIN.into(),
                 key: key("other", Some(&other.id), &[Permission::Write]),
-            },
-            Command::CreateKey {
+            }),
+            once(Command::CreateKey {
                 by: "report".into(),
                 key: key("sneaky", None, &[Permission::Admin]),
-            },
-            Command::DeactivateAgent {
+            }),
+            once(Command::DeactivateAgent {
                 by: ADMIN.into(),
                 asn: retired.into(),
-            },
+            }),
         ];
         let responses = sm.apply(vec![entry(4, 1, keys)]).await.expect("apply keys");
         assert_eq!(
@@ -291,10 +310,10 @@ fn authorization_is_decided_when_applied() {
             append_as("nobody", 4, 0, &[mine]),
             append_as("report", 5, 0, &[retired]),
             append_as("report", 6, 0, &[mine, "ASN-2026-0000-0000-A"]),
-            Command::RevokeKey {
+            once(Command::RevokeKey {
                 by: ADMIN.into(),
                 key_id: "report".into(),
-            },
+            }),
             append_as("report", 7, 0, &[mine]),
             // A retry of tx 1 after the revocation returns the first result.
             append_as("report", 1, 0, &[mine]),
@@ -360,13 +379,15 @@ fn activity_queries_page_filter_and_window_through_the_indexes() {
             };
             let mut dedup_key = [0u8; 32];
             dedup_key[..8].copy_from_slice(&i.to_be_bytes());
-            let command = Command::AppendEvents {
+            let command = Proposal {
                 tx: TxKey {
                     dedup_key,
                     body_hash: [0; 32],
                 },
-                by: ADMIN.into(),
-                events: vec![new_event(a, event_type), new_event(b, "startup")],
+                command: Command::AppendEvents {
+                    by: ADMIN.into(),
+                    events: vec![new_event(a, event_type), new_event(b, "startup")],
+                },
             };
             entries.push(entry(3 + i, 1_000 + 10 * i as i64, vec![command]));
         }
@@ -566,4 +587,35 @@ fn a_damaged_store_refuses_to_open() {
         .expect("open must fail")
         .to_string();
     assert!(message.contains("snapshot"), "{message}");
+}
+
+#[test]
+fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (owner, _) = setup(&mut sm, &[]).await;
+        let create = once(Command::CreateAgent {
+            by: ADMIN.into(),
+            name: "twice".into(),
+            owner_id: owner,
+        });
+        // The same proposal applied twice, as after a retry across a leader change.
+        let responses = sm
+            .apply(vec![
+                entry(3, 1, vec![create.clone()]),
+                entry(4, 2, vec![create]),
+            ])
+            .await
+            .expect("apply");
+        let CommandResult::Agent(first) = &responses[0].results[0] else {
+            panic!("agent")
+        };
+        assert_eq!(responses[1].results[0], CommandResult::Agent(first.clone()));
+        assert_eq!(
+            sm.ledger().agents_total().expect("total"),
+            1,
+            "no second agent"
+        );
+    });
 }
