@@ -87,7 +87,7 @@ pub async fn create_operator<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let key = auth::require_admin(backend.ledger(), &headers)?;
+    let key = auth::require_admin(backend.as_ref(), &headers).await?;
     let request: CreateOperator = parse_json(&read_body(body).await?)?;
     validate_name(&request.name, "name")?;
     match submit(
@@ -112,8 +112,11 @@ pub async fn get_operator<B: Backend>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    auth::require_admin(backend.ledger(), &headers)?;
+    // Read barrier first: the key is then checked against every acknowledged write.
     backend.linearize().await?;
+    auth::admin_only(
+        auth::authenticate_local(backend.ledger(), &headers)?.ok_or_else(ApiError::unauthorized)?,
+    )?;
     let operator = backend
         .ledger()
         .operator(&id)?
@@ -162,7 +165,7 @@ pub async fn create_key<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let admin = auth::require_admin(backend.ledger(), &headers)?;
+    let admin = auth::require_admin(backend.as_ref(), &headers).await?;
     let request: CreateKey = parse_json(&read_body(body).await?)?;
     validate_name(&request.name, "name")?;
     if request.permissions.is_empty() {
@@ -220,7 +223,7 @@ pub async fn revoke_key<B: Backend>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let admin = auth::require_admin(backend.ledger(), &headers)?;
+    let admin = auth::require_admin(backend.as_ref(), &headers).await?;
     match submit(
         backend.as_ref(),
         Command::RevokeKey {
@@ -275,7 +278,7 @@ pub async fn create_agent<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let key = auth::require_key(backend.ledger(), &headers)?;
+    let key = auth::require_key(backend.as_ref(), &headers).await?;
     if !key.is_admin() && !key.has(Permission::Write) {
         return Err(ApiError::forbidden(
             "Authorization: creating an agent needs the write permission",
@@ -333,11 +336,12 @@ pub async fn get_agent<B: Backend>(
     Path(asn): Path<String>,
     axum::extract::Query(params): axum::extract::Query<AgentParams>,
 ) -> Result<Response, ApiError> {
-    auth::authenticate(backend.ledger(), &headers)?;
     validate_asn(&asn, "asn")?;
     if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
+    // After the barrier: a key revoked before this read started is refused.
+    auth::authenticate_local(backend.ledger(), &headers)?;
     let agent = backend
         .ledger()
         .agent(&asn)?
@@ -351,7 +355,7 @@ pub async fn deactivate_agent<B: Backend>(
     headers: HeaderMap,
     Path(asn): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = auth::require_key(backend.ledger(), &headers)?;
+    let key = auth::require_key(backend.as_ref(), &headers).await?;
     if !key.is_admin() && !key.has(Permission::Write) {
         return Err(ApiError::forbidden(
             "Authorization: deactivating an agent needs the write permission",

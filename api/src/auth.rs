@@ -5,6 +5,7 @@
 //! get the same 401.
 
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::http::header;
 use raft_store::ApiKeyRecord;
 use raft_store::Hash;
@@ -14,6 +15,7 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use crate::ApiError;
+use crate::Backend;
 
 pub const KEY_PREFIX: &str = "asn_live_";
 const KEY_ID_HEX_CHARS: usize = 16;
@@ -41,9 +43,12 @@ fn key_id(key: &str) -> Option<&str> {
     well_formed.then(|| &rest[..KEY_ID_HEX_CHARS])
 }
 
-/// The key presented in `Authorization: Bearer …`, if any. A present but unusable header is an
-/// error (401); an absent one is `None`.
-pub fn authenticate(
+/// The key presented in `Authorization: Bearer …`, as this node knows it now, if any. A
+/// present but unusable header is an error (401); an absent one is `None`.
+///
+/// This node's state may lag the leader's: reads call it after their read barrier; writes use
+/// [`authenticate`], which checks again after a barrier when the key is unknown here.
+pub fn authenticate_local(
     ledger: &Ledger,
     headers: &HeaderMap,
 ) -> Result<Option<ApiKeyRecord>, ApiError> {
@@ -66,13 +71,43 @@ pub fn authenticate(
     Ok(Some(record))
 }
 
-/// A valid key is required.
-pub fn require_key(ledger: &Ledger, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
-    authenticate(ledger, headers)?.ok_or_else(ApiError::unauthorized)
+/// The presented key, for a write. A key this node does not know (yet), or knows as revoked,
+/// is looked up again after a read barrier, so a key created a moment ago through another node
+/// works at once. A key found valid here may have been revoked since: the state machine checks
+/// again when the command is applied. (A key's permissions never change, only its revocation.)
+pub async fn authenticate(
+    backend: &impl Backend,
+    headers: &HeaderMap,
+) -> Result<Option<ApiKeyRecord>, ApiError> {
+    match authenticate_local(backend.ledger(), headers) {
+        Err(error) if error.status == StatusCode::UNAUTHORIZED => {
+            backend.linearize().await?;
+            authenticate_local(backend.ledger(), headers)
+        }
+        result => result,
+    }
 }
 
-pub fn require_admin(ledger: &Ledger, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
-    let key = require_key(ledger, headers)?;
+/// A valid key is required (for a write).
+pub async fn require_key(
+    backend: &impl Backend,
+    headers: &HeaderMap,
+) -> Result<ApiKeyRecord, ApiError> {
+    authenticate(backend, headers)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// A valid admin key is required (for a write).
+pub async fn require_admin(
+    backend: &impl Backend,
+    headers: &HeaderMap,
+) -> Result<ApiKeyRecord, ApiError> {
+    let key = require_key(backend, headers).await?;
+    admin_only(key)
+}
+
+pub fn admin_only(key: ApiKeyRecord) -> Result<ApiKeyRecord, ApiError> {
     if !key.permissions.contains(&Permission::Admin) {
         return Err(ApiError::forbidden(
             "Authorization: this key lacks the admin permission",

@@ -271,8 +271,11 @@ fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Resul
 }
 
 /// A key that may report activity (the agent's ownership is checked when applied).
-fn require_reporter(backend: &impl Backend, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
-    let key = auth::require_key(backend.ledger(), headers)?;
+async fn require_reporter(
+    backend: &impl Backend,
+    headers: &HeaderMap,
+) -> Result<ApiKeyRecord, ApiError> {
+    let key = auth::require_key(backend, headers).await?;
     let allowed = [
         Permission::Admin,
         Permission::Write,
@@ -312,7 +315,7 @@ pub async fn report<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let key = require_reporter(backend.as_ref(), &headers)?;
+    let key = require_reporter(backend.as_ref(), &headers).await?;
     let body = read_body(body).await?;
     let value: Value = parse_json(&body)?;
     let event = validate_event(&value, "")?;
@@ -329,7 +332,7 @@ pub async fn report_batch<B: Backend>(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let key = require_reporter(backend.as_ref(), &headers)?;
+    let key = require_reporter(backend.as_ref(), &headers).await?;
     let body = read_body(body).await?;
     let value: Value = parse_json(&body)?;
     let object = value
@@ -426,7 +429,6 @@ pub async fn agent_activity<B: Backend>(
     Path(asn): Path<String>,
     Query(params): Query<ActivityParams>,
 ) -> Result<Response, ApiError> {
-    let key = auth::authenticate(backend.ledger(), &headers)?;
     validate_asn(&asn, "asn")?;
     if let Some(event_type) = &params.event_type {
         validate_event_type(event_type, "type")?;
@@ -456,6 +458,8 @@ pub async fn agent_activity<B: Backend>(
     if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
         backend.linearize().await?;
     }
+    // After the barrier: a key revoked before this read started is refused.
+    let key = auth::authenticate_local(backend.ledger(), &headers)?;
     let ledger = backend.ledger();
     let agent = ledger
         .agent(&asn)?

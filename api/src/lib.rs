@@ -126,7 +126,7 @@ async fn add_node<B: Backend>(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    auth::require_admin(backend.ledger(), &headers)?;
+    auth::require_admin(backend.as_ref(), &headers).await?;
     let body = events::read_body(body).await?;
     let request: AddNode = events::parse_json(&body)?;
     if request.id == 0 {
@@ -153,7 +153,7 @@ async fn remove_node<B: Backend>(
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth::require_admin(backend.ledger(), &headers)?;
+    auth::require_admin(backend.as_ref(), &headers).await?;
     let id: NodeId = id
         .parse()
         .map_err(|_| ApiError::validation("id: must be a positive integer"))?;

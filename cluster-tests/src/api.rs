@@ -26,6 +26,7 @@ pub const PAGE_EVENTS_MAX: u64 = 1000;
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Event {
     pub id: String,
+    pub agent_id: String,
     pub asn: String,
     pub event_type: String,
     pub severity: String,
@@ -35,6 +36,92 @@ pub struct Event {
     pub seq: u64,
     pub hash: String,
     pub prev_hash: String,
+}
+
+/// `POST /api/v1/operators`, `GET /api/v1/operators/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Operator {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/keys` (with the secret `key`), `DELETE /api/v1/keys/{id}` (without it).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub operator_id: Option<String>,
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+impl ApiKey {
+    /// The secret, which only the creation answer carries.
+    pub fn secret(&self) -> Result<&str> {
+        self.key
+            .as_deref()
+            .with_context(|| format!("key {} was answered without its secret", self.id))
+    }
+}
+
+/// `POST /api/v1/agents`, `GET /api/v1/agents/{asn}`, `POST /api/v1/agents/{asn}/deactivate`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Agent {
+    pub asn: String,
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub status: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub deactivated_at: Option<String>,
+}
+
+/// `pagination` of `GET /api/v1/agents/{asn}/activity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Pagination {
+    pub page: u64,
+    pub per_page: u64,
+    pub total: u64,
+    pub total_pages: u64,
+}
+
+/// `GET /api/v1/agents/{asn}/activity`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Activity {
+    pub data: Vec<Event>,
+    pub pagination: Pagination,
+}
+
+impl Activity {
+    /// Event ids, in the order listed.
+    pub fn ids(&self) -> Vec<String> {
+        self.data.iter().map(|event| event.id.clone()).collect()
+    }
+}
+
+/// What every cluster gets once it is formed: one operator, one `write` key of it, and a pool
+/// of agents owned by it. Scenarios report on these ASNs (unknown ASNs get 404).
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub operator: Operator,
+    /// The operator's `write` key, with its secret.
+    pub write_key: ApiKey,
+    pub agents: Vec<Agent>,
+}
+
+/// A request body for [`Api::request`].
+#[derive(Clone, Debug)]
+pub enum Body {
+    None,
+    Json(Value),
+    /// Sent as is, with `Content-Type: application/json`.
+    Bytes(Vec<u8>),
 }
 
 /// `GET /api/v1/ledger/events`.
@@ -172,6 +259,16 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// One request of [`Api::call`].
+struct Call<'a> {
+    method: reqwest::Method,
+    path: &'a str,
+    /// Sent as `Authorization: Bearer <key>`.
+    key: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+    body: Option<&'a Value>,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     pub(crate) http_addr: SocketAddr,
@@ -184,6 +281,7 @@ pub(crate) struct Endpoint {
 pub struct Api {
     http: reqwest::Client,
     admin_key: Arc<OnceLock<String>>,
+    fixture: Arc<OnceLock<Fixture>>,
     endpoints: Arc<Mutex<BTreeMap<u64, Endpoint>>>,
 }
 
@@ -198,6 +296,7 @@ impl Api {
         Ok(Api {
             http,
             admin_key: Arc::new(OnceLock::new()),
+            fixture: Arc::new(OnceLock::new()),
             endpoints: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
@@ -210,6 +309,45 @@ impl Api {
         self.admin_key
             .set(key)
             .map_err(|_| anyhow!("the admin key was set twice"))
+    }
+
+    pub(crate) fn set_fixture(&self, fixture: Fixture) -> Result<()> {
+        self.fixture
+            .set(fixture)
+            .map_err(|_| anyhow!("the fixture was set twice"))
+    }
+
+    /// The cluster's operator, `write` key and agent pool.
+    pub fn fixture(&self) -> Result<&Fixture> {
+        self.fixture
+            .get()
+            .context("the cluster has no fixture (Options::fixture_agents was 0)")
+    }
+
+    /// The ASNs of the agent pool (empty without a fixture).
+    pub fn agents(&self) -> Vec<String> {
+        self.fixture
+            .get()
+            .map(|fixture| {
+                fixture
+                    .agents
+                    .iter()
+                    .map(|agent| agent.asn.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The `n`-th ASN of the pool, round-robin.
+    pub fn agent_asn(&self, n: u64) -> Result<String> {
+        let agents = self.agents();
+        ensure!(!agents.is_empty(), "the cluster has no agent pool");
+        Ok(agents[(n % agents.len() as u64) as usize].clone())
+    }
+
+    /// The secret of the fixture operator's `write` key.
+    pub fn operator_key(&self) -> Result<String> {
+        Ok(self.fixture()?.write_key.secret()?.to_string())
     }
 
     pub(crate) fn set_endpoint(&self, id: u64, endpoint: Endpoint) {
@@ -453,16 +591,340 @@ impl Api {
         authorization: Option<&str>,
         body: Option<Value>,
     ) -> Result<(u16, Value), ApiError> {
+        let body = match body {
+            Some(value) => Body::Json(value),
+            None => Body::None,
+        };
+        self.request(method, node, path, authorization, &[], body)
+            .await
+    }
+
+    /// Any request: optional `Authorization` header value, extra headers, a body. Returns status
+    /// and JSON body (`Value::Null` when the body is not JSON).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        node: u64,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Result<(u16, Value), ApiError> {
         let mut request = self.http.request(method, self.url(node, path)?);
         if let Some(value) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Bytes(bytes) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+        };
         let (status, bytes) = send_raw(request).await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
+    }
+
+    /// A JSON request with `Authorization: Bearer <key>` (when given) and an optional
+    /// `Idempotency-Key`, decoded when the status is `expected`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        node: u64,
+        call: Call<'_>,
+        expected: u16,
+    ) -> Result<T, ApiError> {
+        let mut request = self.http.request(call.method, self.url(node, call.path)?);
+        if let Some(key) = call.key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(idempotency_key) = call.idempotency_key {
+            request = request.header("Idempotency-Key", idempotency_key);
+        }
+        if let Some(body) = call.body {
+            request = request.json(body);
+        }
+        self.send(request, expected).await
+    }
+
+    /// `POST /api/v1/operators` with the admin key.
+    pub async fn create_operator(&self, node: u64, name: &str) -> Result<Operator, ApiError> {
+        let admin = self.admin_bearer()?;
+        let body = json!({ "name": name });
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::POST,
+                path: "/api/v1/operators",
+                key: Some(&admin),
+                idempotency_key: None,
+                body: Some(&body),
+            },
+            201,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/operators/{id}` with the admin key.
+    pub async fn get_operator(&self, node: u64, id: &str) -> Result<Operator, ApiError> {
+        let admin = self.admin_bearer()?;
+        let path = format!("/api/v1/operators/{id}");
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::GET,
+                path: &path,
+                key: Some(&admin),
+                idempotency_key: None,
+                body: None,
+            },
+            200,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/keys` with the admin key; `operator_id` is omitted when `None`.
+    pub async fn create_key(
+        &self,
+        node: u64,
+        operator_id: Option<&str>,
+        name: &str,
+        permissions: &[&str],
+    ) -> Result<ApiKey, ApiError> {
+        let admin = self.admin_bearer()?;
+        let mut body = json!({ "name": name, "permissions": permissions });
+        if let Some(operator_id) = operator_id {
+            body["operator_id"] = json!(operator_id);
+        }
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::POST,
+                path: "/api/v1/keys",
+                key: Some(&admin),
+                idempotency_key: None,
+                body: Some(&body),
+            },
+            201,
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/keys/{id}` with the admin key.
+    pub async fn revoke_key(&self, node: u64, id: &str) -> Result<ApiKey, ApiError> {
+        let admin = self.admin_bearer()?;
+        let path = format!("/api/v1/keys/{id}");
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::DELETE,
+                path: &path,
+                key: Some(&admin),
+                idempotency_key: None,
+                body: None,
+            },
+            200,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/agents` with `key` (an operator key with `write`, or the admin key with an
+    /// `owner_id`).
+    pub async fn create_agent(
+        &self,
+        node: u64,
+        key: &str,
+        name: &str,
+        owner_id: Option<&str>,
+    ) -> Result<Agent, ApiError> {
+        let mut body = json!({ "name": name });
+        if let Some(owner_id) = owner_id {
+            body["owner_id"] = json!(owner_id);
+        }
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::POST,
+                path: "/api/v1/agents",
+                key: Some(key),
+                idempotency_key: None,
+                body: Some(&body),
+            },
+            201,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/agents/{asn}` without a key.
+    pub async fn get_agent(&self, node: u64, asn: &str) -> Result<Agent, ApiError> {
+        let path = format!("/api/v1/agents/{asn}");
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::GET,
+                path: &path,
+                key: None,
+                idempotency_key: None,
+                body: None,
+            },
+            200,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/agents/{asn}/deactivate` with `key`.
+    pub async fn deactivate_agent(
+        &self,
+        node: u64,
+        key: &str,
+        asn: &str,
+    ) -> Result<Agent, ApiError> {
+        let path = format!("/api/v1/agents/{asn}/deactivate");
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::POST,
+                path: &path,
+                key: Some(key),
+                idempotency_key: None,
+                body: None,
+            },
+            200,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/activity/report` with `key`, the given body and an optional
+    /// `Idempotency-Key`.
+    pub async fn report_as(
+        &self,
+        node: u64,
+        key: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Event, ApiError> {
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::POST,
+                path: "/api/v1/activity/report",
+                key: Some(key),
+                idempotency_key,
+                body: Some(body),
+            },
+            201,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/activity/report/batch` with `key` and `{"events": events}`; returns `data`.
+    pub async fn report_batch(
+        &self,
+        node: u64,
+        key: &str,
+        events: &[Value],
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<Event>, ApiError> {
+        #[derive(Deserialize)]
+        struct Created {
+            data: Vec<Event>,
+        }
+        let body = json!({ "events": events });
+        let created: Created = self
+            .call(
+                node,
+                Call {
+                    method: reqwest::Method::POST,
+                    path: "/api/v1/activity/report/batch",
+                    key: Some(key),
+                    idempotency_key,
+                    body: Some(&body),
+                },
+                201,
+            )
+            .await?;
+        Ok(created.data)
+    }
+
+    /// `GET /api/v1/agents/{asn}/activity?{query}` with an optional key.
+    pub async fn activity(
+        &self,
+        node: u64,
+        asn: &str,
+        query: &str,
+        key: Option<&str>,
+    ) -> Result<Activity, ApiError> {
+        let path = if query.is_empty() {
+            format!("/api/v1/agents/{asn}/activity")
+        } else {
+            format!("/api/v1/agents/{asn}/activity?{query}")
+        };
+        self.call(
+            node,
+            Call {
+                method: reqwest::Method::GET,
+                path: &path,
+                key,
+                idempotency_key: None,
+                body: None,
+            },
+            200,
+        )
+        .await
+    }
+
+    /// Every event of an agent, newest first, read as `key` (the whole history for the owner or
+    /// the admin), paging by 50.
+    pub async fn all_activity(
+        &self,
+        node: u64,
+        asn: &str,
+        extra_query: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        let mut page = 1;
+        loop {
+            let query = format!("page={page}&per_page=50{extra_query}");
+            let listing = self
+                .activity(node, asn, &query, key)
+                .await
+                .with_context(|| format!("activity of {asn} on node {node}, {query}"))?;
+            let got = listing.data.len();
+            events.extend(listing.data);
+            if got == 0 || page >= listing.pagination.total_pages {
+                return Ok(events);
+            }
+            page += 1;
+        }
+    }
+
+    /// Waits until every node in `nodes` has applied at least what the leader had applied when
+    /// the wait started (so local reads on followers see every earlier write, including key
+    /// revocations and agent changes that do not move the ledger head).
+    pub async fn wait_applied(&self, nodes: &[u64], timeout: Duration) -> Result<()> {
+        let leader = self.leader_id(timeout).await?;
+        let target = self
+            .node_status(leader)
+            .await
+            .with_context(|| format!("status of leader {leader}"))?
+            .applied_index
+            .unwrap_or(0);
+        crate::wait_for(
+            timeout,
+            &format!("nodes {nodes:?} to apply index {target}"),
+            async || {
+                for node in nodes {
+                    let applied = self.node_status(*node).await?.applied_index.unwrap_or(0);
+                    ensure!(applied >= target, "node {node} applied {applied}");
+                }
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Polls the live nodes until one leader is agreed on: a node that says it is leader, and a

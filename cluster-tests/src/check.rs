@@ -272,7 +272,8 @@ mod tests {
     fn event(seq: u64, prev_hash: &str) -> Event {
         Event {
             id: format!("id-{seq}"),
-            asn: crate::asn(seq),
+            agent_id: format!("agent-{}", seq % 3),
+            asn: format!("ASN-2026-0000-{:04}-A", seq % 3),
             event_type: "task_completed".to_string(),
             severity: "info".to_string(),
             metadata: json!({ "op": format!("op-{seq}") }),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::api::{AddNodeResponse, Api, Endpoint, RemoveNodeResponse};
+use crate::api::{AddNodeResponse, Api, ApiError, Endpoint, Fixture, RemoveNodeResponse};
 use crate::wait_for;
 
 /// How long a node may take to become ready after it is spawned.
@@ -25,6 +25,10 @@ pub const READY_TIMEOUT_MS: u64 = 30_000;
 pub const TERMINATE_TIMEOUT_MS: u64 = 10_000;
 /// Lines of each node's log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 60;
+/// Agents in the pool every cluster gets once formed (see [`Fixture`]).
+pub const FIXTURE_AGENTS_DEFAULT: usize = 8;
+/// How long the fixture may take to create (retries while there is no leader).
+pub const FIXTURE_TIMEOUT_MS: u64 = 30_000;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static PORTS_HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
@@ -41,6 +45,8 @@ pub struct Options {
     pub snapshot_keep_logs: Option<u64>,
     /// Passed verbatim after the other flags.
     pub extra_args: Vec<String>,
+    /// Agents created for the [`Fixture`] once the cluster is formed; 0 creates no fixture.
+    pub fixture_agents: usize,
 }
 
 impl Default for Options {
@@ -52,6 +58,7 @@ impl Default for Options {
             snapshot_logs: None,
             snapshot_keep_logs: None,
             extra_args: Vec::new(),
+            fixture_agents: FIXTURE_AGENTS_DEFAULT,
         }
     }
 }
@@ -173,7 +180,9 @@ impl Cluster {
     }
 
     /// Node 1 bootstraps; nodes 2..=n are spawned empty and added through the API on node 1.
-    /// Returns once every node is ready and node 1 reports `n` voters.
+    /// Once every node is ready and node 1 reports `n` voters, creates the [`Fixture`] (one
+    /// operator, its `write` key, `options.fixture_agents` agents) through node 1 and waits
+    /// until every node has applied it.
     pub async fn start_with(n: u64, options: Options) -> Result<Cluster> {
         ensure!(n >= 1, "a cluster needs at least one node");
         let bin = ledgerd_bin()?;
@@ -226,6 +235,14 @@ impl Cluster {
         }
         let expected: Vec<u64> = (1..=n).collect();
         cluster.wait_voters(1, &expected).await?;
+        if cluster.options.fixture_agents > 0 {
+            let fixture = create_fixture(&cluster.api, cluster.options.fixture_agents).await?;
+            cluster.api.set_fixture(fixture)?;
+            cluster
+                .api
+                .wait_applied(&expected, Duration::from_millis(FIXTURE_TIMEOUT_MS))
+                .await?;
+        }
         Ok(cluster)
     }
 
@@ -654,6 +671,55 @@ impl Drop for Cluster {
             self.root.disable_cleanup(true);
             eprintln!("kept {} (LEDGER_KEEP_DATA)", self.root.path().display());
         }
+    }
+}
+
+/// Creates the fixture through node 1: operator `fixture`, its `write` key, `agents` agents.
+async fn create_fixture(api: &Api, agents: usize) -> Result<Fixture> {
+    let operator = retry_unavailable("creating the fixture operator", async || {
+        api.create_operator(1, "fixture").await
+    })
+    .await?;
+    let write_key = retry_unavailable("creating the fixture write key", async || {
+        api.create_key(1, Some(&operator.id), "fixture-write", &["write"])
+            .await
+    })
+    .await?;
+    let admin = api.admin_key()?.to_string();
+    let mut pool = Vec::with_capacity(agents);
+    for n in 0..agents {
+        let name = format!("fixture-agent-{n}");
+        let agent = retry_unavailable(&format!("creating {name}"), async || {
+            api.create_agent(1, &admin, &name, Some(&operator.id)).await
+        })
+        .await?;
+        pool.push(agent);
+    }
+    Ok(Fixture {
+        operator,
+        write_key,
+        agents: pool,
+    })
+}
+
+/// Retries `attempt` while it fails without a definite answer (no answer, 5xx); a 4xx fails at
+/// once, naming `what`.
+pub(crate) async fn retry_unavailable<T, F>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: AsyncFnMut() -> Result<T, ApiError>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_definite() => bail!("{what}: {error}"),
+            Err(error) => {
+                if started.elapsed() >= Duration::from_millis(FIXTURE_TIMEOUT_MS) {
+                    bail!("{what}: still failing after {FIXTURE_TIMEOUT_MS} ms: {error}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(crate::POLL_INTERVAL_MS)).await;
     }
 }
 

@@ -4,6 +4,8 @@
 //!   their ports; it starts, kills, signals and restarts nodes and grows or shrinks membership.
 //! - [`Api`] is a cheap, cloneable HTTP client for the ledgerd API, addressed by node id; every
 //!   request shape lives in exactly one function there (`report`, `events`, `head`, ...).
+//!   Once formed, every cluster gets a [`Fixture`]: one operator, its `write` key and a pool of
+//!   agents (reports need a registered agent); scenarios report on [`Api::agent_asn`].
 //! - [`Workload`] runs concurrent writers over the live nodes and records a [`History`] of every
 //!   acknowledged, failed and unknown append.
 //! - [`check`] holds the invariant checks run after a scenario (no lost acknowledged append,
@@ -14,11 +16,13 @@
 mod api;
 pub mod check;
 mod cluster;
+pub mod time;
 mod workload;
 
 pub use api::{
-    AddNodeResponse, Api, ApiError, ClusterNode, ClusterView, Consistency, Event, EventsPage, Head,
-    NodeStatus, RemoveNodeResponse,
+    Activity, AddNodeResponse, Agent, Api, ApiError, ApiKey, Body, ClusterNode, ClusterView,
+    Consistency, Event, EventsPage, Fixture, Head, NodeStatus, Operator, Pagination,
+    RemoveNodeResponse,
 };
 pub use cluster::{Cluster, Options, free_addr, ledgerd_bin, ledgerd_command};
 pub use workload::{Ack, History, Workload};
@@ -56,9 +60,19 @@ where
     }
 }
 
-/// An ASN in the documented format (`ASN-2026-0384-7721-A`), distinct for each `n < 10^8`.
-pub fn asn(n: u64) -> String {
-    format!("ASN-2026-{:04}-{:04}-A", (n / 10_000) % 10_000, n % 10_000)
+/// True when `asn` has the documented format `ASN-YYYY-DDDD-DDDD-L`.
+pub fn is_asn(asn: &str) -> bool {
+    let bytes = asn.as_bytes();
+    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
+    bytes.len() == 20
+        && asn.starts_with("ASN-")
+        && digits(4..8)
+        && bytes[8] == b'-'
+        && digits(9..13)
+        && bytes[13] == b'-'
+        && digits(14..18)
+        && bytes[18] == b'-'
+        && bytes[19].is_ascii_uppercase()
 }
 
 /// Guard returned by [`slow_test`]: prints the test's duration when it ends and, when the test

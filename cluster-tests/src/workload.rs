@@ -1,6 +1,7 @@
 //! `Workload`: concurrent writers over the live nodes, recording a `History`.
 //!
-//! Each append carries a unique operation token in its metadata (`{"op": "..."}`), so the
+//! Appends go round-robin to the agents of the cluster's pool ([`Api::agents`]), with the admin
+//! key. Each append carries a unique operation token in its metadata (`{"op": "..."}`), so the
 //! checker can map every event in a log back to an attempt. Outcomes follow the checker's
 //! vocabulary: `ok` (201 with `seq` and `hash`), `fail` (a 4xx: nothing written) and `unknown`
 //! (no answer, or a 5xx: it may or may not have been written).
@@ -18,6 +19,8 @@ use crate::api::{Api, Consistency, Event};
 
 /// Pause after a failed append before the worker tries again (no hot loops on fast 503s).
 pub const RETRY_PAUSE_MS: u64 = 50;
+/// Used by writers of a cluster without an agent pool.
+const UNREGISTERED_ASN: &str = "ASN-2026-0000-0000-A";
 
 /// One acknowledged append.
 #[derive(Clone, Debug)]
@@ -110,13 +113,21 @@ impl Workload {
     ) -> Workload {
         let shared = Arc::new(Shared::default());
         let run = uuid::Uuid::new_v4().simple().to_string();
+        // Without a pool the writers use a well-formed ASN nobody registered: every append then
+        // fails with 404, which the history shows.
+        let mut agents = api.agents();
+        if agents.is_empty() {
+            agents.push(UNREGISTERED_ASN.to_string());
+        }
+        let agents = Arc::new(agents);
         let workers = (0..concurrency)
             .map(|worker| {
                 let api = api.clone();
                 let shared = shared.clone();
                 let run = run[..8].to_string();
+                let agents = agents.clone();
                 tokio::spawn(async move {
-                    write_loop(api, shared, run, worker, attempts_max, check_reads).await
+                    write_loop(api, shared, agents, run, worker, attempts_max, check_reads).await
                 })
             })
             .collect();
@@ -185,6 +196,7 @@ impl Workload {
 async fn write_loop(
     api: Api,
     shared: Arc<Shared>,
+    agents: Arc<Vec<String>>,
     run: String,
     worker: usize,
     attempts_max: Option<u64>,
@@ -210,7 +222,7 @@ async fn write_loop(
         let result = api
             .report(
                 node,
-                &crate::asn(ticket % 97),
+                &agents[(ticket % agents.len() as u64) as usize],
                 "task_completed",
                 json!({ "op": op, "worker": worker }),
             )

@@ -5,6 +5,9 @@
 //! end of the run are measured: only 201 answers count toward `writes_per_s` and the latency
 //! percentiles; every other answer is counted as an error by status (`transport` when there was
 //! no HTTP answer). Prints one line of JSON, then one line for humans.
+//!
+//! Reports need registered agents: pass them with `--asn`, or give an admin `--key` and loadgen
+//! registers `--asns` agents under a new operator before the run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +36,11 @@ struct Args {
     /// Warm-up whose requests are not measured.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
-    /// Number of distinct ASNs reported on.
+    /// An ASN to report on (repeat for several). Without any, loadgen first registers `--asns`
+    /// agents under a new operator, which needs an admin `--key`.
+    #[arg(long = "asn")]
+    asn_list: Vec<String>,
+    /// Number of agents to register when no `--asn` is given.
     #[arg(long, default_value_t = 100)]
     asns: u64,
     /// Approximate size of each report's metadata, in bytes.
@@ -56,8 +63,11 @@ struct WorkerResult {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if args.concurrency == 0 || args.asns == 0 || args.duration_secs == 0 {
-        bail!("--concurrency, --asns and --duration-secs must be positive");
+    if args.concurrency == 0 || args.duration_secs == 0 {
+        bail!("--concurrency and --duration-secs must be positive");
+    }
+    if args.asn_list.is_empty() && args.asns == 0 {
+        bail!("--asns must be positive when no --asn is given");
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -70,6 +80,11 @@ async fn main() -> Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .context("building the HTTP client")?;
+    let asns: Arc<Vec<String>> = Arc::new(if args.asn_list.is_empty() {
+        register_agents(&client, &args.urls[0], &args.key, args.asns).await?
+    } else {
+        args.asn_list.clone()
+    });
     let urls: Arc<Vec<String>> = Arc::new(
         args.urls
             .iter()
@@ -89,7 +104,7 @@ async fn main() -> Result<()> {
         let next_url = next_url.clone();
         let key = args.key.clone();
         let padding = padding.clone();
-        let asns = args.asns;
+        let asns = asns.clone();
         let mut rng = seed ^ (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         workers.push(tokio::spawn(async move {
             let mut result = WorkerResult::default();
@@ -100,10 +115,9 @@ async fn main() -> Result<()> {
                     return result;
                 }
                 let url = &urls[next_url.fetch_add(1, Ordering::Relaxed) % urls.len()];
-                let asn_number = splitmix64(&mut rng) % asns;
+                let asn = &asns[(splitmix64(&mut rng) % asns.len() as u64) as usize];
                 let body = json!({
-                    "asn": format!("ASN-2026-{:04}-{:04}-A", (asn_number / 10_000) % 10_000,
-                        asn_number % 10_000),
+                    "asn": asn,
                     "event_type": "task_completed",
                     "severity": "info",
                     "metadata": { "worker": worker, "n": n, "padding": padding },
@@ -170,6 +184,7 @@ async fn main() -> Result<()> {
         "duration_secs": args.duration_secs,
         "warmup_secs": args.warmup_secs,
         "metadata_bytes": args.metadata_bytes,
+        "asns": asns.len(),
         "urls": args.urls,
         "seed": seed,
     });
@@ -184,6 +199,63 @@ async fn main() -> Result<()> {
         bail!("no report was acknowledged during the measured window");
     }
     Ok(())
+}
+
+/// Registers `count` agents under a new operator `loadgen` through `url`, with the admin `key`;
+/// returns their ASNs.
+async fn register_agents(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    count: u64,
+) -> Result<Vec<String>> {
+    let base = url.trim_end_matches('/');
+    let operator = post_created(
+        client,
+        &format!("{base}/api/v1/operators"),
+        key,
+        &json!({ "name": "loadgen" }),
+    )
+    .await
+    .context("registering the operator (the --key must be an admin key, or pass --asn)")?;
+    let owner_id = operator["id"]
+        .as_str()
+        .context("the operator answer has no id")?
+        .to_string();
+    let mut asns = Vec::new();
+    for n in 0..count {
+        let agent = post_created(
+            client,
+            &format!("{base}/api/v1/agents"),
+            key,
+            &json!({ "name": format!("loadgen-{n}"), "owner_id": owner_id }),
+        )
+        .await
+        .with_context(|| format!("registering agent {n}"))?;
+        asns.push(
+            agent["asn"]
+                .as_str()
+                .context("the agent answer has no asn")?
+                .to_string(),
+        );
+    }
+    eprintln!("loadgen: registered {count} agents under operator {owner_id}");
+    Ok(asns)
+}
+
+async fn post_created(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let response = client.post(url).bearer_auth(key).json(body).send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    if status != 201 {
+        bail!("POST {url} answered {status}: {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// Nearest-rank percentile of sorted microsecond samples, in milliseconds.

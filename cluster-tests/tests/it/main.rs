@@ -16,6 +16,10 @@ mod t05_membership;
 mod t06_bad_config;
 mod t07_admin_auth;
 mod t08_pause_leader;
+mod t09_events_api;
+mod t10_authorization;
+
+mod support;
 
 use std::time::Duration;
 

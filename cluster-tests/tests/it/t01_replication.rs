@@ -4,13 +4,14 @@
 //! Method: 3 nodes; 30 sequential appends, 10 through each node (followers forward to the
 //! leader over gRPC). After each acknowledgement, a default read on a different node must
 //! return the acknowledged event. Then every node's log, read both ways (default and
-//! `consistency=local` after convergence), must be the same dense sequence 1..=30.
+//! `consistency=local` after convergence), must be the same dense sequence 1..=30, and each
+//! node's per-agent view must list that agent's events newest first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use cluster_tests::{Ack, Cluster, Consistency, asn, check, slow_test};
+use cluster_tests::{Ack, Cluster, Consistency, check, slow_test};
 use serde_json::json;
 
 use crate::CONDITION_TIMEOUT;
@@ -28,6 +29,7 @@ async fn replication_and_linearizable_reads() {
 async fn scenario() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let api = cluster.api();
+    let pool = api.fixture()?.agents.clone();
     let mut acked = Vec::new();
     let mut attempted = HashSet::new();
     for i in 0..APPENDS {
@@ -35,11 +37,12 @@ async fn scenario() -> Result<()> {
         let reader = (writer + 1) % 3 + 1;
         let op = format!("t01-{i}");
         attempted.insert(op.clone());
+        let agent = &pool[(i as usize) % pool.len()];
         let invoked = Instant::now();
         let event = api
             .report(
                 writer,
-                &asn(i),
+                &agent.asn,
                 "task_completed",
                 json!({ "op": op, "i": i }),
             )
@@ -51,7 +54,18 @@ async fn scenario() -> Result<()> {
             "append {i} (sequential, fresh cluster) got seq {}",
             event.seq
         );
-        ensure!(event.asn == asn(i), "append {i} echoed asn {}", event.asn);
+        ensure!(
+            event.asn == agent.asn,
+            "append {i} echoed asn {}, sent {}",
+            event.asn,
+            agent.asn
+        );
+        ensure!(
+            event.agent_id == agent.id,
+            "append {i} has agent_id {}, the agent's id is {}",
+            event.agent_id,
+            agent.id
+        );
         ensure!(
             event.event_type == "task_completed",
             "append {i} echoed event_type {}",
@@ -121,31 +135,39 @@ async fn scenario() -> Result<()> {
         "the local log of node 1 differs from its default read"
     );
 
-    // The per-agent view lists the one event of this ASN.
+    // The per-agent view, on every node, lists exactly this ASN's acknowledged events, newest
+    // first.
     let first = &acked[0].event;
     let key = cluster.admin_key()?;
-    let (status, body) = api
-        .raw(
-            reqwest::Method::GET,
-            3,
-            &format!("/api/v1/agents/{}/activity?page=1&per_page=20", first.asn),
-            Some(&format!("Bearer {key}")),
-            None,
-        )
-        .await?;
-    ensure!(status == 200, "agent activity answered {status}: {body}");
-    let ids: Vec<&str> = body["data"]
-        .as_array()
-        .context("agent activity has no data array")?
+    let expected: Vec<&str> = acked
         .iter()
-        .filter_map(|event| event["id"].as_str())
+        .rev()
+        .filter(|ack| ack.event.asn == first.asn)
+        .map(|ack| ack.event.id.as_str())
         .collect();
-    ensure!(
-        ids == [first.id.as_str()],
-        "agent activity of {} lists {ids:?}, expected [{}]",
-        first.asn,
-        first.id
-    );
+    for node in 1..=3 {
+        let (status, body) = api
+            .raw(
+                reqwest::Method::GET,
+                node,
+                &format!("/api/v1/agents/{}/activity?page=1&per_page=50", first.asn),
+                Some(&format!("Bearer {key}")),
+                None,
+            )
+            .await?;
+        ensure!(status == 200, "agent activity answered {status}: {body}");
+        let ids: Vec<&str> = body["data"]
+            .as_array()
+            .context("agent activity has no data array")?
+            .iter()
+            .filter_map(|event| event["id"].as_str())
+            .collect();
+        ensure!(
+            ids == expected,
+            "node {node}: agent activity of {} lists {ids:?}, expected {expected:?}",
+            first.asn
+        );
+    }
     cluster.finish();
     Ok(())
 }

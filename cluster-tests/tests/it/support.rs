@@ -1,0 +1,153 @@
+//! Helpers shared by the API scenarios (t09, t10): raw requests with a key, error-envelope
+//! checks, and a well-formed ASN that no agent has.
+
+use anyhow::{Context, Result, bail, ensure};
+use cluster_tests::{Api, Body};
+use reqwest::Method;
+use serde_json::Value;
+
+pub const REPORT: &str = "/api/v1/activity/report";
+pub const BATCH: &str = "/api/v1/activity/report/batch";
+
+/// A request with `Authorization: Bearer <key>` when `key` is given.
+pub async fn send(
+    api: &Api,
+    method: Method,
+    node: u64,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Result<(u16, Value)> {
+    let authorization = key.map(|key| format!("Bearer {key}"));
+    api.request(method, node, path, authorization.as_deref(), headers, body)
+        .await
+        .with_context(|| format!("{path} on node {node}"))
+}
+
+/// The `(code, message)` of an error body, which must be exactly
+/// `{"error": {"code": "...", "message": "..."}}`.
+pub fn envelope(body: &Value) -> Result<(String, String)> {
+    let top = body
+        .as_object()
+        .with_context(|| format!("error body is not a JSON object: {body}"))?;
+    ensure!(
+        top.len() == 1 && top.contains_key("error"),
+        "error body must have exactly one key `error`: {body}"
+    );
+    let error = top["error"]
+        .as_object()
+        .with_context(|| format!("`error` is not an object: {body}"))?;
+    ensure!(
+        error.len() == 2,
+        "`error` must have exactly `code` and `message`: {body}"
+    );
+    let code = error
+        .get("code")
+        .and_then(Value::as_str)
+        .with_context(|| format!("`error.code` is not a string: {body}"))?;
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .with_context(|| format!("`error.message` is not a string: {body}"))?;
+    ensure!(!message.is_empty(), "empty error message: {body}");
+    Ok((code.to_string(), message.to_string()))
+}
+
+/// The error code the contract gives to a status.
+pub fn code_of(status: u16) -> &'static str {
+    match status {
+        400 => "VALIDATION_ERROR",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NOT_FOUND",
+        405 => "METHOD_NOT_ALLOWED",
+        409 => "CONFLICT",
+        410 => "AGENT_DEACTIVATED",
+        413 => "PAYLOAD_TOO_LARGE",
+        _ => "?",
+    }
+}
+
+/// Checks an error answer: the status, the envelope, the code of that status, and that the
+/// message contains every needle (case-insensitively).
+pub fn expect_error(what: &str, got: &(u16, Value), status: u16, needles: &[&str]) -> Result<()> {
+    let (got_status, body) = got;
+    ensure!(
+        *got_status == status,
+        "{what}: answered {got_status} {body}, expected {status} {}",
+        code_of(status)
+    );
+    let (code, message) = envelope(body).with_context(|| what.to_string())?;
+    ensure!(
+        code == code_of(status),
+        "{what}: status {status} with code {code}, expected {}",
+        code_of(status)
+    );
+    let lower = message.to_lowercase();
+    for needle in needles {
+        ensure!(
+            lower.contains(&needle.to_lowercase()),
+            "{what}: the message {message:?} does not name {needle:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Checks a success answer's status; returns the body.
+pub fn expect_status(what: &str, got: (u16, Value), status: u16) -> Result<Value> {
+    let (got_status, body) = got;
+    ensure!(
+        got_status == status,
+        "{what}: answered {got_status} {body}, expected {status}"
+    );
+    Ok(body)
+}
+
+/// A well-formed ASN that no agent has: `known` with other digits, and whichever check letter
+/// the node accepts as well-formed (it answers 404, not 400, to `GET /api/v1/agents/{asn}`).
+pub async fn unknown_asn(api: &Api, known: &str) -> Result<String> {
+    ensure!(known.len() == 20, "{known} is not an ASN");
+    let stem = format!("ASN-{}-9999-{}", &known[4..8], &known[14..18]);
+    let mut answers = Vec::new();
+    for letter in 'A'..='Z' {
+        let candidate = format!("{stem}-{letter}");
+        let path = format!("/api/v1/agents/{candidate}");
+        let (status, body) = send(api, Method::GET, 1, &path, None, &[], Body::None).await?;
+        if status == 404 {
+            return Ok(candidate);
+        }
+        answers.push(format!("{candidate}: {status} {body}"));
+    }
+    bail!(
+        "no check letter made {stem}-? an unknown well-formed ASN: {}",
+        answers.join("; ")
+    )
+}
+
+/// `{"p": "xxx…"}` whose compact JSON is exactly `bytes` long.
+pub fn metadata_of_size(bytes: usize) -> Value {
+    let overhead = r#"{"p":""}"#.len();
+    serde_json::json!({ "p": "x".repeat(bytes - overhead) })
+}
+
+/// `{"a": {"a": … {"leaf": 1}}}` nested `depth` objects deep (the outer object is depth 1).
+pub fn metadata_of_depth(depth: usize) -> Value {
+    let mut value = serde_json::json!({ "leaf": 1 });
+    for _ in 1..depth {
+        value = serde_json::json!({ "a": value });
+    }
+    value
+}
+
+/// True for a UUID of version 7 in the canonical hyphenated form.
+pub fn is_uuid_v7(text: &str) -> bool {
+    uuid::Uuid::parse_str(text).is_ok_and(|id| id.get_version_num() == 7)
+        && text.len() == 36
+        && text.as_bytes()[14] == b'7'
+}
+
+/// True for a UUID in the canonical hyphenated form.
+pub fn is_uuid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::parse_str(text).is_ok()
+}
