@@ -116,6 +116,7 @@ pub fn ledgerd_bin() -> Result<PathBuf> {
     candidates.push(exe_dir.join("ledgerd"));
     for candidate in &candidates {
         if candidate.is_file() {
+            ensure_fresh(candidate)?;
             return Ok(candidate.clone());
         }
     }
@@ -129,6 +130,40 @@ pub fn ledgerd_bin() -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// Refuses a `ledgerd` older than the sources it is built from: `cargo test -p cluster-tests`
+/// alone does not rebuild it, and testing a stale binary proves nothing. (`cargo test
+/// --workspace` builds it first, because `node` has integration tests.)
+fn ensure_fresh(binary: &Path) -> Result<()> {
+    let built = std::fs::metadata(binary)?.modified()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for crate_dir in ["node", "api", "raft-store", "proto"] {
+        if let Some(changed) = newest_mtime(&workspace.join(crate_dir)) {
+            ensure!(
+                changed <= built,
+                "{} is older than the sources in {crate_dir}/: run `cargo build -p node` first \
+                 (or `cargo test --workspace`, which builds it)",
+                binary.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A free port on 127.0.0.1: bind port 0, read the port, drop the listener. Never hands out

@@ -18,6 +18,7 @@ mod t07_admin_auth;
 mod t08_pause_leader;
 mod t09_events_api;
 mod t10_authorization;
+mod t11_availability;
 
 mod support;
 
