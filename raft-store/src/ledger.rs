@@ -331,8 +331,64 @@ impl Ledger {
         decode_opt(self.agents.get(asn.as_bytes())?, "agent")
     }
 
-    /// Checks what can be checked cheaply at start-up: the recorded head is the last event, the
-    /// last event's hash is right, and nothing lies past it.
+    /// Verifies the whole chain from genesis: `seq` is dense, every event's hash recomputes from
+    /// its fields, every `prev_hash` is the hash of the event before, `created_at` never
+    /// decreases, and the recorded head is the last event. Names the first bad `seq`.
+    /// O(events): run at start-up and on an admin request.
+    pub fn verify_chain(&self) -> Result<u64, StoreError> {
+        let head = self.head()?;
+        let mut expected_seq = 1;
+        let mut prev_hash = [0u8; 32];
+        let mut prev_time = i64::MIN;
+        for item in self.events.iter() {
+            let (key, value) = item?;
+            let seq = codec::u64_from_key(&key)?;
+            let bad = |what: &str| StoreError::Corrupt(format!("event {seq} {what}"));
+            if seq != expected_seq {
+                return Err(StoreError::Corrupt(format!(
+                    "event {expected_seq} is missing (found {seq} next)"
+                )));
+            }
+            let event: Event = codec::decode(&value, &format!("event {seq}"))?;
+            if event.seq != seq {
+                return Err(bad(&format!("is stored as event {}", event.seq)));
+            }
+            if chain::event_hash(&event) != event.hash {
+                return Err(bad("does not match its hash"));
+            }
+            if event.prev_hash != prev_hash {
+                return Err(bad("does not link to the event before it (prev_hash)"));
+            }
+            if event.created_at_ms < prev_time {
+                return Err(bad("is older than the event before it"));
+            }
+            prev_hash = event.hash;
+            prev_time = event.created_at_ms;
+            expected_seq += 1;
+        }
+        let size = expected_seq - 1;
+        if size < head.size {
+            return Err(StoreError::Corrupt(format!(
+                "event {} is missing",
+                size + 1
+            )));
+        }
+        if size > head.size {
+            return Err(StoreError::Corrupt(format!(
+                "event {} lies past the ledger head",
+                head.size + 1
+            )));
+        }
+        if prev_hash != head.head_hash {
+            return Err(StoreError::Corrupt(format!(
+                "event {size} is not the recorded ledger head"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Checks what can be checked cheaply: the recorded head is the last event, the last
+    /// event's hash is right, and nothing lies past it.
     pub fn verify_head(&self) -> Result<(), StoreError> {
         let head = self.head()?;
         if head.size == 0 {

@@ -86,7 +86,13 @@ impl StateMachineStore {
         dir: &Path,
     ) -> Result<Self, StoreError> {
         let ledger = Ledger::open(db)?;
-        ledger.verify_head()?;
+        let started = std::time::Instant::now();
+        let size = ledger.verify_chain()?;
+        tracing::info!(
+            events = size,
+            millis = started.elapsed().as_millis() as u64,
+            "verified the stored chain"
+        );
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
         let current = read_snapshot_file(&snapshot_dir.join("current"))?;

@@ -619,3 +619,45 @@ fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
         );
     });
 }
+
+#[test]
+fn a_tampered_event_is_found_at_open_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["t"]).await;
+        let asn = asns[0].as_str();
+        sm.apply(vec![entry(3, 1, vec![append(1, 0, &[asn, asn, asn, asn])])])
+            .await
+            .expect("apply");
+    });
+    // Change one byte of event 2's metadata, keeping sled's own checksums valid.
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .segment_size(raft_store::SLED_SEGMENT_BYTES)
+            .open()
+            .expect("sled");
+        let events = db.open_tree("sm_events").expect("tree");
+        let mut value = events
+            .get(2u64.to_be_bytes())
+            .expect("get")
+            .expect("event 2")
+            .to_vec();
+        let at = value
+            .windows(7)
+            .position(|w| w == br#"{"k":1}"#)
+            .expect("metadata bytes");
+        value[at + 5] = b'2';
+        events.insert(2u64.to_be_bytes(), value).expect("insert");
+        db.flush().expect("flush");
+    }
+    let message = raft_store::open(dir.path())
+        .err()
+        .expect("open must fail")
+        .to_string();
+    assert!(
+        message.contains("event 2 does not match its hash"),
+        "{message}"
+    );
+}
