@@ -19,6 +19,7 @@ mod t08_pause_leader;
 mod t09_events_api;
 mod t10_authorization;
 mod t11_availability;
+mod t12_tampered_store;
 
 mod support;
 
