@@ -83,6 +83,7 @@ pub struct EventView<'a> {
     pub seq: u64,
     pub hash: String,
     pub prev_hash: String,
+    pub agent_prev_hash: String,
 }
 
 impl<'a> EventView<'a> {
@@ -105,6 +106,7 @@ impl<'a> EventView<'a> {
             seq: event.seq,
             hash: hex::encode(event.hash),
             prev_hash: hex::encode(event.prev_hash),
+            agent_prev_hash: hex::encode(event.agent_prev_hash),
         })
     }
 }

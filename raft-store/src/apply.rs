@@ -106,6 +106,8 @@ pub(crate) struct Pending<'a> {
     keys: HashMap<String, ApiKeyRecord>,
     operators: HashMap<String, OperatorRecord>,
     agents: HashMap<String, AgentRecord>,
+    /// Hash of each agent's last event, for those appended in this batch.
+    agent_heads: HashMap<String, Hash>,
 }
 
 impl<'a> Pending<'a> {
@@ -126,6 +128,7 @@ impl<'a> Pending<'a> {
             keys: HashMap::new(),
             operators: HashMap::new(),
             agents: HashMap::new(),
+            agent_heads: HashMap::new(),
         })
     }
 
@@ -231,6 +234,25 @@ impl<'a> Pending<'a> {
             Some(agent) => Ok(Some(agent.clone())),
             None => self.ledger.agent(asn),
         }
+    }
+
+    /// Hash of the agent's last event, zeroes when it has none.
+    fn agent_head(&self, asn: &str) -> Result<Hash, StoreError> {
+        if let Some(hash) = self.agent_heads.get(asn) {
+            return Ok(*hash);
+        }
+        let scope = IndexScope::Agent(asn);
+        let count = self.ledger.index_count(scope)?;
+        if count == 0 {
+            return Ok([0; 32]);
+        }
+        let (seq, _) = self.ledger.index_entry(scope, count - 1)?;
+        let event = self.ledger.event(seq)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "agent index of {asn} points at missing event {seq}"
+            ))
+        })?;
+        Ok(event.hash)
     }
 
     fn count(&self, scope: IndexScope<'_>) -> Result<u64, StoreError> {
@@ -585,6 +607,7 @@ impl<'a> Pending<'a> {
             let seq = self.head.size + 1;
             let created_at_ms = proposed_at_ms.max(self.head.last_created_at_ms);
             let prev_hash = self.head.head_hash;
+            let agent_prev_hash = self.agent_head(&new.asn)?;
             let mut event = Event {
                 seq,
                 id: chain::event_id(seq, &prev_hash, created_at_ms),
@@ -596,6 +619,7 @@ impl<'a> Pending<'a> {
                 reported_by: key.reporter().to_owned(),
                 created_at_ms,
                 prev_hash,
+                agent_prev_hash,
                 hash: [0; 32],
             };
             event.hash = chain::event_hash(&event);
@@ -611,6 +635,7 @@ impl<'a> Pending<'a> {
                 head_hash: event.hash,
                 last_created_at_ms: created_at_ms,
             };
+            self.agent_heads.insert(event.asn.clone(), event.hash);
             self.new_events.insert(seq, event.clone());
             appended.push(event);
         }

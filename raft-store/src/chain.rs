@@ -43,6 +43,7 @@ pub fn event_hash(event: &Event) -> Hash {
     put_bytes(&mut hasher, event.reported_by.as_bytes());
     hasher.update(event.created_at_ms.to_be_bytes());
     hasher.update(event.prev_hash);
+    hasher.update(event.agent_prev_hash);
     hasher.finalize().into()
 }
 

@@ -223,7 +223,11 @@ impl Ledger {
         self.index_count(IndexScope::Agent(asn))
     }
 
-    fn index_entry(&self, scope: IndexScope<'_>, ordinal: u64) -> Result<(u64, i64), StoreError> {
+    pub(crate) fn index_entry(
+        &self,
+        scope: IndexScope<'_>,
+        ordinal: u64,
+    ) -> Result<(u64, i64), StoreError> {
         let value = self.idx.get(scope.key(ordinal))?.ok_or_else(|| {
             StoreError::Corrupt(format!("index {scope:?} has no entry {ordinal}"))
         })?;

@@ -49,21 +49,43 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How long `open` waits for sled's lock on its directory, in milliseconds. sled releases it
+/// asynchronously after the last handle is dropped (its own tests block on it for that
+/// reason), so a store reopened at once in the same process may briefly find it held.
+pub const SLED_LOCK_WAIT_MS: u64 = 2_000;
+
+/// Opens sled with our settings, waiting up to `SLED_LOCK_WAIT_MS` for its directory lock.
+pub fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(SLED_CACHE_BYTES)
+            // Our own fsync makes writes durable; sled's timer flush only adds background I/O.
+            .flush_every_ms(None)
+            // Values (a Raft entry holds a whole group-committed batch) must stay below sled's
+            // blob threshold of segment_size / 4, because sled never fsyncs blob files.
+            .segment_size(SLED_SEGMENT_BYTES)
+            .open();
+        match opened {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && started.elapsed().as_millis() < u128::from(SLED_LOCK_WAIT_MS) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Opens (or creates) the store in `dir`: sled in `dir/sled`, snapshots in `dir/snapshot`.
 /// Fails with [`StoreError::Corrupt`] when what is on disk does not hold together.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let sled_dir = dir.join("sled");
     std::fs::create_dir_all(&sled_dir)?;
-    let db = sled::Config::new()
-        .path(&sled_dir)
-        .mode(sled::Mode::LowSpace)
-        .cache_capacity(SLED_CACHE_BYTES)
-        // Our own fsync makes writes durable; sled's timer flush only adds background I/O.
-        .flush_every_ms(None)
-        // Values (a Raft entry holds a whole group-committed batch) must stay below sled's blob
-        // threshold of segment_size / 4, because sled never fsyncs blob files.
-        .segment_size(SLED_SEGMENT_BYTES)
-        .open()?;
+    let db = open_sled(&sled_dir)?;
     let durability = durability::Durability::open(db.clone(), &sled_dir)?;
     let log_store = LogStore::new(&db, durability.clone())?;
     let state_machine = StateMachineStore::open(&db, durability, dir)?;

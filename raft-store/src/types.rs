@@ -174,6 +174,8 @@ pub struct Event {
     pub created_at_ms: i64,
     /// `hash` of the event at `seq - 1`, zeroes for the first event.
     pub prev_hash: Hash,
+    /// `hash` of the previous event of the same agent, zeroes for the agent's first.
+    pub agent_prev_hash: Hash,
     pub hash: Hash,
 }
 

@@ -549,11 +549,7 @@ fn a_damaged_store_refuses_to_open() {
     });
     // Remove the last event behind the store's back.
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .segment_size(raft_store::SLED_SEGMENT_BYTES)
-            .open()
-            .expect("sled");
+        let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
         let events = db.open_tree("sm_events").expect("tree");
         events.remove(2u64.to_be_bytes()).expect("remove");
         db.flush().expect("flush");
@@ -633,11 +629,7 @@ fn a_tampered_event_is_found_at_open_and_named() {
     });
     // Change one byte of event 2's metadata, keeping sled's own checksums valid.
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .segment_size(raft_store::SLED_SEGMENT_BYTES)
-            .open()
-            .expect("sled");
+        let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
         let events = db.open_tree("sm_events").expect("tree");
         let mut value = events
             .get(2u64.to_be_bytes())
