@@ -1,0 +1,193 @@
+//! The canonical byte encoding of an event, its chain hash and its Merkle
+//! leaf hash.
+//!
+//! `E` = [`EVENT_DOMAIN`] followed by every field of [`EventFields`] in
+//! declaration order: integers big-endian (`u64`, `i64` two's complement),
+//! fixed-size byte arrays raw, `u8` raw, strings as a `u32` big-endian byte
+//! length followed by their UTF-8 bytes. Nothing else: no padding, no
+//! terminator.
+
+use crate::Hash;
+use sha2::{Digest, Sha256};
+
+/// Domain and version prefix of `E` (20 bytes, NUL included). A new encoding
+/// gets a new domain; verifiers reject events whose version they do not know.
+pub const EVENT_DOMAIN: &[u8] = b"asn-ledger/event/v1\0";
+
+/// The largest string the encoding can carry (its length is a `u32`).
+pub const STRING_BYTES_MAX: usize = u32::MAX as usize;
+
+/// Severities and their codes in `E`.
+pub const SEVERITIES: [&str; 4] = ["info", "warning", "error", "critical"];
+
+/// Every field of an event that is hashed, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// Position in the ledger, dense from 1.
+    pub seq: u64,
+    /// The event's id (UUIDv7 bytes).
+    pub id: [u8; 16],
+    /// The agent's id (UUIDv7 bytes).
+    pub agent_id: [u8; 16],
+    pub asn: &'a str,
+    pub event_type: &'a str,
+    /// 0 info, 1 warning, 2 error, 3 critical.
+    pub severity: u8,
+    /// RFC 8785 canonical JSON text of the metadata object.
+    pub metadata_jcs: &'a str,
+    pub reported_by: &'a str,
+    pub created_at_ms: i64,
+    /// Hash of event `seq - 1`; zeroes for seq 1.
+    pub prev_hash: Hash,
+    /// Hash of the previous event of the same agent; zeroes for its first.
+    pub agent_prev_hash: Hash,
+}
+
+/// Why fields cannot be an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("seq must be at least 1")]
+    ZeroSeq,
+    #[error("severity code {0} is unknown (0 info, 1 warning, 2 error, 3 critical)")]
+    Severity(u8),
+    #[error("field {0} is longer than {STRING_BYTES_MAX} bytes")]
+    TooLong(&'static str),
+    #[error("metadata_jcs is not the RFC 8785 canonical JSON text of an object")]
+    MetadataNotCanonical,
+}
+
+/// The code of a severity name (`"info"` → 0 … `"critical"` → 3).
+pub fn severity_code(name: &str) -> Option<u8> {
+    SEVERITIES.iter().position(|s| *s == name).map(|i| i as u8)
+}
+
+/// The name of a severity code.
+pub fn severity_name(code: u8) -> Option<&'static str> {
+    SEVERITIES.get(usize::from(code)).copied()
+}
+
+impl EventFields<'_> {
+    /// Checks what the encoding itself cannot: `seq >= 1`, a known severity,
+    /// string lengths, and that `metadata_jcs` is canonical JSON of an object
+    /// (this parses the metadata: call it when verifying, not when hashing).
+    pub fn validate(&self) -> Result<(), EventError> {
+        if self.seq == 0 {
+            return Err(EventError::ZeroSeq);
+        }
+        if severity_name(self.severity).is_none() {
+            return Err(EventError::Severity(self.severity));
+        }
+        for (name, value) in [
+            ("asn", self.asn),
+            ("event_type", self.event_type),
+            ("metadata_jcs", self.metadata_jcs),
+            ("reported_by", self.reported_by),
+        ] {
+            if value.len() > STRING_BYTES_MAX {
+                return Err(EventError::TooLong(name));
+            }
+        }
+        if !crate::canonical::is_canonical_object(self.metadata_jcs) {
+            return Err(EventError::MetadataNotCanonical);
+        }
+        Ok(())
+    }
+
+    /// The length of `E` in bytes.
+    pub fn encoded_len(&self) -> usize {
+        EVENT_DOMAIN.len()
+            + 8
+            + 16
+            + 16
+            + 4
+            + self.asn.len()
+            + 4
+            + self.event_type.len()
+            + 1
+            + 4
+            + self.metadata_jcs.len()
+            + 4
+            + self.reported_by.len()
+            + 8
+            + 32
+            + 32
+    }
+
+    /// Feeds the bytes of `E`, in order, to `sink`.
+    pub fn write_to(&self, sink: &mut impl FnMut(&[u8])) {
+        sink(EVENT_DOMAIN);
+        sink(&self.seq.to_be_bytes());
+        sink(&self.id);
+        sink(&self.agent_id);
+        write_str(sink, self.asn);
+        write_str(sink, self.event_type);
+        sink(&[self.severity]);
+        write_str(sink, self.metadata_jcs);
+        write_str(sink, self.reported_by);
+        sink(&self.created_at_ms.to_be_bytes());
+        sink(&self.prev_hash);
+        sink(&self.agent_prev_hash);
+    }
+}
+
+fn write_str(sink: &mut impl FnMut(&[u8]), s: &str) {
+    // Strings longer than u32::MAX bytes are not events (see `validate`); the
+    // node's limits keep every field far below it.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    sink(&len.to_be_bytes());
+    sink(s.as_bytes());
+}
+
+/// The canonical bytes `E` of an event.
+pub fn encode(fields: &EventFields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.encoded_len());
+    fields.write_to(&mut |bytes: &[u8]| out.extend_from_slice(bytes));
+    out
+}
+
+/// The event's chain hash: `SHA-256(E)`. Allocates nothing.
+pub fn event_hash(fields: &EventFields) -> Hash {
+    let mut hasher = Sha256::new();
+    fields.write_to(&mut |bytes: &[u8]| hasher.update(bytes));
+    hasher.finalize().into()
+}
+
+/// The event's Merkle leaf hash: `SHA-256(0x00 || E)` (RFC 6962 leaf).
+/// Allocates nothing.
+pub fn leaf_hash(fields: &EventFields) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([0x00]);
+    fields.write_to(&mut |bytes: &[u8]| hasher.update(bytes));
+    hasher.finalize().into()
+}
+
+/// Checks the two chain links of `fields` against the hashes of the events
+/// they must point to: `prev` is the hash of event `seq - 1` (`None` for seq
+/// 1), `agent_prev` the hash of the same agent's previous event (`None` for
+/// its first).
+pub fn check_links(
+    fields: &EventFields,
+    prev: Option<&Hash>,
+    agent_prev: Option<&Hash>,
+) -> Result<(), LinkError> {
+    let want_prev = prev.copied().unwrap_or(crate::ZERO_HASH);
+    if (fields.seq == 1) != prev.is_none() {
+        return Err(LinkError::Prev { seq: fields.seq });
+    }
+    if fields.prev_hash != want_prev {
+        return Err(LinkError::Prev { seq: fields.seq });
+    }
+    if fields.agent_prev_hash != agent_prev.copied().unwrap_or(crate::ZERO_HASH) {
+        return Err(LinkError::AgentPrev { seq: fields.seq });
+    }
+    Ok(())
+}
+
+/// A broken chain link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("seq {seq}: prev_hash is not the hash of the event before it")]
+    Prev { seq: u64 },
+    #[error("seq {seq}: agent_prev_hash is not the hash of the agent's previous event")]
+    AgentPrev { seq: u64 },
+}
