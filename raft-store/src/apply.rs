@@ -60,6 +60,7 @@ const T_NODES: usize = 5;
 const T_KEYS: usize = 6;
 const T_OPERATORS: usize = 7;
 const T_AGENTS: usize = 8;
+const T_MERKLE: usize = 9;
 
 pub(crate) type Batches = [sled::Batch; SM_TREE_COUNT];
 
@@ -108,6 +109,19 @@ pub(crate) struct Pending<'a> {
     agents: HashMap<String, AgentRecord>,
     /// Hash of each agent's last event, for those appended in this batch.
     agent_heads: HashMap<String, Hash>,
+    /// Merkle subtrees completed in this batch.
+    subtrees: HashMap<(u32, u64), Hash>,
+}
+
+impl verifier::merkle::Subtrees for Pending<'_> {
+    type Error = StoreError;
+
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        match self.subtrees.get(&(level, index)) {
+            Some(hash) => Ok(*hash),
+            None => verifier::merkle::Subtrees::subtree(self.ledger, level, index),
+        }
+    }
 }
 
 impl<'a> Pending<'a> {
@@ -129,6 +143,7 @@ impl<'a> Pending<'a> {
             operators: HashMap::new(),
             agents: HashMap::new(),
             agent_heads: HashMap::new(),
+            subtrees: HashMap::new(),
         })
     }
 
@@ -636,6 +651,13 @@ impl<'a> Pending<'a> {
                 last_created_at_ms: created_at_ms,
             };
             self.agent_heads.insert(event.asn.clone(), event.hash);
+            // The event's leaf joins the Merkle tree over all events: store every subtree it
+            // completes (about one per event on average).
+            let completed = verifier::merkle::append(&*self, seq - 1, chain::leaf_hash(&event))?;
+            for (level, index, hash) in completed {
+                self.batches[T_MERKLE].insert(&crate::ledger::subtree_key(level, index), &hash);
+                self.subtrees.insert((level, index), hash);
+            }
             self.new_events.insert(seq, event.clone());
             appended.push(event);
         }

@@ -1,9 +1,5 @@
-//! The hash of an event and its id, from one canonical byte encoding.
-//!
-//! Version 0 of the encoding; the verification work (docs/VERIFYING.md) will fix version 1 with
-//! golden vectors. Every variable-length field is length-prefixed (u32 big-endian), integers are
-//! big-endian, and the input starts with a domain-separation tag, so no two distinct events
-//! share an input.
+//! An event's hashes, through the `verifier` crate: the one definition of the bytes that are
+//! hashed and signed (docs/VERIFYING.md), so the node and any third-party verifier agree.
 
 use sha2::Digest;
 use sha2::Sha256;
@@ -12,16 +8,9 @@ use crate::types::Event;
 use crate::types::Hash;
 use crate::types::Severity;
 
-const EVENT_DOMAIN: &[u8] = b"asn-ledger/event/v0\0";
 const EVENT_ID_DOMAIN: &[u8] = b"asn-ledger/event-id/v0\0";
 
-fn put_bytes(hasher: &mut Sha256, bytes: &[u8]) {
-    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    hasher.update(len.to_be_bytes());
-    hasher.update(bytes);
-}
-
-fn severity_byte(severity: Severity) -> u8 {
+fn severity_code(severity: Severity) -> u8 {
     match severity {
         Severity::Info => 0,
         Severity::Warning => 1,
@@ -30,21 +19,31 @@ fn severity_byte(severity: Severity) -> u8 {
     }
 }
 
-/// The hash of `event`, over every field but `hash` itself.
+/// The fields of `event` that are hashed, in the verifier's form.
+pub fn fields(event: &Event) -> verifier::event::EventFields<'_> {
+    verifier::event::EventFields {
+        seq: event.seq,
+        id: event.id,
+        agent_id: event.agent_id,
+        asn: &event.asn,
+        event_type: &event.event_type,
+        severity: severity_code(event.severity),
+        metadata_jcs: &event.metadata_json,
+        reported_by: &event.reported_by,
+        created_at_ms: event.created_at_ms,
+        prev_hash: event.prev_hash,
+        agent_prev_hash: event.agent_prev_hash,
+    }
+}
+
+/// The chain hash of `event`, over every field but `hash` itself.
 pub fn event_hash(event: &Event) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update(EVENT_DOMAIN);
-    hasher.update(event.seq.to_be_bytes());
-    hasher.update(event.id);
-    put_bytes(&mut hasher, event.asn.as_bytes());
-    put_bytes(&mut hasher, event.event_type.as_bytes());
-    hasher.update([severity_byte(event.severity)]);
-    put_bytes(&mut hasher, event.metadata_json.as_bytes());
-    put_bytes(&mut hasher, event.reported_by.as_bytes());
-    hasher.update(event.created_at_ms.to_be_bytes());
-    hasher.update(event.prev_hash);
-    hasher.update(event.agent_prev_hash);
-    hasher.finalize().into()
+    verifier::event::event_hash(&fields(event))
+}
+
+/// The event's leaf in the Merkle tree over all events.
+pub fn leaf_hash(event: &Event) -> Hash {
+    verifier::event::leaf_hash(&fields(event))
 }
 
 /// A UUIDv7 for the event at `seq`: its timestamp is `created_at_ms`, its random bits come from

@@ -14,6 +14,7 @@
 //! | `sm_keys`      | key id                                | postcard([`ApiKeyRecord`])   |
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
 //! | `sm_agents`    | asn                                   | postcard([`AgentRecord`])    |
+//! | `sm_merkle`    | level (u32 BE), index (u64 BE)        | hash of that complete subtree |
 //!
 //! Two indexes list an agent's events in ledger order by ordinal: all of them, and those of
 //! one type. `created_at` never decreases in ledger order, so it never decreases along an
@@ -48,7 +49,7 @@ pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
 
 /// How many state-machine trees there are.
-pub(crate) const SM_TREE_COUNT: usize = 9;
+pub(crate) const SM_TREE_COUNT: usize = 10;
 
 /// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
 pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
@@ -61,6 +62,7 @@ pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_keys",
     "sm_operators",
     "sm_agents",
+    "sm_merkle",
 ];
 
 /// What the state machine remembers of an applied proposal, to answer a retry.
@@ -84,6 +86,50 @@ impl TxRecord {
         match self {
             Self::Events { body_hash, .. } | Self::Result { body_hash, .. } => body_hash,
         }
+    }
+}
+
+/// Why a proof cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofFailure {
+    /// The sizes or the index asked for are out of range (a client error).
+    #[error("{0}")]
+    Range(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<verifier::merkle::ProofError<StoreError>> for ProofFailure {
+    fn from(error: verifier::merkle::ProofError<StoreError>) -> Self {
+        match error {
+            verifier::merkle::ProofError::Store(error) => Self::Store(error),
+            other => Self::Range(other.to_string()),
+        }
+    }
+}
+
+/// Key of a stored complete subtree.
+pub(crate) fn subtree_key(level: u32, index: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&level.to_be_bytes());
+    key[4..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+impl verifier::merkle::Subtrees for Ledger {
+    type Error = StoreError;
+
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let value = self.merkle.get(subtree_key(level, index))?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "Merkle subtree at level {level}, index {index} is missing"
+            ))
+        })?;
+        value.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "Merkle subtree at level {level}, index {index} is not 32 bytes"
+            ))
+        })
     }
 }
 
@@ -121,6 +167,7 @@ pub struct Ledger {
     pub(crate) keys: sled::Tree,
     pub(crate) operators: sled::Tree,
     pub(crate) agents: sled::Tree,
+    pub(crate) merkle: sled::Tree,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -145,6 +192,7 @@ impl Ledger {
             keys: db.open_tree(SM_TREES[6])?,
             operators: db.open_tree(SM_TREES[7])?,
             agents: db.open_tree(SM_TREES[8])?,
+            merkle: db.open_tree(SM_TREES[9])?,
         })
     }
 
@@ -160,6 +208,7 @@ impl Ledger {
             &self.keys,
             &self.operators,
             &self.agents,
+            &self.merkle,
         ]
     }
 
@@ -336,14 +385,17 @@ impl Ledger {
     }
 
     /// Verifies the whole chain from genesis: `seq` is dense, every event's hash recomputes from
-    /// its fields, every `prev_hash` is the hash of the event before, `created_at` never
-    /// decreases, and the recorded head is the last event. Names the first bad `seq`.
-    /// O(events): run at start-up and on an admin request.
+    /// its fields, every `prev_hash` is the hash of the event before, every `agent_prev_hash`
+    /// the hash of the agent's event before, `created_at` never decreases, every stored Merkle
+    /// subtree is what the leaves make, and the recorded head is the last event. Names the
+    /// first bad `seq`. O(events) time, O(agents) memory: run at start-up and on request.
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
         let head = self.head()?;
         let mut expected_seq = 1;
         let mut prev_hash = [0u8; 32];
         let mut prev_time = i64::MIN;
+        let mut agent_last: std::collections::HashMap<String, Hash> =
+            std::collections::HashMap::new();
         for item in self.events.iter() {
             let (key, value) = item?;
             let seq = codec::u64_from_key(&key)?;
@@ -366,6 +418,24 @@ impl Ledger {
             if event.created_at_ms < prev_time {
                 return Err(bad("is older than the event before it"));
             }
+            let agent_prev = agent_last.get(&event.asn).copied().unwrap_or([0; 32]);
+            if event.agent_prev_hash != agent_prev {
+                return Err(bad(
+                    "does not link to its agent's event before it (agent_prev_hash)",
+                ));
+            }
+            // Recompute what this leaf completes (siblings come from subtrees already checked)
+            // and compare with what is stored.
+            for (level, index, hash) in
+                verifier::merkle::append(self, seq - 1, chain::leaf_hash(&event))?
+            {
+                if verifier::merkle::Subtrees::subtree(self, level, index)? != hash {
+                    return Err(bad(&format!(
+                        "makes Merkle subtree ({level}, {index}) differ from the stored one"
+                    )));
+                }
+            }
+            agent_last.insert(event.asn.clone(), event.hash);
             prev_hash = event.hash;
             prev_time = event.created_at_ms;
             expected_seq += 1;
@@ -389,6 +459,22 @@ impl Ledger {
             )));
         }
         Ok(size)
+    }
+
+    /// The Merkle root over the first `size` events (RFC 9162), from stored subtrees.
+    pub fn merkle_root(&self, size: u64) -> Result<Hash, StoreError> {
+        verifier::merkle::root(self, size)
+    }
+
+    /// The inclusion proof of event `seq` in the tree of the first `size` events.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, ProofFailure> {
+        verifier::merkle::inclusion_proof(self, seq.wrapping_sub(1), size)
+            .map_err(ProofFailure::from)
+    }
+
+    /// The consistency proof between the trees of the first `old` and `new` events.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofFailure> {
+        verifier::merkle::consistency_proof(self, old, new).map_err(ProofFailure::from)
     }
 
     /// Checks what can be checked cheaply: the recorded head is the last event, the last

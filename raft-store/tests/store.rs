@@ -653,3 +653,62 @@ fn a_tampered_event_is_found_at_open_and_named() {
         "{message}"
     );
 }
+
+#[test]
+fn the_merkle_tree_matches_a_reference_tree_and_proves_inclusion_and_consistency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["m1", "m2"]).await;
+        let entries: Vec<Entry> = (0..37u64)
+            .map(|i| {
+                let asns: Vec<&str> = (0..=i % 3)
+                    .map(|k| asns[(k % 2) as usize].as_str())
+                    .collect();
+                entry(3 + i, i as i64, vec![append(i as u8, 0, &asns)])
+            })
+            .collect();
+        sm.apply(entries).await.expect("apply");
+        let ledger = sm.ledger();
+        let events = ledger.events_from(1, 1000).expect("events");
+        let size = events.len() as u64;
+        let reference =
+            verifier::merkle::MemoryTree::from_leaves(events.iter().map(chain::leaf_hash))
+                .expect("tree");
+        for tree_size in 1..=size {
+            let root = ledger.merkle_root(tree_size).expect("root");
+            assert_eq!(
+                root,
+                reference.root(tree_size).expect("reference root"),
+                "root of {tree_size}"
+            );
+        }
+        let root = ledger.merkle_root(size).expect("root");
+        for event in &events {
+            let proof = ledger.inclusion_proof(event.seq, size).expect("proof");
+            verifier::merkle::verify_inclusion(
+                &chain::leaf_hash(event),
+                event.seq - 1,
+                size,
+                &proof,
+                &root,
+            )
+            .expect("inclusion verifies");
+        }
+        let old_root = ledger.merkle_root(10).expect("old root");
+        let proof = ledger.consistency_proof(10, size).expect("consistency");
+        verifier::merkle::verify_consistency(10, size, &old_root, &root, &proof)
+            .expect("consistency verifies");
+        assert!(ledger.inclusion_proof(size + 1, size).is_err());
+        // Every event links to its agent's previous one.
+        let mut last = std::collections::HashMap::new();
+        for event in &events {
+            assert_eq!(
+                event.agent_prev_hash,
+                last.get(&event.asn).copied().unwrap_or([0; 32])
+            );
+            last.insert(event.asn.clone(), event.hash);
+        }
+        assert_eq!(ledger.verify_chain().expect("chain"), size);
+    });
+}
