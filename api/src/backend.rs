@@ -110,6 +110,12 @@ pub trait Backend: Send + Sync + 'static {
         id: NodeId,
     ) -> impl Future<Output = Result<MembershipView, ApiError>> + Send;
 
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+
+    /// This node's Ed25519 identity key: it signs the events and checkpoints this node serves.
+    fn signing_key(&self) -> &ed25519_dalek::SigningKey;
+
     /// A leader is known and this node has applied everything it has.
     fn is_ready(&self) -> bool;
 

@@ -68,8 +68,45 @@ pub fn rfc3339_ms(millis: i64) -> String {
     }
 }
 
-/// An event as the API shows it: the spec's fields, then the ledger's (`asn`, `seq`, `hash`,
-/// `prev_hash`).
+/// The cluster's origin line in checkpoints: `asn-ledger/<cluster id>`.
+pub fn origin(cluster_id: &str) -> String {
+    format!("asn-ledger/{cluster_id}")
+}
+
+/// The signed-note key name of a node: `<origin>/node-<id>`.
+pub fn key_name(origin: &str, node_id: u64) -> String {
+    format!("{origin}/node-{node_id}")
+}
+
+/// How this node signs what it serves: its key, and the name and id other parties know it by.
+pub struct Signing<'a> {
+    pub origin: String,
+    pub name: String,
+    pub key_id: [u8; 4],
+    pub key: &'a ed25519_dalek::SigningKey,
+}
+
+impl<'a> Signing<'a> {
+    pub fn of(backend: &'a impl Backend) -> Result<Self, ApiError> {
+        let cluster = backend
+            .ledger()
+            .cluster()?
+            .ok_or_else(|| ApiError::unavailable("the cluster is not initialised yet"))?;
+        let origin = origin(&cluster.cluster_id);
+        let name = key_name(&origin, backend.node_id());
+        let key = backend.signing_key();
+        let key_id = verifier::note::key_id(&name, &key.verifying_key().to_bytes());
+        Ok(Self {
+            origin,
+            name,
+            key_id,
+            key,
+        })
+    }
+}
+
+/// An event as the API shows it: the spec's fields, then the ledger's (`asn`, `seq`, the chain
+/// links, and the answering node's signature over `hash`).
 #[derive(Serialize)]
 pub struct EventView<'a> {
     pub id: String,
@@ -84,10 +121,27 @@ pub struct EventView<'a> {
     pub hash: String,
     pub prev_hash: String,
     pub agent_prev_hash: String,
+    /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`.
+    pub signature: String,
+    /// The signer's key name and C2SP key id (hex), as listed by `GET /api/v1/ledger/keys`.
+    pub signer: String,
+    pub key_id: String,
 }
 
 impl<'a> EventView<'a> {
-    pub fn new(event: &'a Event) -> Result<Self, ApiError> {
+    /// Checks the event's hash before serving it (a node never serves, nor signs, an event that
+    /// does not verify) and signs it.
+    pub fn new(event: &'a Event, signing: &Signing<'_>) -> Result<Self, ApiError> {
+        if raft_store::chain::event_hash(event) != event.hash {
+            tracing::error!(
+                seq = event.seq,
+                "stored event does not match its hash; refusing to serve it"
+            );
+            return Err(ApiError::internal(format!(
+                "event {} does not match its hash: this node's store is damaged and it refuses to serve it",
+                event.seq
+            )));
+        }
         let metadata: &RawValue = serde_json::from_str(&event.metadata_json).map_err(|e| {
             ApiError::internal(format!(
                 "stored metadata of event {} is not JSON: {e}",
@@ -107,12 +161,21 @@ impl<'a> EventView<'a> {
             hash: hex::encode(event.hash),
             prev_hash: hex::encode(event.prev_hash),
             agent_prev_hash: hex::encode(event.agent_prev_hash),
+            signature: hex::encode(verifier::event::sign(&event.hash, signing.key)),
+            signer: signing.name.clone(),
+            key_id: hex::encode(signing.key_id),
         })
     }
 }
 
-fn views(events: &[Event]) -> Result<Vec<EventView<'_>>, ApiError> {
-    events.iter().map(EventView::new).collect()
+pub fn views<'a>(
+    events: &'a [Event],
+    signing: &Signing<'_>,
+) -> Result<Vec<EventView<'a>>, ApiError> {
+    events
+        .iter()
+        .map(|event| EventView::new(event, signing))
+        .collect()
 }
 
 fn json_depth(value: &Value) -> usize {
@@ -213,7 +276,9 @@ pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError>
                     "{prefix}metadata: nested {depth} levels deep, at most {METADATA_DEPTH_MAX} allowed"
                 )));
             }
-            let text = metadata.to_string();
+            // Stored and hashed as RFC 8785 canonical JSON, so anyone can recompute the hash.
+            let text = verifier::canonical::canonical_json(metadata)
+                .map_err(|e| ApiError::validation(format!("{prefix}metadata: {e}")))?;
             if text.len() > METADATA_BYTES_MAX {
                 return Err(ApiError::validation(format!(
                     "{prefix}metadata: {} bytes, at most {METADATA_BYTES_MAX} allowed",
@@ -325,7 +390,11 @@ pub async fn report<B: Backend>(
     let event = events
         .first()
         .ok_or_else(|| ApiError::internal("the ledger appended no event"))?;
-    Ok((StatusCode::CREATED, Json(EventView::new(event)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(EventView::new(event, &Signing::of(backend.as_ref())?)?),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/activity/report/batch`: all events or none, as one Raft command.
@@ -362,7 +431,7 @@ pub async fn report_batch<B: Backend>(
     let events = append(backend.as_ref(), &headers, &key, events).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "data": views(&events)? })),
+        Json(serde_json::json!({ "data": views(&events, &Signing::of(backend.as_ref())?)? })),
     )
         .into_response())
 }
@@ -485,7 +554,7 @@ pub async fn agent_activity<B: Backend>(
         limit: per_page as usize,
     })?;
     let body = serde_json::json!({
-        "data": views(&result.events)?,
+        "data": views(&result.events, &Signing::of(backend.as_ref())?)?,
         "pagination": Pagination {
             page,
             per_page,
@@ -528,7 +597,7 @@ pub async fn ledger_events<B: Backend>(
     let head = ledger.head()?;
     let events = ledger.events_from(from_seq, limit)?;
     let body = serde_json::json!({
-        "events": views(&events)?,
+        "events": views(&events, &Signing::of(backend.as_ref())?)?,
         "size": head.size,
         "head_hash": hex::encode(head.head_hash),
     });

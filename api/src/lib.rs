@@ -11,6 +11,7 @@ mod auth;
 mod backend;
 mod error;
 mod events;
+mod ledger;
 mod limits;
 
 use std::sync::Arc;
@@ -81,6 +82,13 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         )
         .route("/api/v1/ledger/events", get(events::ledger_events::<B>))
         .route("/api/v1/ledger/head", get(events::ledger_head::<B>))
+        .route("/api/v1/ledger/keys", get(ledger::keys::<B>))
+        .route("/api/v1/ledger/checkpoint", get(ledger::checkpoint::<B>))
+        .route(
+            "/api/v1/ledger/entries/{seq}/proof",
+            get(ledger::inclusion::<B>),
+        )
+        .route("/api/v1/ledger/consistency", get(ledger::consistency::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)

@@ -233,6 +233,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         writer,
         router,
         public_key: node_key.verifying_key().to_bytes(),
+        signing_key: node_key.clone(),
         self_node: self_node.clone(),
         deadline,
     });

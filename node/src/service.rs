@@ -49,6 +49,8 @@ pub struct LedgerService {
     pub writer: Writer,
     pub router: crate::writer::Router,
     pub public_key: [u8; 32],
+    /// This node's Ed25519 identity key (`node.key`).
+    pub signing_key: ed25519_dalek::SigningKey,
     pub self_node: LedgerNode,
     /// How long writes, reads and membership calls may wait for a leader.
     pub deadline: Duration,
@@ -545,6 +547,14 @@ impl api::Backend for LedgerService {
             (None, _) => false,
         };
         status.leader_id.is_some() && is_member && initialised && caught_up
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.peers.local.node_id
+    }
+
+    fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.signing_key
     }
 
     fn now_ms(&self) -> i64 {

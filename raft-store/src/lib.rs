@@ -24,6 +24,7 @@ pub use apply::COMMAND_EVENTS_MAX;
 pub use ledger::ActivityPage;
 pub use ledger::ActivityQuery;
 pub use ledger::Ledger;
+pub use ledger::ProofFailure;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use types::*;

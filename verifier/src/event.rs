@@ -191,3 +191,73 @@ pub enum LinkError {
     #[error("seq {seq}: agent_prev_hash is not the hash of the agent's previous event")]
     AgentPrev { seq: u64 },
 }
+
+/// Domain of an event signature: a node signs `SIGNATURE_DOMAIN || hash` of each event it
+/// serves, with its Ed25519 identity key.
+pub const SIGNATURE_DOMAIN: &[u8] = b"asn-ledger/event-signature/v1\0";
+
+/// The exact bytes a node signs for the event whose chain hash is `hash`.
+pub fn signature_message(hash: &Hash) -> Vec<u8> {
+    let mut message = Vec::with_capacity(SIGNATURE_DOMAIN.len() + hash.len());
+    message.extend_from_slice(SIGNATURE_DOMAIN);
+    message.extend_from_slice(hash);
+    message
+}
+
+/// Signs the event whose chain hash is `hash`.
+pub fn sign(hash: &Hash, key: &ed25519_dalek::SigningKey) -> [u8; 64] {
+    use ed25519_dalek::Signer as _;
+    key.sign(&signature_message(hash)).to_bytes()
+}
+
+/// Why an event signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the public key is not a valid Ed25519 key")]
+    PublicKey,
+    #[error("the signature does not verify")]
+    Invalid,
+}
+
+/// Verifies a node's signature over the event whose chain hash is `hash` (strict RFC 8032).
+pub fn verify_signature(
+    hash: &Hash,
+    signature: &[u8; 64],
+    public_key: &[u8; 32],
+) -> Result<(), SignatureError> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
+        .map_err(|_| SignatureError::PublicKey)?;
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    key.verify_strict(&signature_message(hash), &signature)
+        .map_err(|_| SignatureError::Invalid)
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_and_any_changed_byte_fails() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public = key.verifying_key().to_bytes();
+        let hash = [42u8; 32];
+        let signature = sign(&hash, &key);
+        assert_eq!(verify_signature(&hash, &signature, &public), Ok(()));
+        for i in 0..64 {
+            let mut bad = signature;
+            bad[i] ^= 1;
+            assert!(
+                verify_signature(&hash, &bad, &public).is_err(),
+                "signature byte {i}"
+            );
+        }
+        for i in 0..32 {
+            let mut other = hash;
+            other[i] ^= 1;
+            assert!(
+                verify_signature(&other, &signature, &public).is_err(),
+                "hash byte {i}"
+            );
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What third parties verify with (docs/VERIFYING.md): the nodes' keys, signed checkpoints,
+//! inclusion proofs (receipts) and consistency proofs. All public.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use raft_store::ProofFailure;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ApiError;
+use crate::Backend;
+use crate::Consistency;
+use crate::events::EventView;
+use crate::events::Signing;
+use crate::events::key_name;
+use crate::events::origin;
+use crate::events::parse_consistency;
+use crate::events::rfc3339_ms;
+
+fn proof_error(error: ProofFailure) -> ApiError {
+    match error {
+        ProofFailure::Range(message) => ApiError::validation(message),
+        ProofFailure::Store(error) => ApiError::from(error),
+    }
+}
+
+fn parse_size(text: Option<&str>, field: &str) -> Result<Option<u64>, ApiError> {
+    text.map(|t| {
+        t.parse::<u64>()
+            .map_err(|_| ApiError::validation(format!("{field}: must be a non-negative integer")))
+    })
+    .transpose()
+}
+
+async fn barrier(backend: &impl Backend, consistency: Option<&str>) -> Result<(), ApiError> {
+    if parse_consistency(consistency)? == Consistency::Linearizable {
+        backend.linearize().await?;
+    }
+    Ok(())
+}
+
+/// The signed checkpoint (a C2SP signed note) of the first `size` events, by this node.
+fn checkpoint_note(
+    backend: &impl Backend,
+    signing: &Signing<'_>,
+) -> Result<(verifier::checkpoint::Checkpoint, String), ApiError> {
+    let ledger = backend.ledger();
+    let head = ledger.head()?;
+    let checkpoint = verifier::checkpoint::Checkpoint {
+        origin: signing.origin.clone(),
+        size: head.size,
+        root: ledger.merkle_root(head.size)?,
+        head_hash: head.head_hash,
+        time_ms: if head.size == 0 {
+            0
+        } else {
+            head.last_created_at_ms
+        },
+    };
+    let note = verifier::checkpoint::sign(&checkpoint, &signing.name, signing.key);
+    Ok((checkpoint, note))
+}
+
+#[derive(Deserialize)]
+pub struct ConsistencyParam {
+    consistency: Option<String>,
+}
+
+/// `GET /api/v1/ledger/keys`: every node that ever joined, with its Ed25519 public key.
+pub async fn keys<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(params): Query<ConsistencyParam>,
+) -> Result<Response, ApiError> {
+    barrier(backend.as_ref(), params.consistency.as_deref()).await?;
+    let ledger = backend.ledger();
+    let cluster = ledger
+        .cluster()?
+        .ok_or_else(|| ApiError::unavailable("the cluster is not initialised yet"))?;
+    let origin = origin(&cluster.cluster_id);
+    let keys: Vec<_> = ledger
+        .nodes()?
+        .into_iter()
+        .map(|node| {
+            let name = key_name(&origin, node.id);
+            json!({
+                "node_id": node.id,
+                "name": name,
+                "key_id": hex::encode(verifier::note::key_id(&name, &node.public_key)),
+                "public_key": hex::encode(node.public_key),
+                "vkey": verifier::note::vkey(&name, &node.public_key),
+                "status": if node.retired { "retired" } else { "active" },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "origin": origin, "keys": keys })).into_response())
+}
+
+/// `GET /api/v1/ledger/checkpoint`: this node's signed tree head over everything it has
+/// applied. Nodes at the same size agree on everything but the signature.
+pub async fn checkpoint<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(params): Query<ConsistencyParam>,
+) -> Result<Response, ApiError> {
+    barrier(backend.as_ref(), params.consistency.as_deref()).await?;
+    let signing = Signing::of(backend.as_ref())?;
+    let (checkpoint, note) = checkpoint_note(backend.as_ref(), &signing)?;
+    Ok(Json(json!({
+        "origin": checkpoint.origin,
+        "size": checkpoint.size,
+        "root": hex::encode(checkpoint.root),
+        "head_hash": hex::encode(checkpoint.head_hash),
+        "time": rfc3339_ms(checkpoint.time_ms),
+        "signer": signing.name,
+        "note": note,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ProofParams {
+    tree_size: Option<String>,
+    consistency: Option<String>,
+}
+
+/// `GET /api/v1/ledger/entries/{seq}/proof[?tree_size=N]`: the event, its inclusion proof in
+/// the tree of size N and, without `tree_size` (N = this node's size), a signed checkpoint of
+/// that tree: a receipt, verifiable offline.
+pub async fn inclusion<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(seq): Path<String>,
+    Query(params): Query<ProofParams>,
+) -> Result<Response, ApiError> {
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::validation("seq: must be a positive integer"))?;
+    let tree_size = parse_size(params.tree_size.as_deref(), "tree_size")?;
+    barrier(backend.as_ref(), params.consistency.as_deref()).await?;
+    let signing = Signing::of(backend.as_ref())?;
+    let ledger = backend.ledger();
+    let event = ledger
+        .event(seq)?
+        .ok_or_else(|| ApiError::not_found(format!("seq: event {seq} not found")))?;
+    let (size, checkpoint) = match tree_size {
+        Some(size) => {
+            let head = ledger.head()?;
+            if size > head.size {
+                return Err(ApiError::validation(format!(
+                    "tree_size: this node has {} events",
+                    head.size
+                )));
+            }
+            (size, None)
+        }
+        None => {
+            let (checkpoint, note) = checkpoint_note(backend.as_ref(), &signing)?;
+            (checkpoint.size, Some(note))
+        }
+    };
+    let hashes = ledger.inclusion_proof(seq, size).map_err(proof_error)?;
+    let proof = verifier::proof::InclusionProof {
+        leaf_index: seq - 1,
+        tree_size: size,
+        hashes,
+    };
+    let mut body = json!({
+        "event": EventView::new(&event, &signing)?,
+        "proof": proof.to_json_value(),
+    });
+    if let Some(note) = checkpoint {
+        body["checkpoint"] = json!(note);
+    }
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ConsistencyParams {
+    from: Option<String>,
+    to: Option<String>,
+    consistency: Option<String>,
+}
+
+/// `GET /api/v1/ledger/consistency?from=N&to=M`: proof that the tree of size N is a prefix of
+/// the tree of size M.
+pub async fn consistency<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(params): Query<ConsistencyParams>,
+) -> Result<Response, ApiError> {
+    let from = parse_size(params.from.as_deref(), "from")?
+        .ok_or_else(|| ApiError::validation("from: required"))?;
+    barrier(backend.as_ref(), params.consistency.as_deref()).await?;
+    let ledger = backend.ledger();
+    let head = ledger.head()?;
+    let to = parse_size(params.to.as_deref(), "to")?.unwrap_or(head.size);
+    if to > head.size {
+        return Err(ApiError::validation(format!(
+            "to: this node has {} events",
+            head.size
+        )));
+    }
+    let hashes = ledger.consistency_proof(from, to).map_err(proof_error)?;
+    let proof = verifier::proof::ConsistencyProof { from, to, hashes };
+    Ok(Json(proof.to_json_value()).into_response())
+}
