@@ -20,6 +20,7 @@ mod t09_events_api;
 mod t10_authorization;
 mod t11_availability;
 mod t12_tampered_store;
+mod t13_audit;
 
 mod support;
 
