@@ -113,6 +113,10 @@ pub trait Backend: Send + Sync + 'static {
     /// This node's id.
     fn node_id(&self) -> NodeId;
 
+    /// Stops this node because its data cannot be trusted (fail-stop): logs `reason` and ends
+    /// the process shortly after, so the answer to the current request still goes out.
+    fn fail_stop(&self, reason: String);
+
     /// This node's Ed25519 identity key: it signs the events and checkpoints this node serves.
     fn signing_key(&self) -> &ed25519_dalek::SigningKey;
 

@@ -80,6 +80,8 @@ pub fn key_name(origin: &str, node_id: u64) -> String {
 
 /// How this node signs what it serves: its key, and the name and id other parties know it by.
 pub struct Signing<'a> {
+    /// Stops this node when an event it was about to serve does not verify.
+    pub fail_stop: Box<dyn Fn(String) + Send + Sync + 'a>,
     pub origin: String,
     pub name: String,
     pub key_id: [u8; 4],
@@ -97,6 +99,7 @@ impl<'a> Signing<'a> {
         let key = backend.signing_key();
         let key_id = verifier::note::key_id(&name, &key.verifying_key().to_bytes());
         Ok(Self {
+            fail_stop: Box::new(|reason| backend.fail_stop(reason)),
             origin,
             name,
             key_id,
@@ -133,14 +136,16 @@ impl<'a> EventView<'a> {
     /// does not verify) and signs it.
     pub fn new(event: &'a Event, signing: &Signing<'_>) -> Result<Self, ApiError> {
         if raft_store::chain::event_hash(event) != event.hash {
-            tracing::error!(
-                seq = event.seq,
-                "stored event does not match its hash; refusing to serve it"
-            );
-            return Err(ApiError::internal(format!(
-                "event {} does not match its hash: this node's store is damaged and it refuses to serve it",
+            let reason = format!(
+                "event {} does not match its hash: this node's store is damaged",
                 event.seq
-            )));
+            );
+            (signing.fail_stop)(reason.clone());
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CORRUPTED",
+                reason,
+            ));
         }
         let metadata: &RawValue = serde_json::from_str(&event.metadata_json).map_err(|e| {
             ApiError::internal(format!(

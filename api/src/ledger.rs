@@ -178,6 +178,36 @@ pub async fn inclusion<B: Backend>(
     Ok(Json(body).into_response())
 }
 
+/// `POST /api/v1/ledger/verify` (admin): verifies this node's whole stored chain and Merkle
+/// tree now. On a failure the node answers with the first bad `seq` and stops.
+pub async fn verify_now<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::auth::require_admin(backend.as_ref(), &headers).await?;
+    let ledger = backend.ledger().clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || ledger.verify_chain())
+        .await
+        .map_err(|e| ApiError::internal(format!("verification task: {e}")))?;
+    match result {
+        Ok(size) => Ok(Json(json!({
+            "verified": size,
+            "millis": started.elapsed().as_millis() as u64,
+        }))
+        .into_response()),
+        Err(error) => {
+            let reason = format!("self-check failed: {error}");
+            backend.fail_stop(reason.clone());
+            Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "CORRUPTED",
+                reason,
+            ))
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct ConsistencyParams {
     from: Option<String>,

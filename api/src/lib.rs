@@ -89,6 +89,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             get(ledger::inclusion::<B>),
         )
         .route("/api/v1/ledger/consistency", get(ledger::consistency::<B>))
+        .route("/api/v1/ledger/verify", post(ledger::verify_now::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)

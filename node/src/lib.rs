@@ -246,6 +246,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ));
     }
 
+    {
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(service::WITNESS_INTERVAL_MS));
+            loop {
+                tick.tick().await;
+                service.witness().await;
+            }
+        });
+    }
+
     let peer_server = peer_server::PeerServer {
         service: Arc::clone(&service),
         data_dir: Arc::clone(&data_dir),

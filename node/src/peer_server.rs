@@ -251,6 +251,17 @@ impl proto::peer_server::Peer for PeerServer {
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusReply>, Status> {
         self.check(&request, false)?;
+        let ask = request.into_inner();
+        let ledger_size = self.service.ledger.head().map(|h| h.size).unwrap_or(0);
+        let root = if ask.want_root && ask.root_at_size <= ledger_size {
+            self.service
+                .ledger
+                .merkle_root(ask.root_at_size)
+                .map(|r| r.to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let metrics = self.service.raft.metrics();
         let metrics = metrics.borrow().clone();
         Ok(Response::new(proto::StatusReply {
@@ -264,6 +275,8 @@ impl proto::peer_server::Peer for PeerServer {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or_default(),
             snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or_default(),
             purged_index: metrics.purged.map(|l| l.index).unwrap_or_default(),
+            ledger_size,
+            root,
         }))
     }
 

@@ -203,7 +203,7 @@ impl LedgerService {
         let timeout = Duration::from_millis(STATUS_TIMEOUT_MS);
         let request = self
             .peers
-            .request(id, proto::StatusRequest {}, Some(timeout));
+            .request(id, proto::StatusRequest::default(), Some(timeout));
         let reply = tokio::time::timeout(timeout, client.status(request))
             .await
             .ok()?
@@ -553,12 +553,100 @@ impl api::Backend for LedgerService {
         self.peers.local.node_id
     }
 
+    fn fail_stop(&self, reason: String) {
+        fail_stop(reason);
+    }
+
     fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.signing_key
     }
 
     fn now_ms(&self) -> i64 {
         crate::writer::now_ms()
+    }
+}
+
+/// Stops the process because its data cannot be trusted: logs `reason`, then exits with code
+/// 70 shortly after, so that the answer to the request that found it still goes out.
+pub fn fail_stop(reason: String) {
+    tracing::error!(%reason, "stopping: this node's data cannot be trusted");
+    eprintln!("ledgerd: fatal: {reason}");
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(FAIL_STOP_DELAY_MS));
+        std::process::exit(70);
+    });
+}
+
+/// How long a failing node keeps answering before it exits, in milliseconds.
+const FAIL_STOP_DELAY_MS: u64 = 200;
+/// How often a node compares its Merkle root with its peers', in milliseconds.
+pub const WITNESS_INTERVAL_MS: u64 = 5_000;
+
+impl LedgerService {
+    /// Compares this node's Merkle root at its size with what its peers have at that size.
+    /// When every peer that could answer disagrees, and they are enough to outvote this node
+    /// (half the voters), this node is the one that diverged: it stops. A single disagreeing
+    /// peer is only logged (it will find itself outvoted and stop).
+    pub async fn witness(&self) {
+        let Ok(head) = self.ledger.head() else { return };
+        if head.size == 0 {
+            return;
+        }
+        let Ok(root) = self.ledger.merkle_root(head.size) else {
+            return;
+        };
+        let (members, voters) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let members: Vec<(NodeId, LedgerNode)> = membership
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id())
+                .map(|(id, node)| (*id, node.clone()))
+                .collect();
+            (members, membership.voter_ids().count())
+        };
+        let mut agree = Vec::new();
+        let mut disagree = Vec::new();
+        for (id, node) in members {
+            let Ok(mut client) = self.peers.client(&node.grpc_addr, Traffic::Client) else {
+                continue;
+            };
+            let timeout = Duration::from_millis(STATUS_TIMEOUT_MS);
+            let ask = proto::StatusRequest {
+                want_root: true,
+                root_at_size: head.size,
+            };
+            let request = self.peers.request(id, ask, Some(timeout));
+            let Ok(Ok(reply)) = tokio::time::timeout(timeout, client.status(request)).await else {
+                continue;
+            };
+            let reply = reply.into_inner();
+            if reply.root.is_empty() {
+                continue; // the peer does not have that many events yet
+            }
+            if reply.root == root {
+                agree.push(id);
+            } else {
+                disagree.push(id);
+            }
+        }
+        if disagree.is_empty() {
+            return;
+        }
+        if agree.is_empty() && disagree.len() * 2 >= voters {
+            fail_stop(format!(
+                "the Merkle root of this node's first {} events differs from that of nodes {disagree:?}",
+                head.size
+            ));
+        } else {
+            tracing::error!(
+                size = head.size,
+                ?disagree,
+                ?agree,
+                "nodes disagree on the Merkle root"
+            );
+        }
     }
 }
 

@@ -31,13 +31,21 @@ fn main() {
         prev_hash: prev,
         agent_prev_hash: prev,
     };
-    println!("event of {} bytes encoded (metadata {} bytes), {EVENTS} events", verifier::event::encode(&fields(1, [0; 32])).len(), metadata_jcs.len());
+    println!(
+        "event of {} bytes encoded (metadata {} bytes), {EVENTS} events",
+        verifier::event::encode(&fields(1, [0; 32])).len(),
+        metadata_jcs.len()
+    );
 
     let started = Instant::now();
     for _ in 0..EVENTS / 10 {
         black_box(verifier::canonical::canonical_json(black_box(&metadata)).expect("jcs"));
     }
-    per_event("canonical JSON of the metadata (RFC 8785)", started, EVENTS / 10);
+    per_event(
+        "canonical JSON of the metadata (RFC 8785)",
+        started,
+        EVENTS / 10,
+    );
 
     let started = Instant::now();
     let mut prev = [0u8; 32];
@@ -58,13 +66,21 @@ fn main() {
     for leaf in &leaves {
         tree.push(*leaf).expect("push");
     }
-    per_event("Merkle append (subtrees completed, in memory)", started, EVENTS);
+    per_event(
+        "Merkle append (subtrees completed, in memory)",
+        started,
+        EVENTS,
+    );
 
     let started = Instant::now();
     for seq in (1..=EVENTS).step_by(97) {
         black_box(tree.inclusion_proof(seq - 1, EVENTS).expect("proof"));
     }
-    per_event("inclusion proof (per proof served)", started, EVENTS.div_ceil(97));
+    per_event(
+        "inclusion proof (per proof served)",
+        started,
+        EVENTS.div_ceil(97),
+    );
 
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let started = Instant::now();
@@ -77,7 +93,10 @@ fn main() {
     let signature = verifier::event::sign(&leaves[0], &key);
     let started = Instant::now();
     for _ in 0..20_000 {
-        black_box(verifier::event::verify_signature(&leaves[0], &signature, &public).expect("verifies"));
+        black_box(verifier::event::verify_signature(
+            &leaves[0], &signature, &public,
+        ))
+        .expect("verifies");
     }
     per_event("Ed25519 verification (per event audited)", started, 20_000);
 }

@@ -137,6 +137,23 @@ async fn scenario() -> Result<()> {
     check::converged(&api, &[1, 2, 3], size, CONDITION_TIMEOUT).await?;
     audit(&cluster, &asn)?;
 
+    // Each node's self-check on an admin request passes and covers every event.
+    for id in [1, 2, 3] {
+        let (status, body) = api
+            .raw(
+                reqwest::Method::POST,
+                id,
+                "/api/v1/ledger/verify",
+                Some(&format!("Bearer {admin}")),
+                None,
+            )
+            .await?;
+        ensure!(
+            status == 200 && body["verified"] == json!(size),
+            "node {id} self-check: {status} {body}"
+        );
+    }
+
     // An exported bundle verifies offline.
     let bundle = cluster.root().join("bundle.json");
     let url = format!("http://{}", cluster.http_addr(follower)?);
