@@ -217,27 +217,53 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// One Raft RPC on the Raft connection: `rpc` postcard-encoded, sent with `call` under
+    /// openraft's deadline, the reply (or the remote `RaftError`) decoded.
+    async fn raft_call<Request, Reply, Call, Sent>(
+        &self,
+        rpc: &Request,
+        option: &RPCOption,
+        what: &str,
+        call: Call,
+    ) -> RpcResult<Reply>
+    where
+        Request: Serialize,
+        Reply: DeserializeOwned,
+        Call: FnOnce(GrpcClient<Channel>, tonic::Request<proto::RaftRequest>) -> Sent,
+        Sent:
+            std::future::Future<Output = Result<tonic::Response<proto::RaftReply>, tonic::Status>>,
+    {
+        let client = self
+            .peers
+            .client(&self.addr, Traffic::Raft)
+            .map_err(status_to_rpc_error)?;
+        let request = self.peers.request(
+            self.target,
+            proto::RaftRequest { data: encode(rpc) },
+            Some(option.hard_ttl()),
+        );
+        let reply = call(client, request)
+            .await
+            .map_err(status_to_rpc_error)?
+            .into_inner();
+        self.decode_reply(reply, what)
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let mut client = self
-            .peers
-            .client(&self.addr, Traffic::Raft)
-            .map_err(status_to_rpc_error)?;
-        let request = self.peers.request(
-            self.target,
-            proto::RaftRequest { data: encode(&rpc) },
-            Some(option.hard_ttl()),
-        );
-        let reply = client
-            .append_entries(request)
-            .await
-            .map_err(status_to_rpc_error)?
-            .into_inner();
-        self.decode_reply(reply, "append-entries reply")
+        self.raft_call(
+            &rpc,
+            &option,
+            "append-entries reply",
+            |mut client, request| async move { client.append_entries(request).await },
+        )
+        .await
     }
 
     async fn vote(
@@ -245,21 +271,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let mut client = self
-            .peers
-            .client(&self.addr, Traffic::Raft)
-            .map_err(status_to_rpc_error)?;
-        let request = self.peers.request(
-            self.target,
-            proto::RaftRequest { data: encode(&rpc) },
-            Some(option.hard_ttl()),
-        );
-        let reply = client
-            .vote(request)
-            .await
-            .map_err(status_to_rpc_error)?
-            .into_inner();
-        self.decode_reply(reply, "vote reply")
+        self.raft_call(
+            &rpc,
+            &option,
+            "vote reply",
+            |mut client, request| async move { client.vote(request).await },
+        )
+        .await
     }
 
     async fn full_snapshot(
