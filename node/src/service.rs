@@ -634,7 +634,7 @@ impl LedgerService {
         if disagree.is_empty() {
             return;
         }
-        if agree.is_empty() && disagree.len() * 2 >= voters {
+        if outvoted(agree.len(), disagree.len(), voters) {
             fail_stop(format!(
                 "the Merkle root of this node's first {} events differs from that of nodes {disagree:?}",
                 head.size
@@ -647,6 +647,35 @@ impl LedgerService {
                 "nodes disagree on the Merkle root"
             );
         }
+    }
+}
+
+/// Whether this node's Merkle root is the odd one out: some peers disagree with it, none
+/// agrees, and the disagreeing peers are at least half the voters (with this node, a majority
+/// that has the other tree). A lone disagreeing peer among several is not enough: it is the
+/// one that will find itself outvoted.
+pub fn outvoted(agree: usize, disagree: usize, voters: usize) -> bool {
+    disagree > 0 && agree == 0 && disagree * 2 >= voters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outvoted;
+
+    #[test]
+    fn only_a_node_outvoted_by_its_peers_stops() {
+        // Three voters: both peers disagree with me → I diverged.
+        assert!(outvoted(0, 2, 3));
+        // One peer disagrees, the other agrees → that peer diverged, not me.
+        assert!(!outvoted(1, 1, 3));
+        // Only one peer could answer, and it disagrees: not enough to know who diverged.
+        assert!(!outvoted(0, 1, 3));
+        // Five voters: two of four peers disagree and none agrees (two did not answer).
+        assert!(outvoted(0, 3, 5));
+        assert!(!outvoted(0, 2, 5));
+        // Everyone agrees, or nobody answered.
+        assert!(!outvoted(2, 0, 3));
+        assert!(!outvoted(0, 0, 3));
     }
 }
 
