@@ -81,6 +81,17 @@ pub struct Config {
     #[arg(long, env = "LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024)]
     pub batch_commands_max: usize,
 
+    /// Reach the peer whose gRPC address is FROM through TO instead (`FROM=TO`, both
+    /// `ip:port`; repeatable). For relays and for fault-injection tests, which put a proxy on
+    /// every link.
+    #[arg(
+        long = "peer-route",
+        env = "LEDGER_PEER_ROUTES",
+        value_delimiter = ',',
+        value_name = "FROM=TO"
+    )]
+    pub peer_routes: Vec<PeerRoute>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LEDGER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -123,5 +134,30 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// `FROM=TO`: the peer at gRPC address FROM is reached through TO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+}
+
+impl std::str::FromStr for PeerRoute {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (from, to) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--peer-route {text}: expected FROM=TO"))?;
+        let parse = |part: &str| {
+            part.parse::<SocketAddr>()
+                .map_err(|e| format!("--peer-route {text}: {part} is not ip:port ({e})"))
+        };
+        Ok(Self {
+            from: parse(from)?,
+            to: parse(to)?,
+        })
     }
 }

@@ -154,7 +154,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         node_id: config.id,
         cluster_id: RwLock::new(identity.cluster_id.clone()),
     });
-    let peers = Peers::new(Arc::clone(&local));
+    let routes = config
+        .peer_routes
+        .iter()
+        .map(|r| (r.from.to_string(), r.to.to_string()))
+        .collect();
+    let peers = Peers::new(Arc::clone(&local), routes);
     let raft_config = openraft::Config {
         cluster_name: "asn-ledger".into(),
         heartbeat_interval: config.heartbeat_ms,

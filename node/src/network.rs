@@ -86,13 +86,16 @@ impl Local {
 #[derive(Clone)]
 pub struct Peers {
     pub local: Arc<Local>,
+    /// Peer address → the address to dial instead (`--peer-route`).
+    routes: Arc<HashMap<String, String>>,
     channels: Arc<Mutex<HashMap<(String, Traffic), Channel>>>,
 }
 
 impl Peers {
-    pub fn new(local: Arc<Local>) -> Self {
+    pub fn new(local: Arc<Local>, routes: HashMap<String, String>) -> Self {
         Self {
             local,
+            routes: Arc::new(routes),
             channels: Arc::default(),
         }
     }
@@ -102,6 +105,7 @@ impl Peers {
         addr: &str,
         traffic: Traffic,
     ) -> Result<GrpcClient<Channel>, tonic::Status> {
+        let addr = self.routes.get(addr).map_or(addr, String::as_str);
         let key = (addr.to_owned(), traffic);
         let mut channels = match self.channels.lock() {
             Ok(guard) => guard,

@@ -3,7 +3,6 @@
 //! read-index, and membership changes on the leader.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -679,5 +678,3 @@ mod tests {
     }
 }
 
-/// Keeps `Arc<LedgerService>` usable where a `Backend` is expected.
-pub type Service = Arc<LedgerService>;
