@@ -88,6 +88,8 @@ impl StateMachineStore {
         let ledger = Ledger::open(db)?;
         let started = std::time::Instant::now();
         let size = ledger.verify_chain()?;
+        // Nothing writes yet: nothing may lie past the head either.
+        ledger.verify_head()?;
         tracing::info!(
             events = size,
             millis = started.elapsed().as_millis() as u64,
