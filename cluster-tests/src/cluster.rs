@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::api::{AddNodeResponse, Api, ApiError, Endpoint, Fixture, RemoveNodeResponse};
+use crate::proxy::LinkProxy;
 use crate::wait_for;
 
 /// How long a node may take to become ready after it is spawned.
@@ -47,6 +48,11 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Agents created for the [`Fixture`] once the cluster is formed; 0 creates no fixture.
     pub fixture_agents: usize,
+    /// Puts a [`LinkProxy`] on every directed peer link of the `n` nodes the cluster starts
+    /// with (node i reaches node j through its own proxy, `--peer-route`), so tests can cut,
+    /// heal and delay each link ([`Cluster::cut`], [`Cluster::isolate`], ...). Nodes added
+    /// later (`spawn_new_node`) are reached directly.
+    pub proxied: bool,
 }
 
 impl Default for Options {
@@ -59,6 +65,7 @@ impl Default for Options {
             snapshot_keep_logs: None,
             extra_args: Vec::new(),
             fixture_agents: FIXTURE_AGENTS_DEFAULT,
+            proxied: false,
         }
     }
 }
@@ -204,6 +211,11 @@ pub struct Cluster {
     bin: PathBuf,
     root: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
+    /// `(from, to)` → the proxy `from` dials to reach `to` (only with `Options::proxied`).
+    links: BTreeMap<(u64, u64), LinkProxy>,
+    /// Every fault action so far, with its time since the cluster started.
+    faults: Mutex<Vec<String>>,
+    started_at: Instant,
     finished: bool,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -237,11 +249,32 @@ impl Cluster {
             bin,
             root,
             nodes: BTreeMap::new(),
+            links: BTreeMap::new(),
+            faults: Mutex::new(Vec::new()),
+            started_at: Instant::now(),
             finished: false,
             _serial: serial,
         };
         for id in 1..=n {
             cluster.allocate(id)?;
+        }
+        if cluster.options.proxied {
+            for from in 1..=n {
+                for to in (1..=n).filter(|to| *to != from) {
+                    let proxy = LinkProxy::start(cluster.grpc_addr(to)?).await?;
+                    cluster.links.insert((from, to), proxy);
+                }
+            }
+            eprintln!(
+                "cluster: {} link proxies: {}",
+                cluster.links.len(),
+                cluster
+                    .links
+                    .iter()
+                    .map(|((from, to), proxy)| format!("{from}->{to} via {}", proxy.addr()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         cluster.spawn(1, true)?;
         cluster.wait_ready(1).await?;
@@ -362,6 +395,17 @@ impl Cluster {
     fn spawn(&mut self, id: u64, bootstrap: bool) -> Result<()> {
         let bin = self.bin.clone();
         let option_args = self.options.args();
+        let routes: Vec<String> = self
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .flat_map(|(_, proxy)| {
+                [
+                    "--peer-route".to_string(),
+                    format!("{}={}", proxy.target(), proxy.addr()),
+                ]
+            })
+            .collect();
         let node = self.node_mut(id)?;
         ensure!(node.child.is_none(), "node {id} is already running");
         let mut args = vec![
@@ -378,6 +422,7 @@ impl Cluster {
             args.push("--bootstrap".to_string());
         }
         args.extend(option_args);
+        args.extend(routes);
         let log_path = node.log_path();
         let mut log = OpenOptions::new()
             .create(true)
@@ -640,6 +685,98 @@ impl Cluster {
         Ok(removed)
     }
 
+    fn link(&self, from: u64, to: u64) -> Result<&LinkProxy> {
+        ensure!(
+            !self.links.is_empty(),
+            "the cluster has no link proxies (start it with Options::proxied)"
+        );
+        self.links
+            .get(&(from, to))
+            .with_context(|| format!("no proxied link {from}->{to}"))
+    }
+
+    /// Records and prints one fault action with its time since the cluster started.
+    pub fn log_fault(&self, action: &str) {
+        let line = format!(
+            "[+{:>8.3} s] {action}",
+            self.started_at.elapsed().as_secs_f64()
+        );
+        eprintln!("fault {line}");
+        for node in self.nodes.values() {
+            append_log_marker(&node.log_path(), &format!("=== harness fault {line}"));
+        }
+        self.faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(line);
+    }
+
+    /// The fault schedule so far (one line per action).
+    pub fn fault_schedule(&self) -> Vec<String> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Cuts the directed link `from`->`to`: everything `from` sends to `to` (and the answers).
+    pub fn cut(&self, from: u64, to: u64) -> Result<()> {
+        self.link(from, to)?.cut();
+        self.log_fault(&format!("cut {from}->{to}"));
+        Ok(())
+    }
+
+    /// Heals the directed link `from`->`to`.
+    pub fn heal(&self, from: u64, to: u64) -> Result<()> {
+        self.link(from, to)?.heal();
+        self.log_fault(&format!("heal {from}->{to}"));
+        Ok(())
+    }
+
+    /// Delays every chunk on the directed link `from`->`to`.
+    pub fn delay(&self, from: u64, to: u64, delay: Duration) -> Result<()> {
+        self.link(from, to)?.set_delay(delay);
+        self.log_fault(&format!("delay {from}->{to} {} ms", delay.as_millis()));
+        Ok(())
+    }
+
+    /// Cuts every link from and to `id`.
+    pub fn isolate(&self, id: u64) -> Result<()> {
+        ensure!(!self.links.is_empty(), "the cluster has no link proxies");
+        for ((from, to), proxy) in &self.links {
+            if *from == id || *to == id {
+                proxy.cut();
+            }
+        }
+        self.log_fault(&format!("isolate {id} (cut every link from and to it)"));
+        Ok(())
+    }
+
+    /// Heals every link.
+    pub fn heal_all(&self) -> Result<()> {
+        ensure!(!self.links.is_empty(), "the cluster has no link proxies");
+        for proxy in self.links.values() {
+            proxy.heal();
+        }
+        self.log_fault("heal all links");
+        Ok(())
+    }
+
+    /// Delays every chunk on every link by `delay` (`Duration::ZERO` removes it).
+    pub fn delay_all(&self, delay: Duration) -> Result<()> {
+        ensure!(!self.links.is_empty(), "the cluster has no link proxies");
+        for proxy in self.links.values() {
+            proxy.set_delay(delay);
+        }
+        self.log_fault(&format!("delay all links {} ms", delay.as_millis()));
+        Ok(())
+    }
+
+    /// The proxied directed links, `(from, to)`.
+    pub fn links(&self) -> Vec<(u64, u64)> {
+        self.links.keys().copied().collect()
+    }
+
     /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let Ok(node) = self.node(id) else {
@@ -693,6 +830,10 @@ impl Drop for Cluster {
                 "cluster under {} ended without finish(): log tails follow",
                 self.root.path().display()
             );
+            let faults = self.fault_schedule();
+            if !faults.is_empty() {
+                eprintln!("fault schedule:\n{}", faults.join("\n"));
+            }
             for node in self.nodes.values() {
                 eprintln!(
                     "----- node {} ({}) last {LOG_TAIL_LINES} lines -----\n{}",

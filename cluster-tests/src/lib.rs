@@ -8,6 +8,8 @@
 //!   agents (reports need a registered agent); scenarios report on [`Api::agent_asn`].
 //! - [`Workload`] runs concurrent writers over the live nodes and records a [`History`] of every
 //!   acknowledged, failed and unknown append.
+//! - [`LinkProxy`] is a TCP proxy on one directed peer link (cut, heal, delay); a cluster
+//!   started with `Options::proxied` puts one on every link.
 //! - [`check`] holds the invariant checks run after a scenario (no lost acknowledged append,
 //!   exactly once, one order, dense `seq`, intact `prev_hash` chain, no phantoms).
 //!
@@ -16,6 +18,7 @@
 mod api;
 pub mod check;
 mod cluster;
+pub mod proxy;
 pub mod time;
 mod workload;
 
@@ -25,6 +28,7 @@ pub use api::{
     RemoveNodeResponse,
 };
 pub use cluster::{Cluster, Options, free_addr, ledgerd_bin, ledgerd_command};
+pub use proxy::LinkProxy;
 pub use workload::{Ack, History, Workload};
 
 use std::time::{Duration, Instant};
@@ -80,6 +84,7 @@ pub fn is_asn(asn: &str) -> bool {
 pub struct TestGuard {
     name: &'static str,
     started: Instant,
+    seed: Option<u64>,
 }
 
 /// Tier-3 tests run by default: they are the tests that matter. `LEDGER_SKIP_CLUSTER_TESTS=1`
@@ -94,14 +99,26 @@ pub fn slow_test(name: &'static str) -> Option<TestGuard> {
     Some(TestGuard {
         name,
         started: Instant::now(),
+        seed: None,
     })
 }
 
 impl TestGuard {
+    /// A seeded scenario: the reproduce command replays it with `SEED=seed`.
+    pub fn with_seed(mut self, seed: u64) -> TestGuard {
+        eprintln!("{}: seed {seed} (replay with SEED={seed})", self.name);
+        self.seed = Some(seed);
+        self
+    }
+
     /// The command that reruns only this test.
     pub fn reproduce_command(&self) -> String {
+        let seed = self
+            .seed
+            .map(|seed| format!("SEED={seed} "))
+            .unwrap_or_default();
         format!(
-            "cargo build -p node && cargo test -p cluster-tests --test it -- {} --nocapture",
+            "cargo build -p node && {seed}cargo test -p cluster-tests --test it -- {} --nocapture",
             self.name
         )
     }

@@ -677,4 +677,3 @@ mod tests {
         assert!(!outvoted(0, 0, 3));
     }
 }
-

@@ -108,18 +108,27 @@ impl Router {
         };
         match leader {
             None => Attempt::Retry("no leader is elected".into()),
-            Some(id) if id == self.node_id() => match self.propose_here(commands.to_vec()).await {
-                Ok(results) => Attempt::Done(results),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Attempt::Retry("leadership moved during the write".into())
+            // A leader that has lost its quorum (isolated in a minority) keeps believing it leads
+            // and would wait for a commit that never comes: bound the wait by the deadline. The
+            // entry may still commit later, so the outcome is unknown, and a retry is safe (the
+            // proposals carry their dedup keys).
+            Some(id) if id == self.node_id() => {
+                match tokio::time::timeout(remaining, self.propose_here(commands.to_vec())).await {
+                    Err(_elapsed) => {
+                        Attempt::Retry("this leader could not commit in time (no quorum?)".into())
+                    }
+                    Ok(Ok(results)) => Attempt::Done(results),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        Attempt::Retry("leadership moved during the write".into())
+                    }
+                    Ok(Err(RaftError::APIError(error))) => {
+                        Attempt::Fail(ApiError::internal(format!("write refused: {error}")))
+                    }
+                    Ok(Err(RaftError::Fatal(error))) => {
+                        Attempt::Fail(ApiError::unavailable(format!("raft stopped: {error}")))
+                    }
                 }
-                Err(RaftError::APIError(error)) => {
-                    Attempt::Fail(ApiError::internal(format!("write refused: {error}")))
-                }
-                Err(RaftError::Fatal(error)) => {
-                    Attempt::Fail(ApiError::unavailable(format!("raft stopped: {error}")))
-                }
-            },
+            }
             Some(id) => {
                 let Some(addr) = leader_addr else {
                     return Attempt::Retry(format!("leader {id} has no known address"));

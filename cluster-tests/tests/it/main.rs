@@ -21,6 +21,7 @@ mod t10_authorization;
 mod t11_availability;
 mod t12_tampered_store;
 mod t13_audit;
+mod t14_partitions;
 
 mod support;
 
