@@ -39,6 +39,8 @@ use crate::writer::Router;
 use crate::writer::Writer;
 use crate::writer::WriterLimits;
 
+/// How long the bootstrap node waits between attempts to record the cluster, in milliseconds.
+const INIT_RETRY_MS: u64 = 200;
 /// Raft entries sent in one AppendEntries, at most.
 const APPEND_ENTRIES_MAX: u64 = 64;
 
@@ -391,6 +393,6 @@ async fn record_cluster(
                 tracing::warn!(error = %error.message, "cannot initialise the cluster yet; retrying")
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(INIT_RETRY_MS)).await;
     }
 }
