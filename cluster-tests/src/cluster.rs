@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -53,6 +54,12 @@ pub struct Options {
     /// heal and delay each link ([`Cluster::cut`], [`Cluster::isolate`], ...). Nodes added
     /// later (`spawn_new_node`) are reached directly.
     pub proxied: bool,
+    /// Node id → a command prefix the node's `ledgerd` runs under: the binary and its flags
+    /// follow it (e.g. `["strace", "-f", "-e", "inject=..."]` or `["env", "LD_PRELOAD=..."]`),
+    /// on every spawn and restart of that node until
+    /// [`Cluster::set_wrapper`] changes it. A wrapped node runs in its own process group, and
+    /// the harness signals the whole group, so the wrapper and `ledgerd` stop together.
+    pub wrappers: BTreeMap<u64, Vec<String>>,
 }
 
 impl Default for Options {
@@ -66,6 +73,7 @@ impl Default for Options {
             extra_args: Vec::new(),
             fixture_agents: FIXTURE_AGENTS_DEFAULT,
             proxied: false,
+            wrappers: BTreeMap::new(),
         }
     }
 }
@@ -196,6 +204,8 @@ struct NodeProc {
     grpc_addr: SocketAddr,
     child: Option<Child>,
     paused: bool,
+    /// The child leads its own process group (it was spawned under a wrapper).
+    group: bool,
 }
 
 impl NodeProc {
@@ -379,6 +389,7 @@ impl Cluster {
             grpc_addr: free_addr()?,
             child: None,
             paused: false,
+            group: false,
         };
         self.api.set_endpoint(
             id,
@@ -395,6 +406,7 @@ impl Cluster {
     fn spawn(&mut self, id: u64, bootstrap: bool) -> Result<()> {
         let bin = self.bin.clone();
         let option_args = self.options.args();
+        let wrapper = self.options.wrappers.get(&id).cloned().unwrap_or_default();
         let routes: Vec<String> = self
             .links
             .iter()
@@ -429,14 +441,28 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
+        let wrapper_text = if wrapper.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", wrapper.join(" "))
+        };
         writeln!(
             log,
-            "=== harness: starting node {id}: {} {}",
+            "=== harness: starting node {id}: {wrapper_text}{} {}",
             bin.display(),
             args.join(" ")
         )?;
         let stderr = log.try_clone()?;
-        let mut command = Command::new(&bin);
+        let mut command = match wrapper.split_first() {
+            None => Command::new(&bin),
+            Some((program, prefix)) => {
+                let mut command = Command::new(program);
+                command.args(prefix).arg(&bin);
+                // Its own process group, so signals reach the wrapper and ledgerd alike.
+                command.process_group(0);
+                command
+            }
+        };
         command
             .args(&args)
             .stdin(Stdio::null())
@@ -445,9 +471,10 @@ impl Cluster {
         remove_ledger_env(&mut command);
         let child = command
             .spawn()
-            .with_context(|| format!("spawning {} for node {id}", bin.display()))?;
+            .with_context(|| format!("spawning {wrapper_text}{} for node {id}", bin.display()))?;
         node.child = Some(child);
         node.paused = false;
+        node.group = !wrapper.is_empty();
         self.api.set_alive(id, true);
         Ok(())
     }
@@ -555,7 +582,11 @@ impl Cluster {
             .take()
             .with_context(|| format!("node {id} is not running"))?;
         node.paused = false;
+        let group = node.group;
         self.api.set_alive(id, false);
+        if group {
+            let _ = signal_group(child.id(), "KILL");
+        }
         // `Child::kill` sends SIGKILL on unix; an already exited child is fine.
         let _ = child.kill();
         child.wait().with_context(|| format!("reaping node {id}"))?;
@@ -584,10 +615,10 @@ impl Cluster {
             .pid(id)?
             .with_context(|| format!("node {id} is not running"))?;
         if self.node(id)?.paused {
-            signal(pid, "CONT")?;
+            self.signal_node(id, pid, "CONT")?;
         }
         append_log_marker(&self.node(id)?.log_path(), "=== harness: SIGTERM");
-        signal(pid, "TERM")?;
+        self.signal_node(id, pid, "TERM")?;
         self.api.set_alive(id, false);
         let started = Instant::now();
         loop {
@@ -614,7 +645,7 @@ impl Cluster {
         let pid = self
             .pid(id)?
             .with_context(|| format!("node {id} is not running"))?;
-        signal(pid, "STOP")?;
+        self.signal_node(id, pid, "STOP")?;
         self.node_mut(id)?.paused = true;
         self.api.set_alive(id, false);
         Ok(())
@@ -625,15 +656,77 @@ impl Cluster {
         let pid = self
             .pid(id)?
             .with_context(|| format!("node {id} is not running"))?;
-        signal(pid, "CONT")?;
+        self.signal_node(id, pid, "CONT")?;
         self.node_mut(id)?.paused = false;
         self.api.set_alive(id, true);
         Ok(())
     }
 
-    /// Starts a stopped node again: same id, data dir and ports, without `--bootstrap`.
+    /// Starts a stopped node again: same id, data dir and ports, without `--bootstrap`; under
+    /// its wrapper, if it has one ([`Options::wrappers`]).
     pub fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id, false)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the wrapper of node `id` for its next spawn or
+    /// restart; a running process keeps the one it was started with.
+    pub fn set_wrapper(&mut self, id: u64, wrapper: Option<Vec<String>>) {
+        match wrapper {
+            Some(wrapper) if !wrapper.is_empty() => {
+                self.options.wrappers.insert(id, wrapper);
+            }
+            _ => {
+                self.options.wrappers.remove(&id);
+            }
+        }
+    }
+
+    /// Waits until node `id`'s process exits by itself (fails after `timeout`, leaving it
+    /// running). Takes it out of routing and returns the exit status (of the wrapper, for a
+    /// wrapped node; `strace` and `env` pass on the status of `ledgerd`).
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            let node = self.node_mut(id)?;
+            let child = node
+                .child
+                .as_mut()
+                .with_context(|| format!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                let group = node.group;
+                let pid = child.id();
+                node.child = None;
+                node.paused = false;
+                if group {
+                    // Anything the wrapper left behind in the group.
+                    let _ = signal_group(pid, "KILL");
+                }
+                self.api.set_alive(id, false);
+                append_log_marker(
+                    &self.node(id)?.log_path(),
+                    &format!("=== harness: exited by itself with {status}"),
+                );
+                return Ok(status);
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "node {id} still runs {} ms after the wait began; log tail:\n{}",
+                    timeout.as_millis(),
+                    self.log_tail(id, LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal to node `id` (`pid`), or to its process group when it runs under a
+    /// wrapper.
+    fn signal_node(&self, id: u64, pid: u32, name: &str) -> Result<()> {
+        if self.node(id)?.group {
+            signal_group(pid, name)
+        } else {
+            signal(pid, name)
+        }
     }
 
     /// Spawns a brand-new node (next unused id, empty data dir, fresh ports, no `--bootstrap`);
@@ -821,6 +914,9 @@ impl Drop for Cluster {
         let failed = !self.finished || std::thread::panicking();
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
+                if node.group {
+                    let _ = signal_group(child.id(), "KILL");
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -916,6 +1012,20 @@ pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
         .status()
         .context("running kill(1)")?;
     ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+    Ok(())
+}
+
+/// Sends a signal by name to the process group led by `pgid`.
+pub(crate) fn signal_group(pgid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        // The group may be gone already (the node exited by itself).
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill(1)")?;
+    ensure!(status.success(), "kill -{name} -- -{pgid} failed: {status}");
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod t11_availability;
 mod t12_tampered_store;
 mod t13_audit;
 mod t14_partitions;
+mod t15_disk_and_clock;
 
 mod support;
 
