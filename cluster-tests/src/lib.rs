@@ -19,6 +19,7 @@ mod api;
 pub mod check;
 mod cluster;
 pub mod proxy;
+pub mod seed;
 pub mod time;
 mod workload;
 

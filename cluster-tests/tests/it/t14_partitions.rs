@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
+use cluster_tests::seed::{Rng, seed};
 use cluster_tests::{Cluster, Consistency, History, Options, Workload, check, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
@@ -31,48 +32,6 @@ const NODES: [u64; 3] = [1, 2, 3];
 /// `--write-deadline-ms` (and the read deadline): short, so requests to a cut-off node are
 /// answered 503 within the scenario instead of after ledgerd's default 10 s.
 const WRITE_DEADLINE_MS: u64 = 3_000;
-
-/// splitmix64: a small seeded generator, so a scenario replays exactly from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(self.between(low, high))
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.between(0, i as u64) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
-/// `$SEED` when set, else a fresh one.
-fn seed() -> Result<u64> {
-    match std::env::var("SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|error| anyhow::anyhow!("SEED={text:?} is not a u64: {error}")),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64),
-    }
-}
 
 fn options() -> Options {
     Options {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cluster_tests::seed::{Rng, seed};
 use cluster_tests::{Cluster, Options, Workload, check, slow_test, time, wait_for};
 
 use crate::CONDITION_TIMEOUT;
@@ -47,37 +48,6 @@ const FSYNC_OK_MAX: u64 = 300;
 const FAIL_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often libfaketime re-reads the offset file, in seconds.
 const FAKETIME_CACHE_S: u64 = 1;
-
-/// splitmix64: a small seeded generator, so a scenario replays exactly from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
-
-/// `$SEED` when set, else a fresh one.
-fn seed() -> Result<u64> {
-    match std::env::var("SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|error| anyhow::anyhow!("SEED={text:?} is not a u64: {error}")),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64),
-    }
-}
 
 fn options(wrappers: BTreeMap<u64, Vec<String>>) -> Options {
     Options {
