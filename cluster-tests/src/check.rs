@@ -259,6 +259,31 @@ pub async fn history(
     Ok(logs.into_values().next().unwrap_or_default())
 }
 
+/// The converged log must hold exactly the events checked: `log` is the whole ledger.
+pub fn same_size(head: &Head, log: &[Event]) -> Result<()> {
+    ensure!(
+        log.len() as u64 == head.size,
+        "converged size {} but the log has {} events",
+        head.size,
+        log.len()
+    );
+    Ok(())
+}
+
+/// Waits until `nodes` converge on at least every acknowledged append of `history`, then runs
+/// every history check ([`history`]) on them and checks the log is the whole ledger.
+pub async fn converged_history(
+    api: &Api,
+    nodes: &[u64],
+    history: &crate::workload::History,
+    timeout: Duration,
+) -> Result<(Head, Vec<Event>)> {
+    let head = converged(api, nodes, history.max_acked_seq(), timeout).await?;
+    let log = self::history(api, nodes, history).await?;
+    same_size(&head, &log)?;
+    Ok((head, log))
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks must be able to fail: each test breaks a good history in one way.

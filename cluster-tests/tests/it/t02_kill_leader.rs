@@ -65,12 +65,7 @@ async fn scenario() -> Result<()> {
     let head =
         check::converged(&api, &[1, 2, 3], history.max_acked_seq(), CONDITION_TIMEOUT).await?;
     let log = check::history(&api, &[1, 2, 3], &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    check::same_size(&head, &log)?;
     cluster.finish();
     Ok(())
 }

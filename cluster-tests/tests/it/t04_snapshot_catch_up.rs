@@ -92,12 +92,7 @@ async fn scenario() -> Result<()> {
          index {purged_index}: it cannot have caught up through a snapshot"
     );
     let log = check::history(&api, &[1, 2, 3], &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    check::same_size(&head, &log)?;
     cluster.finish();
     Ok(())
 }

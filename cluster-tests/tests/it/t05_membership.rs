@@ -76,12 +76,7 @@ async fn scenario() -> Result<()> {
     let head =
         check::converged(&api, &remaining, history.max_acked_seq(), CONDITION_TIMEOUT).await?;
     let log = check::history(&api, &remaining, &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    check::same_size(&head, &log)?;
     for via in remaining {
         let view = api.cluster(via).await?;
         ensure!(

@@ -195,28 +195,14 @@ async fn fsync_eio(name: &str, seed: u64, leader: bool) -> Result<()> {
     eprintln!("{name}: {}", history.summary());
 
     // The two healthy nodes: every acknowledged append exactly once, one log.
-    let head = check::converged(&api, &healthy, history.max_acked_seq(), CONDITION_TIMEOUT).await?;
-    let log = check::history(&api, &healthy, &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    check::converged_history(&api, &healthy, &history, CONDITION_TIMEOUT).await?;
 
     // The faulty node, on a sound disk again, catches up and loses nothing.
     cluster.set_wrapper(faulty, None);
     cluster.log_fault(&format!("restart node {faulty} without strace"));
     cluster.restart(faulty)?;
     cluster.wait_ready(faulty).await?;
-    let head = check::converged(&api, &NODES, history.max_acked_seq(), CONDITION_TIMEOUT).await?;
-    let log = check::history(&api, &NODES, &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    let (head, _) = check::converged_history(&api, &NODES, &history, CONDITION_TIMEOUT).await?;
     eprintln!(
         "{name}: all 3 nodes converged on {} events; checks passed; fault schedule:\n{}",
         head.size,
@@ -366,14 +352,7 @@ async fn clock_jumps_scenario(seed: u64) -> Result<()> {
     let history = workload.stop().await?;
     eprintln!("{name}: {}", history.summary());
 
-    let head = check::converged(&api, &NODES, history.max_acked_seq(), CONDITION_TIMEOUT).await?;
-    let log = check::history(&api, &NODES, &history).await?;
-    ensure!(
-        log.len() as u64 == head.size,
-        "converged size {} but the log has {} events",
-        head.size,
-        log.len()
-    );
+    let (head, _) = check::converged_history(&api, &NODES, &history, CONDITION_TIMEOUT).await?;
     let logs = check::local_logs(&api, &NODES).await?;
     for (node, events) in &logs {
         let mut previous: Option<(u64, i64, &str)> = None;
