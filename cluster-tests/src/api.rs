@@ -466,6 +466,31 @@ impl Api {
         self.send(request, 201).await
     }
 
+    /// [`Api::report`] with an `Idempotency-Key`: a resend with the same key and body returns
+    /// the event first recorded instead of recording another.
+    pub async fn report_idempotent(
+        &self,
+        node: u64,
+        asn: &str,
+        event_type: &str,
+        metadata: Value,
+        idempotency_key: &str,
+    ) -> Result<Event, ApiError> {
+        let body = json!({
+            "asn": asn,
+            "event_type": event_type,
+            "severity": "info",
+            "metadata": metadata,
+        });
+        let request = self
+            .http
+            .post(self.url(node, "/api/v1/activity/report")?)
+            .bearer_auth(self.admin_bearer()?)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body);
+        self.send(request, 201).await
+    }
+
     /// `GET /api/v1/ledger/events?from_seq=..&limit=..[&consistency=local]`.
     pub async fn events(
         &self,

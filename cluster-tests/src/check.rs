@@ -233,6 +233,131 @@ pub async fn local_logs(api: &Api, nodes: &[u64]) -> Result<BTreeMap<u64, Vec<Ev
     Ok(logs)
 }
 
+/// Violations of the checker's invariants, counted instead of stopping at the first (for the
+/// soak's headline). Every field must be 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Violations {
+    /// I1/I2: acknowledged operations not at their `seq` with their hash on some node.
+    pub lost: u64,
+    /// I3: operation tokens or event ids that appear more than once in a node's log.
+    pub duplicated: u64,
+    /// I6: appends sent after another was acknowledged that got a smaller `seq`.
+    pub reordered: u64,
+    /// I7: positions where `seq` is not dense or `prev_hash` is not the previous `hash`.
+    pub chain_breaks: u64,
+    /// I4: events whose operation token was never attempted.
+    pub phantoms: u64,
+    /// I5: nodes whose log differs from the first node's (length or any event).
+    pub divergent_nodes: u64,
+    /// I8: default reads that missed an append acknowledged before they were sent.
+    pub stale_reads: u64,
+}
+
+impl Violations {
+    pub fn total(&self) -> u64 {
+        self.lost
+            + self.duplicated
+            + self.reordered
+            + self.chain_breaks
+            + self.phantoms
+            + self.divergent_nodes
+            + self.stale_reads
+    }
+}
+
+/// Counts every violation of I1-I8 in `logs` (each node's whole log) against `history`.
+pub fn violations(
+    logs: &BTreeMap<u64, Vec<Event>>,
+    history: &crate::workload::History,
+) -> Violations {
+    let mut found = Violations {
+        stale_reads: history.stale_reads.len() as u64,
+        ..Violations::default()
+    };
+    for events in logs.values() {
+        let mut ids = HashSet::new();
+        let mut ops: HashMap<&str, u64> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            if event.seq != index as u64 + 1
+                || (index > 0 && event.prev_hash != events[index - 1].hash)
+            {
+                found.chain_breaks += 1;
+            }
+            if !ids.insert(event.id.as_str()) {
+                found.duplicated += 1;
+            }
+            match event.metadata.get("op").and_then(|op| op.as_str()) {
+                Some(op) => {
+                    let count = ops.entry(op).or_insert(0);
+                    *count += 1;
+                    if *count == 2 {
+                        found.duplicated += 1;
+                    }
+                    if !history.attempted_ops.contains(op) {
+                        found.phantoms += 1;
+                    }
+                }
+                None => found.phantoms += 1,
+            }
+        }
+        for ack in &history.acked {
+            let at = ack
+                .event
+                .seq
+                .checked_sub(1)
+                .and_then(|i| events.get(i as usize));
+            let intact = at.is_some_and(|event| {
+                event.id == ack.event.id
+                    && event.hash == ack.event.hash
+                    && event.metadata.get("op").and_then(|op| op.as_str()) == Some(&ack.op)
+            });
+            if !intact {
+                found.lost += 1;
+            }
+        }
+    }
+    let mut iter = logs.values();
+    if let Some(first) = iter.next() {
+        found.divergent_nodes = iter.filter(|log| *log != first).count() as u64;
+    }
+    found.reordered = count_reorders(&history.acked);
+    found
+}
+
+/// The number of acknowledged appends B for which some append A acknowledged before B was sent
+/// has `seq(A) >= seq(B)` (what [`real_time_order`] rejects).
+fn count_reorders(acked: &[Ack]) -> u64 {
+    let mut by_completion: Vec<&Ack> = acked.iter().collect();
+    by_completion.sort_by_key(|ack| ack.completed);
+    let mut by_invocation: Vec<&Ack> = acked.iter().collect();
+    by_invocation.sort_by_key(|ack| ack.invoked);
+    let mut completed_index = 0;
+    let mut max_seq_completed: Option<u64> = None;
+    let mut count = 0;
+    for b in by_invocation {
+        while completed_index < by_completion.len()
+            && by_completion[completed_index].completed < b.invoked
+        {
+            let seq = by_completion[completed_index].event.seq;
+            max_seq_completed = Some(max_seq_completed.map_or(seq, |max| max.max(seq)));
+            completed_index += 1;
+        }
+        if max_seq_completed.is_some_and(|max| b.event.seq <= max) {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Reads every node's whole log with `consistency=local` without judging it.
+pub async fn read_logs(api: &Api, nodes: &[u64]) -> Result<BTreeMap<u64, Vec<Event>>> {
+    let mut logs = BTreeMap::new();
+    for node in nodes {
+        logs.insert(*node, api.all_events(*node, Consistency::Local).await?);
+    }
+    Ok(logs)
+}
+
 fn is_hex64(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -368,6 +493,42 @@ mod tests {
         let mut rehashed = events[2].clone();
         rehashed.hash = format!("{:064x}", 77);
         assert!(acked_present(1, &events, &[ack(&rehashed, 0, 1, base)]).is_err());
+    }
+
+    #[test]
+    fn violations_are_counted() {
+        let events = log(4);
+        let base = Instant::now();
+        let acked: Vec<Ack> = events
+            .iter()
+            .map(|e| ack(e, e.seq * 10, e.seq * 10 + 5, base))
+            .collect();
+        let attempted: HashSet<String> = acked.iter().map(|a| a.op.clone()).collect();
+        let history = crate::workload::History {
+            acked: acked.clone(),
+            attempted_ops: attempted,
+            ..Default::default()
+        };
+        let good = BTreeMap::from([(1, events.clone()), (2, events.clone())]);
+        assert_eq!(violations(&good, &history), Violations::default());
+
+        let mut short = events.clone();
+        short.pop();
+        let mut broken = events.clone();
+        broken[2].prev_hash = format!("{:064x}", 99);
+        let bad = BTreeMap::from([(1, events.clone()), (2, short), (3, broken)]);
+        let found = violations(&bad, &history);
+        assert_eq!(found.lost, 1);
+        assert_eq!(found.chain_breaks, 1);
+        assert_eq!(found.divergent_nodes, 2);
+
+        let mut phantom = events.clone();
+        phantom[3].metadata = json!({ "op": "never-sent" });
+        let found = violations(&BTreeMap::from([(1, phantom)]), &history);
+        assert_eq!((found.phantoms, found.lost), (1, 1));
+
+        let reordered = [ack(&events[1], 0, 5, base), ack(&events[0], 10, 15, base)];
+        assert_eq!(count_reorders(&reordered), 1);
     }
 
     #[test]

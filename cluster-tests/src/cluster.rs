@@ -52,8 +52,12 @@ pub struct Options {
     /// Puts a [`LinkProxy`] on every directed peer link of the `n` nodes the cluster starts
     /// with (node i reaches node j through its own proxy, `--peer-route`), so tests can cut,
     /// heal and delay each link ([`Cluster::cut`], [`Cluster::isolate`], ...). Nodes added
-    /// later (`spawn_new_node`) are reached directly.
+    /// later (`spawn_new_node`) are reached directly, unless they are spares.
     pub proxied: bool,
+    /// Ids `n+1 ..= n+spare_nodes` get their ports, data dir and (with `proxied`) link proxies
+    /// when the cluster starts, so every node's `--peer-route`s already cover them:
+    /// [`Cluster::spawn_new_node`] uses them first, and their links can be cut like any other.
+    pub spare_nodes: u64,
     /// Node id → a command prefix the node's `ledgerd` runs under: the binary and its flags
     /// follow it (e.g. `["strace", "-f", "-e", "inject=..."]` or `["env", "LD_PRELOAD=..."]`),
     /// on every spawn and restart of that node until
@@ -73,6 +77,7 @@ impl Default for Options {
             extra_args: Vec::new(),
             fixture_agents: FIXTURE_AGENTS_DEFAULT,
             proxied: false,
+            spare_nodes: 0,
             wrappers: BTreeMap::new(),
         }
     }
@@ -221,6 +226,8 @@ pub struct Cluster {
     bin: PathBuf,
     root: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
+    /// Allocated at start ([`Options::spare_nodes`]) but never spawned yet.
+    spares: BTreeSet<u64>,
     /// `(from, to)` → the proxy `from` dials to reach `to` (only with `Options::proxied`).
     links: BTreeMap<(u64, u64), LinkProxy>,
     /// Every fault action so far, with its time since the cluster started.
@@ -259,18 +266,21 @@ impl Cluster {
             bin,
             root,
             nodes: BTreeMap::new(),
+            spares: BTreeSet::new(),
             links: BTreeMap::new(),
             faults: Mutex::new(Vec::new()),
             started_at: Instant::now(),
             finished: false,
             _serial: serial,
         };
-        for id in 1..=n {
+        let last_id = n + cluster.options.spare_nodes;
+        for id in 1..=last_id {
             cluster.allocate(id)?;
         }
+        cluster.spares = (n + 1..=last_id).collect();
         if cluster.options.proxied {
-            for from in 1..=n {
-                for to in (1..=n).filter(|to| *to != from) {
+            for from in 1..=last_id {
+                for to in (1..=last_id).filter(|to| *to != from) {
                     let proxy = LinkProxy::start(cluster.grpc_addr(to)?).await?;
                     cluster.links.insert((from, to), proxy);
                 }
@@ -339,9 +349,27 @@ impl Cluster {
         self.root.path()
     }
 
-    /// Ids of all nodes the harness knows (running or not).
+    /// Ids of all nodes the harness knows (running or not), spares not yet spawned excepted.
     pub fn node_ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.spares.contains(id))
+            .collect()
+    }
+
+    /// Ids of the nodes whose process runs (paused ones included).
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.id)
+            .collect()
+    }
+
+    /// Spare ids left for [`Cluster::spawn_new_node`] ([`Options::spare_nodes`]).
+    pub fn spares_left(&self) -> usize {
+        self.spares.len()
     }
 
     fn node(&self, id: u64) -> Result<&NodeProc> {
@@ -732,8 +760,14 @@ impl Cluster {
     /// Spawns a brand-new node (next unused id, empty data dir, fresh ports, no `--bootstrap`);
     /// it waits to be added. Returns its id.
     pub fn spawn_new_node(&mut self) -> Result<u64> {
-        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        self.allocate(id)?;
+        let id = match self.spares.pop_first() {
+            Some(spare) => spare,
+            None => {
+                let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+                self.allocate(id)?;
+                id
+            }
+        };
         self.spawn(id, false)?;
         // Clients are routed to it only once it is a member (`add_node`).
         self.api.set_alive(id, false);

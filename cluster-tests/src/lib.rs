@@ -20,6 +20,7 @@ pub mod check;
 mod cluster;
 pub mod proxy;
 pub mod seed;
+pub mod soak;
 pub mod time;
 mod workload;
 
@@ -30,7 +31,7 @@ pub use api::{
 };
 pub use cluster::{Cluster, Options, free_addr, ledgerd_bin, ledgerd_command};
 pub use proxy::LinkProxy;
-pub use workload::{Ack, History, Workload};
+pub use workload::{Ack, History, Workload, WorkloadOptions};
 
 use std::time::{Duration, Instant};
 

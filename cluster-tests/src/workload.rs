@@ -19,6 +19,40 @@ use crate::api::{Api, Consistency, Event};
 
 /// Pause after a failed append before the worker tries again (no hot loops on fast 503s).
 pub const RETRY_PAUSE_MS: u64 = 50;
+/// With [`WorkloadOptions::idempotent_retries`]: attempts per operation before it is left with
+/// an unknown outcome.
+pub const ATTEMPTS_PER_OP_MAX: u32 = 100;
+
+/// How a [`Workload`] writes.
+#[derive(Clone, Debug)]
+pub struct WorkloadOptions {
+    /// Concurrent writers.
+    pub writers: usize,
+    /// Stop after this many operations in total; `None` runs until stopped.
+    pub attempts_max: Option<u64>,
+    /// Follow every acknowledgement with a default head read on another live node, which must
+    /// include the acknowledged append (guide I8).
+    pub check_reads: bool,
+    /// Send every append with an `Idempotency-Key` (its operation token) and resend it with
+    /// the same key, to the next live node, after every unknown outcome, until it is
+    /// acknowledged or definitely rejected (guide S16). Without it, a writer moves on to a new
+    /// operation after any failure.
+    pub idempotent_retries: bool,
+    /// Pause of each writer after each acknowledged append (paces the load).
+    pub pause: Duration,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> WorkloadOptions {
+        WorkloadOptions {
+            writers: 4,
+            attempts_max: None,
+            check_reads: false,
+            idempotent_retries: false,
+            pause: Duration::ZERO,
+        }
+    }
+}
 /// Used by writers of a cluster without an agent pool.
 const UNREGISTERED_ASN: &str = "ASN-2026-0000-0000-A";
 
@@ -46,6 +80,12 @@ pub struct History {
     pub reads_checked: u64,
     /// Those reads that did not include the acknowledged append (guide I8), described.
     pub stale_reads: Vec<String>,
+    /// Requests sent again with the same `Idempotency-Key` after an unknown outcome.
+    pub resends: u64,
+    /// Operations acknowledged only after at least one resend.
+    pub ops_resent_then_acked: u64,
+    /// Operations given up after [`ATTEMPTS_PER_OP_MAX`] attempts or at stop (outcome unknown).
+    pub ops_unresolved: u64,
 }
 
 impl History {
@@ -60,7 +100,7 @@ impl History {
 
     /// One line for the test output.
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} attempted, {} ok, failed {:?}, unknown {:?}, {} reads checked, {} stale",
             self.attempted_ops.len(),
             self.acked.len(),
@@ -68,7 +108,15 @@ impl History {
             self.unknown,
             self.reads_checked,
             self.stale_reads.len()
-        )
+        );
+        if self.resends > 0 || self.ops_unresolved > 0 {
+            line.push_str(&format!(
+                ", {} resends with the same key ({} operations acknowledged after a resend, {} \
+                 unresolved)",
+                self.resends, self.ops_resent_then_acked, self.ops_unresolved
+            ));
+        }
+        line
     }
 }
 
@@ -111,6 +159,19 @@ impl Workload {
         attempts_max: Option<u64>,
         check_reads: bool,
     ) -> Workload {
+        Workload::start_with(
+            api,
+            WorkloadOptions {
+                writers: concurrency,
+                attempts_max,
+                check_reads,
+                ..WorkloadOptions::default()
+            },
+        )
+    }
+
+    /// Starts writers as `options` says.
+    pub fn start_with(api: Api, options: WorkloadOptions) -> Workload {
         let shared = Arc::new(Shared::default());
         let run = uuid::Uuid::new_v4().simple().to_string();
         // Without a pool the writers use a well-formed ASN nobody registered: every append then
@@ -120,15 +181,16 @@ impl Workload {
             agents.push(UNREGISTERED_ASN.to_string());
         }
         let agents = Arc::new(agents);
-        let workers = (0..concurrency)
+        let workers = (0..options.writers)
             .map(|worker| {
                 let api = api.clone();
                 let shared = shared.clone();
                 let run = run[..8].to_string();
                 let agents = agents.clone();
-                tokio::spawn(async move {
-                    write_loop(api, shared, agents, run, worker, attempts_max, check_reads).await
-                })
+                let options = options.clone();
+                tokio::spawn(
+                    async move { write_loop(api, shared, agents, run, worker, options).await },
+                )
             })
             .collect();
         Workload { shared, workers }
@@ -199,72 +261,104 @@ async fn write_loop(
     agents: Arc<Vec<String>>,
     run: String,
     worker: usize,
-    attempts_max: Option<u64>,
-    check_reads: bool,
+    options: WorkloadOptions,
 ) {
     while !shared.stop.load(Ordering::SeqCst) {
         let ticket = shared.tickets.fetch_add(1, Ordering::SeqCst);
-        if attempts_max.is_some_and(|max| ticket >= max) {
+        if options.attempts_max.is_some_and(|max| ticket >= max) {
             return;
         }
-        let live = api.live_nodes();
-        if live.is_empty() {
+        if api.live_nodes().is_empty() {
             shared.tickets.fetch_sub(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
             continue;
         }
-        let position = shared.next_node.fetch_add(1, Ordering::SeqCst);
-        let node = live[position % live.len()];
-        let reader = live[(position + 1) % live.len()];
         let op = format!("{run}-{worker}-{ticket}");
         shared.history().attempted_ops.insert(op.clone());
+        let asn = &agents[(ticket % agents.len() as u64) as usize];
+        let metadata = json!({ "op": op, "worker": worker });
         let invoked = Instant::now();
-        let result = api
-            .report(
-                node,
-                &agents[(ticket % agents.len() as u64) as usize],
-                "task_completed",
-                json!({ "op": op, "worker": worker }),
-            )
-            .await;
-        let completed = Instant::now();
-        match result {
-            Ok(event) => {
-                let seq = event.seq;
-                shared.history().acked.push(Ack {
-                    node,
-                    op: op.clone(),
-                    event,
-                    invoked,
-                    completed,
-                });
-                if check_reads {
-                    // A read that fails (503 during an election, a killed node) proves nothing.
-                    if let Ok(head) = api.head(reader, Consistency::Linearizable).await {
-                        let mut history = shared.history();
-                        history.reads_checked += 1;
-                        if head.size < seq {
-                            history.stale_reads.push(format!(
-                                "op {op} acknowledged at seq {seq} by node {node}; a default \
-                                 read on node {reader} sent afterwards saw size {}",
-                                head.size
-                            ));
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                {
-                    let mut history = shared.history();
-                    let counts = if error.is_definite() {
-                        &mut history.failed
-                    } else {
-                        &mut history.unknown
-                    };
-                    *counts.entry(error.label()).or_insert(0) += 1;
-                }
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let live = api.live_nodes();
+            if live.is_empty() {
                 tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                continue;
             }
+            let position = shared.next_node.fetch_add(1, Ordering::SeqCst);
+            let node = live[position % live.len()];
+            let reader = live[(position + 1) % live.len()];
+            let result = if options.idempotent_retries {
+                api.report_idempotent(node, asn, "task_completed", metadata.clone(), &op)
+                    .await
+            } else {
+                api.report(node, asn, "task_completed", metadata.clone())
+                    .await
+            };
+            let completed = Instant::now();
+            match result {
+                Ok(event) => {
+                    let seq = event.seq;
+                    {
+                        let mut history = shared.history();
+                        if attempt > 1 {
+                            history.ops_resent_then_acked += 1;
+                        }
+                        history.acked.push(Ack {
+                            node,
+                            op: op.clone(),
+                            event,
+                            invoked,
+                            completed,
+                        });
+                    }
+                    if options.check_reads {
+                        check_read(&api, &shared, reader, node, &op, seq).await;
+                    }
+                    if !options.pause.is_zero() {
+                        tokio::time::sleep(options.pause).await;
+                    }
+                    break;
+                }
+                Err(error) => {
+                    let definite = error.is_definite();
+                    {
+                        let mut history = shared.history();
+                        let counts = if definite {
+                            &mut history.failed
+                        } else {
+                            &mut history.unknown
+                        };
+                        *counts.entry(error.label()).or_insert(0) += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                    if definite || !options.idempotent_retries {
+                        break;
+                    }
+                    if attempt >= ATTEMPTS_PER_OP_MAX || shared.stop.load(Ordering::SeqCst) {
+                        shared.history().ops_unresolved += 1;
+                        break;
+                    }
+                    shared.history().resends += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A default head read on `reader` right after `op` was acknowledged at `seq` by `node`.
+async fn check_read(api: &Api, shared: &Shared, reader: u64, node: u64, op: &str, seq: u64) {
+    // A read that fails (503 during an election, a killed node) proves nothing.
+    if let Ok(head) = api.head(reader, Consistency::Linearizable).await {
+        let mut history = shared.history();
+        history.reads_checked += 1;
+        if head.size < seq {
+            history.stale_reads.push(format!(
+                "op {op} acknowledged at seq {seq} by node {node}; a default read on node \
+                 {reader} sent afterwards saw size {}",
+                head.size
+            ));
         }
     }
 }

@@ -83,7 +83,51 @@ pub fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
 
 /// Opens (or creates) the store in `dir`: sled in `dir/sled`, snapshots in `dir/snapshot`.
 /// Fails with [`StoreError::Corrupt`] when what is on disk does not hold together.
+///
+/// sled 0.34 panics instead of returning an error on some damage (a truncated `db` file, a
+/// flipped bit in a live page: "tried to serialize Uninitialized"). Such a panic is caught here
+/// and reported as [`StoreError::Corrupt`], so the node refuses to start with one line that
+/// says what is wrong instead of a backtrace.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let previous_hook = std::panic::take_hook();
+    let message = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let captured = std::sync::Arc::clone(&message);
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let text = if let Some(text) = info.payload().downcast_ref::<&str>() {
+            (*text).to_owned()
+        } else if let Some(text) = info.payload().downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "(no message)".to_owned()
+        };
+        if let Ok(mut slot) = captured.lock() {
+            *slot = Some(format!("{text}{location}"));
+        }
+    }));
+    let opened = std::panic::catch_unwind(|| open_unguarded(dir));
+    std::panic::set_hook(previous_hook);
+    match opened {
+        Ok(result) => result,
+        Err(_) => {
+            let detail = message
+                .lock()
+                .ok()
+                .and_then(|mut slot| slot.take())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Err(StoreError::Corrupt(format!(
+                "sled could not read its files in {} (it panicked: {detail}); the files are \
+                 truncated or damaged: replace this node under a new id",
+                dir.join("sled").display()
+            )))
+        }
+    }
+}
+
+fn open_unguarded(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let sled_dir = dir.join("sled");
     std::fs::create_dir_all(&sled_dir)?;
     let db = open_sled(&sled_dir)?;

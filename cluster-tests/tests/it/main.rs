@@ -23,6 +23,7 @@ mod t12_tampered_store;
 mod t13_audit;
 mod t14_partitions;
 mod t15_disk_and_clock;
+mod t16_soak;
 
 mod support;
 
