@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// The membership is a joint configuration (in the middle of a change): `voters` is the
+    /// union of its voter sets.
+    pub joint: bool,
 }
 
 /// A member as seen from the node that answers `GET /api/v1/cluster`.

@@ -155,6 +155,9 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// In the middle of a membership change (a joint configuration).
+    #[serde(default)]
+    pub joint: bool,
 }
 
 /// One entry of `nodes` in `GET /api/v1/cluster`.

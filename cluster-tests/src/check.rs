@@ -272,6 +272,7 @@ pub fn violations(
 ) -> Violations {
     let mut found = Violations {
         stale_reads: history.stale_reads.len() as u64,
+        duplicated: history.duplicate_mismatches.len() as u64,
         ..Violations::default()
     };
     for events in logs.values() {
@@ -374,6 +375,12 @@ pub async fn history(
         "{} stale default reads, first: {}",
         history.stale_reads.len(),
         history.stale_reads[0]
+    );
+    ensure!(
+        history.duplicate_mismatches.is_empty(),
+        "{} resends with an Idempotency-Key got another event, first: {}",
+        history.duplicate_mismatches.len(),
+        history.duplicate_mismatches[0]
     );
     let logs = local_logs(api, nodes).await?;
     for (node, events) in &logs {

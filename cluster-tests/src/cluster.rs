@@ -186,20 +186,43 @@ fn ensure_fresh(binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A free port on 127.0.0.1: bind port 0, read the port, drop the listener. Never hands out
-/// the same port twice in one process.
+/// Lowest port [`free_addr`] hands out.
+const PORT_LOW: u16 = 10_000;
+
+/// A free port on 127.0.0.1 for a node to listen on, below the kernel's ephemeral range (so no
+/// outgoing connection can take it while its node is down between a kill and a restart): a
+/// randomly placed probe, bound and released. Never hands out the same port twice in one
+/// process.
 pub fn free_addr() -> Result<SocketAddr> {
-    for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let high = ephemeral_low.max(PORT_LOW + 1_000);
+    let span = u64::from(high - PORT_LOW);
+    let mut rng = crate::seed::Rng(
+        u64::from(std::process::id()) << 32
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+    );
+    for _ in 0..1_000 {
+        let port = PORT_LOW + (rng.next_u64() % span) as u16;
         let mut handed_out = PORTS_HANDED_OUT
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if handed_out.insert(addr.port()) {
-            return Ok(addr);
+        if handed_out.contains(&port) {
+            continue;
         }
+        let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        let addr = listener.local_addr()?;
+        handed_out.insert(port);
+        return Ok(addr);
     }
-    bail!("no fresh free port after 100 attempts")
+    bail!("no free port in {PORT_LOW}..{high} after 1000 attempts")
 }
 
 struct NodeProc {

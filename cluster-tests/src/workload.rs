@@ -40,6 +40,10 @@ pub struct WorkloadOptions {
     pub idempotent_retries: bool,
     /// Pause of each writer after each acknowledged append (paces the load).
     pub pause: Duration,
+    /// With `idempotent_retries`: after an acknowledgement, send the same request (same key,
+    /// same body) this many more times to the next live nodes; every answer must be the event
+    /// first acknowledged (guide S16: "each append retried 3x").
+    pub duplicate_sends: u32,
 }
 
 impl Default for WorkloadOptions {
@@ -50,6 +54,7 @@ impl Default for WorkloadOptions {
             check_reads: false,
             idempotent_retries: false,
             pause: Duration::ZERO,
+            duplicate_sends: 0,
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct History {
     pub ops_resent_then_acked: u64,
     /// Operations given up after [`ATTEMPTS_PER_OP_MAX`] attempts or at stop (outcome unknown).
     pub ops_unresolved: u64,
+    /// Duplicate sends ([`WorkloadOptions::duplicate_sends`]) answered with an event.
+    pub duplicates_answered: u64,
+    /// Duplicate sends answered with another event than the one first acknowledged, described.
+    pub duplicate_mismatches: Vec<String>,
 }
 
 impl History {
@@ -109,6 +118,13 @@ impl History {
             self.reads_checked,
             self.stale_reads.len()
         );
+        if self.duplicates_answered > 0 || !self.duplicate_mismatches.is_empty() {
+            line.push_str(&format!(
+                ", {} duplicate sends answered ({} with another event)",
+                self.duplicates_answered,
+                self.duplicate_mismatches.len()
+            ));
+        }
         if self.resends > 0 || self.ops_unresolved > 0 {
             line.push_str(&format!(
                 ", {} resends with the same key ({} operations acknowledged after a resend, {} \
@@ -315,6 +331,43 @@ async fn write_loop(
                     }
                     if options.check_reads {
                         check_read(&api, &shared, reader, node, &op, seq).await;
+                    }
+                    if options.idempotent_retries {
+                        for _ in 0..options.duplicate_sends {
+                            let live = api.live_nodes();
+                            if live.is_empty() {
+                                break;
+                            }
+                            let position = shared.next_node.fetch_add(1, Ordering::SeqCst);
+                            let again = live[position % live.len()];
+                            let answer = api
+                                .report_idempotent(
+                                    again,
+                                    asn,
+                                    "task_completed",
+                                    metadata.clone(),
+                                    &op,
+                                )
+                                .await;
+                            // An unknown outcome of a duplicate proves nothing either way.
+                            if let Ok(event) = answer {
+                                let mut history = shared.history();
+                                history.duplicates_answered += 1;
+                                let same = history
+                                    .acked
+                                    .iter()
+                                    .rev()
+                                    .find(|ack| ack.op == op)
+                                    .is_some_and(|ack| ack.event == event);
+                                if !same {
+                                    history.duplicate_mismatches.push(format!(
+                                        "op {op}: acknowledged at seq {seq}, a resend to node \
+                                         {again} answered seq {} id {}",
+                                        event.seq, event.id
+                                    ));
+                                }
+                            }
+                        }
                     }
                     if !options.pause.is_zero() {
                         tokio::time::sleep(options.pause).await;

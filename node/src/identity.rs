@@ -102,7 +102,12 @@ impl DataDir {
                 Ok(identity)
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                if self.store_dir().exists() {
+                // An empty store directory (say, a mount point prepared for the store) holds
+                // no store yet.
+                let store_has_files = std::fs::read_dir(self.store_dir())
+                    .map(|mut entries| entries.next().is_some())
+                    .unwrap_or(false);
+                if store_has_files {
                     bail!(
                         "data directory {} has a store but no {IDENTITY_FILE}",
                         self.path.display()

@@ -258,9 +258,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval(Duration::from_millis(service::WITNESS_INTERVAL_MS));
+            let mut joint_seen = None;
             loop {
                 tick.tick().await;
                 service.witness().await;
+                service.finish_joint_membership(&mut joint_seen).await;
             }
         });
     }

@@ -194,6 +194,36 @@ impl LedgerService {
             purged_index: metrics.purged.map(|log_id| log_id.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
+        }
+    }
+
+    /// A leader that dies between the two steps of a membership change leaves the joint
+    /// configuration behind, and openraft does not finish it by itself. On the leader: when the
+    /// membership was already joint at the previous call (`seen`, one witness interval ago, so
+    /// a change in progress is left alone), change it to its last voter set, the one the change
+    /// was heading to.
+    pub async fn finish_joint_membership(&self, seen: &mut Option<raft_store::LogId>) {
+        let (joint_log_id, target) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let config = metrics.membership_config.membership().get_joint_config();
+            if metrics.state != openraft::ServerState::Leader || config.len() < 2 {
+                *seen = None;
+                return;
+            }
+            (
+                *metrics.membership_config.log_id(),
+                config.last().cloned().unwrap_or_default(),
+            )
+        };
+        if joint_log_id.is_none() || *seen != joint_log_id {
+            *seen = joint_log_id;
+            return;
+        }
+        tracing::warn!(voters = ?target, "finishing a membership change left joint by a previous leader");
+        if let Err(error) = self.raft.change_membership(target, false).await {
+            tracing::warn!(%error, "could not finish the joint membership yet");
         }
     }
 

@@ -24,6 +24,9 @@ mod t13_audit;
 mod t14_partitions;
 mod t15_disk_and_clock;
 mod t16_soak;
+mod t17_kill_loops;
+mod t18_membership_under_load;
+mod t19_disk_full;
 
 mod support;
 
