@@ -315,6 +315,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     };
     let _ = raft.shutdown().await;
+    if result.is_ok()
+        && let Err(error) = service.log_store.flush_mark()
+    {
+        tracing::warn!(%error, "cannot write the log mark at shutdown");
+    }
     result
 }
 

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod durability;
 pub mod ledger;
 pub mod log_store;
+pub mod mark;
 pub mod state_machine;
 pub mod types;
 
@@ -111,6 +112,12 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let opened = std::panic::catch_unwind(|| open_unguarded(dir));
     std::panic::set_hook(previous_hook);
     match opened {
+        Ok(Err(StoreError::Sled(error @ sled::Error::Corruption { .. }))) => {
+            Err(StoreError::Corrupt(format!(
+                "sled found corrupted data in {} ({error}); replace this node under a new id",
+                dir.join("sled").display()
+            )))
+        }
         Ok(result) => result,
         Err(_) => {
             let detail = message
@@ -132,7 +139,7 @@ fn open_unguarded(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
     std::fs::create_dir_all(&sled_dir)?;
     let db = open_sled(&sled_dir)?;
     let durability = durability::Durability::open(db.clone(), &sled_dir)?;
-    let log_store = LogStore::new(&db, durability.clone())?;
+    let log_store = LogStore::new(&db, durability.clone(), dir)?;
     let state_machine = StateMachineStore::open(&db, durability, dir)?;
     Ok((log_store, state_machine))
 }

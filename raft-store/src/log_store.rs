@@ -2,7 +2,8 @@
 //! `raft_meta` (vote, last purged log id, committed log id).
 //!
 //! Invariants: the log has no holes; the vote and every append are fsync-durable before openraft
-//! hears of them; `last_purged` is written before the entries it covers are removed.
+//! hears of them; `last_purged` is written before the entries it covers are removed; the log
+//! never ends before the durable mark ([`crate::mark`]) says it once reached.
 
 // openraft's `StorageError` is the error type of the traits implemented here; it is large.
 #![allow(clippy::result_large_err)]
@@ -24,6 +25,7 @@ use openraft::storage::RaftLogStorage;
 
 use crate::codec;
 use crate::durability::Durability;
+use crate::mark::{Mark, MarkValue};
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::StorageError;
@@ -41,6 +43,7 @@ pub struct LogStore {
     durability: Durability,
     /// The committed log index openraft last reported, plus one (0: none), for metrics.
     committed_plus_one: Arc<AtomicU64>,
+    mark: Mark,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -52,12 +55,47 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, durability: Durability) -> Result<Self, crate::StoreError> {
+    /// Opens the log trees of `db` and checks them against the durable mark in `dir`.
+    pub(crate) fn new(
+        db: &sled::Db,
+        durability: Durability,
+        dir: &std::path::Path,
+    ) -> Result<Self, crate::StoreError> {
+        let log = db.open_tree("raft_log")?;
+        let meta = db.open_tree("raft_meta")?;
+        let corrupt = |e: StorageError| crate::StoreError::Corrupt(e.to_string());
+        let last_entry = match log.last()? {
+            None => None,
+            Some((key, _)) => Some(
+                codec::u64_from_key(&key)
+                    .map_err(|e| crate::StoreError::Corrupt(format!("raft_log key: {e}")))?,
+            ),
+        };
+        let decode_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, crate::StoreError> {
+            Ok(meta.get(key)?.map(|v| v.to_vec()))
+        };
+        let last_purged: Option<LogId> = match decode_meta(KEY_LAST_PURGED)? {
+            None => None,
+            Some(bytes) => {
+                Some(codec::decode(&bytes, "last_purged").map_err(|e| corrupt(read_err(e)))?)
+            }
+        };
+        let vote: Option<Vote> = match decode_meta(KEY_VOTE)? {
+            None => None,
+            Some(bytes) => Some(codec::decode(&bytes, "vote").map_err(|e| corrupt(read_err(e)))?),
+        };
+        let last_index = last_entry.max(last_purged.map(|id| id.index));
+        let actual = MarkValue {
+            log_end: last_index.map_or(0, |index| index + 1),
+            vote_term: vote.map_or(0, |vote| vote.leader_id.term),
+        };
+        let mark = Mark::open(dir, actual).map_err(crate::StoreError::Corrupt)?;
         let store = Self {
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            log,
+            meta,
             durability,
             committed_plus_one: Arc::default(),
+            mark,
         };
         let committed = store
             .meta_get::<Option<LogId>>(KEY_COMMITTED)
@@ -82,6 +120,11 @@ impl LogStore {
     /// fsync counters of the store.
     pub fn durability(&self) -> &Durability {
         &self.durability
+    }
+
+    /// Writes the durable mark now (clean shutdown).
+    pub fn flush_mark(&self) -> io::Result<()> {
+        self.mark.flush()
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -180,6 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .insert(KEY_VOTE, codec::encode(vote))
             .map_err(vote_err)?;
         self.durability.sync().await.map_err(vote_err)?;
+        self.mark.vote_durable(vote.leader_id.term);
         Ok(())
     }
 
@@ -211,13 +255,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last_index = None;
         for entry in entries {
             batch.insert(&codec::u64_key(entry.log_id.index), codec::encode(&entry));
+            last_index = Some(entry.log_id.index);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         // Readable now; durable once `sync` returns, and only then is openraft told.
         match self.durability.sync().await {
             Ok(()) => {
+                if let Some(index) = last_index {
+                    self.mark.log_durable(index);
+                }
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -231,6 +280,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The mark must not claim the entries about to go, even if we crash halfway.
+        let mark = self.mark.clone();
+        let index = log_id.index;
+        tokio::task::spawn_blocking(move || mark.before_truncate(index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(codec::u64_key(log_id.index)..) {
             let (key, _) = item.map_err(read_err)?;

@@ -8,8 +8,12 @@
 //! exit with a message naming event 7; the two others serve the same verified chain and accept
 //! a write.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::{Cluster, Consistency, check, slow_test, wait_for};
+use cluster_tests::seed::{self, Rng};
+use cluster_tests::{Cluster, Consistency, Workload, check, slow_test, wait_for};
 use serde_json::json;
 
 use crate::CONDITION_TIMEOUT;
@@ -126,5 +130,168 @@ fn tamper(sled_dir: &std::path::Path, marker: &str) -> Result<()> {
     value[at] = if value[at] == b'm' { b'M' } else { b'm' };
     events.insert(key, value)?;
     db.flush()?;
+    Ok(())
+}
+
+/// Damage trials of [`random_damage_is_detected_or_harmless`].
+const DAMAGE_TRIALS: u64 = 8;
+
+/// Goal (guide S14): random damage to a stopped node's files (a flipped bit anywhere, or the
+/// tail of a file cut off) is either detected, so the node refuses to start with a message
+/// that says its store is damaged, or harmless: the node serves the same chain as the others.
+/// Never does a damaged node serve a different chain.
+///
+/// Method: 3 nodes, 300 appends; SIGTERM a follower and keep a copy of its `store/`. Each
+/// trial (seeded): restore the copy, damage one file, start the node; it must either exit
+/// within the deadline naming the damage, or become ready and converge on the others' head
+/// with an intact chain. Then restore the copy once more and check all three logs against the
+/// history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_damage_is_detected_or_harmless() {
+    let Some(guard) = slow_test("t12_random_damage") else {
+        return;
+    };
+    let Ok(seed) = seed::seed() else {
+        panic!("t12_random_damage: SEED is not a u64");
+    };
+    let guard = guard.with_seed(seed);
+    guard.run(damage_trials(seed)).await;
+}
+
+async fn damage_trials(seed: u64) -> Result<()> {
+    let mut rng = Rng(seed);
+    let mut cluster = Cluster::start(3).await?;
+    let api = cluster.api();
+    let history = Workload::start(api.clone(), 4, Some(300)).join().await?;
+    let head =
+        check::converged(&api, &[1, 2, 3], history.max_acked_seq(), CONDITION_TIMEOUT).await?;
+    let leader = api.leader_id(CONDITION_TIMEOUT).await?;
+    let victim = (1..=3).find(|id| *id != leader).context("no follower")?;
+    let status = cluster.terminate(victim).await?;
+    ensure!(
+        status.success(),
+        "node {victim} did not stop cleanly: {status}"
+    );
+    let store = cluster.data_dir(victim)?.join("store");
+    let pristine = cluster.root().join("pristine-store");
+    copy_dir(&store, &pristine)?;
+
+    let (mut detected, mut harmless) = (0, 0);
+    for trial in 1..=DAMAGE_TRIALS {
+        std::fs::remove_dir_all(&store)?;
+        copy_dir(&pristine, &store)?;
+        let damage = damage(&store, &mut rng)?;
+        cluster.log_fault(&format!("t12: trial {trial}: {damage}"));
+        cluster.restart(victim)?;
+        let deadline = Instant::now() + CONDITION_TIMEOUT;
+        let outcome = loop {
+            if cluster.check_running(victim).is_err() {
+                break "exited";
+            }
+            if api.readyz(victim).await.unwrap_or(false) {
+                break "ready";
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "trial {trial} ({damage}): node {victim} neither stopped nor became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if outcome == "exited" {
+            let tail = cluster.log_tail(victim, 5);
+            ensure!(
+                tail.contains("damaged") || tail.contains("does not match"),
+                "trial {trial} ({damage}): node {victim} stopped without naming the damage:\n{tail}"
+            );
+            detected += 1;
+            eprintln!("t12: trial {trial}: {damage}: detected, the node refused to start");
+        } else {
+            let others: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+            let mut all = others.clone();
+            all.push(victim);
+            check::converged(&api, &all, head.size, CONDITION_TIMEOUT)
+                .await
+                .with_context(|| format!("trial {trial} ({damage}): the node started"))?;
+            check::local_logs(&api, &all).await?;
+            harmless += 1;
+            eprintln!("t12: trial {trial}: {damage}: harmless, the node serves the same chain");
+            cluster.terminate(victim).await?;
+        }
+    }
+    eprintln!(
+        "t12: {DAMAGE_TRIALS} damage trials: {detected} detected, {harmless} harmless, 0 undetected"
+    );
+
+    std::fs::remove_dir_all(&store)?;
+    copy_dir(&pristine, &store)?;
+    cluster.restart(victim)?;
+    cluster.wait_ready(victim).await?;
+    check::converged_history(&api, &[1, 2, 3], &history, CONDITION_TIMEOUT).await?;
+    cluster.finish();
+    Ok(())
+}
+
+/// Flips one bit of, or cuts the tail off, one file under `store` (chosen by `rng`); says what.
+fn damage(store: &Path, rng: &mut Rng) -> Result<String> {
+    let mut files = Vec::new();
+    list_files(store, &mut files)?;
+    files.retain(|file| {
+        std::fs::metadata(file)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    });
+    files.sort();
+    ensure!(!files.is_empty(), "no files under {}", store.display());
+    // The sled data file holds nearly everything: pick it most of the time.
+    let file = match files.iter().find(|f| f.ends_with("sled/db")) {
+        Some(db) if rng.between(0, 3) > 0 => db.clone(),
+        _ => files[rng.between(0, files.len() as u64 - 1) as usize].clone(),
+    };
+    let mut bytes = std::fs::read(&file)?;
+    let len = bytes.len() as u64;
+    let name = file
+        .strip_prefix(store)
+        .unwrap_or(&file)
+        .display()
+        .to_string();
+    if rng.between(0, 1) == 0 {
+        let at = rng.between(0, len - 1);
+        let bit = rng.between(0, 7);
+        bytes[at as usize] ^= 1 << bit;
+        std::fs::write(&file, &bytes)?;
+        Ok(format!(
+            "flipped bit {bit} of byte {at} of {name} ({len} bytes)"
+        ))
+    } else {
+        let keep = rng.between(len / 2, len - 1);
+        bytes.truncate(keep as usize);
+        std::fs::write(&file, &bytes)?;
+        Ok(format!("cut {name} from {len} to {keep} bytes"))
+    }
+}
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }

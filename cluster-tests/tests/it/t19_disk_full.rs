@@ -81,15 +81,13 @@ fn can_mount_tmpfs() -> Result<()> {
     Ok(())
 }
 
-/// Kills the namespace holders when the test ends, however it ends.
-struct Holders(Vec<PathBuf>);
+/// Kills the namespace holders (by pid) when the test ends, however it ends.
+struct Holders(Vec<String>);
 
 impl Drop for Holders {
     fn drop(&mut self) {
-        for pidfile in &self.0 {
-            if let Ok(pid) = std::fs::read_to_string(pidfile) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
+        for pid in &self.0 {
+            let _ = Command::new("kill").arg(pid).status();
         }
     }
 }
@@ -113,7 +111,7 @@ async fn scenario() -> Result<()> {
     .await?;
     let _holders = Holders(
         (1..=3)
-            .map(|id| pidfile(&cluster.data_dir(id)?))
+            .map(|id| holder(&cluster.data_dir(id)?))
             .collect::<Result<_>>()?,
     );
     let api = cluster.api();
