@@ -221,71 +221,54 @@ fn spawn_writer(shared: Weak<Shared>) {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn value(log_end: u64, vote_term: u64) -> MarkValue {
+        MarkValue {
+            log_end,
+            vote_term,
+        }
+    }
+
+    fn refusal(dir: &Path, actual: MarkValue) -> String {
+        Mark::open(dir, actual).err().unwrap_or_default()
+    }
+
     #[test]
-    fn a_shorter_log_or_an_older_vote_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mark = Mark::open(dir.path(), MarkValue::default()).unwrap();
+    fn a_shorter_log_or_an_older_vote_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mark = Mark::open(dir.path(), MarkValue::default())?;
         mark.log_durable(41);
         mark.vote_durable(3);
-        mark.flush().unwrap();
+        mark.flush()?;
         drop(mark);
-        let shorter = Mark::open(
-            dir.path(),
-            MarkValue {
-                log_end: 40,
-                vote_term: 3,
-            },
-        );
-        assert!(shorter.err().unwrap().contains("lost its tail"));
-        let older_vote = Mark::open(
-            dir.path(),
-            MarkValue {
-                log_end: 42,
-                vote_term: 2,
-            },
-        );
-        assert!(older_vote.err().unwrap().contains("vote went back"));
-        let same = Mark::open(
-            dir.path(),
-            MarkValue {
-                log_end: 42,
-                vote_term: 3,
-            },
-        );
-        assert!(same.is_ok());
+        assert!(refusal(dir.path(), value(40, 3)).contains("lost its tail"));
+        assert!(refusal(dir.path(), value(42, 2)).contains("vote went back"));
+        assert!(Mark::open(dir.path(), value(42, 3)).is_ok());
+        Ok(())
     }
 
     #[test]
-    fn truncation_lowers_the_mark_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let mark = Mark::open(dir.path(), MarkValue::default()).unwrap();
+    fn truncation_lowers_the_mark_first() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mark = Mark::open(dir.path(), MarkValue::default())?;
         mark.log_durable(99);
-        mark.flush().unwrap();
-        mark.before_truncate(50).unwrap();
+        mark.flush()?;
+        mark.before_truncate(50)?;
         drop(mark);
-        let reopened = Mark::open(
-            dir.path(),
-            MarkValue {
-                log_end: 50,
-                vote_term: 0,
-            },
-        );
-        assert!(reopened.is_ok());
+        assert!(Mark::open(dir.path(), value(50, 0)).is_ok());
+        Ok(())
     }
 
     #[test]
-    fn a_damaged_mark_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Mark::open(dir.path(), MarkValue::default()).unwrap());
+    fn a_damaged_mark_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        drop(Mark::open(dir.path(), MarkValue::default())?);
         let path = dir.path().join("log.mark");
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path)?;
         bytes[9] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        assert!(
-            Mark::open(dir.path(), MarkValue::default())
-                .err()
-                .unwrap()
-                .contains("damaged")
-        );
+        std::fs::write(&path, bytes)?;
+        assert!(refusal(dir.path(), MarkValue::default()).contains("damaged"));
+        Ok(())
     }
 }
