@@ -224,10 +224,7 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn value(log_end: u64, vote_term: u64) -> MarkValue {
-        MarkValue {
-            log_end,
-            vote_term,
-        }
+        MarkValue { log_end, vote_term }
     }
 
     fn refusal(dir: &Path, actual: MarkValue) -> String {

@@ -585,6 +585,61 @@ fn a_damaged_store_refuses_to_open() {
     assert!(message.contains("snapshot"), "{message}");
 }
 
+/// Guide I10 at the store: openraft hears an append is done only after an fsync covered it.
+#[test]
+fn every_append_is_fsynced_before_it_is_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (mut log, _) = raft_store::open(dir.path()).expect("open");
+        let syncs = || {
+            log.durability()
+                .stats()
+                .syncs_total
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        for index in 1..=5 {
+            let before = syncs();
+            // `blocking_append` returns when the store calls back: the acknowledgement.
+            log.clone()
+                .blocking_append(vec![entry(index, 1, vec![])])
+                .await
+                .expect("append");
+            assert!(
+                syncs() > before,
+                "append {index} was acknowledged without an fsync"
+            );
+        }
+    });
+}
+
+/// A log that lost its tail behind the store's back (what sled does with a truncated file)
+/// is found at open through the durable mark, and so is a vote that went back.
+#[test]
+fn a_log_that_lost_its_tail_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (mut log, _) = raft_store::open(dir.path()).expect("open");
+        log.save_vote(&Vote::new(7, 1)).await.expect("vote");
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, vec![])).collect();
+        log.blocking_append(entries).await.expect("append");
+        log.flush_mark().expect("mark");
+    });
+    {
+        let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+        let tree = db.open_tree("raft_log").expect("tree");
+        for index in 8..=10u64 {
+            tree.remove(index.to_be_bytes()).expect("remove");
+        }
+        db.flush().expect("flush");
+    }
+    let message = raft_store::open(dir.path())
+        .err()
+        .expect("open must fail")
+        .to_string();
+    assert!(message.contains("lost its tail"), "{message}");
+    assert!(message.contains("index 7"), "{message}");
+}
+
 #[test]
 fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
