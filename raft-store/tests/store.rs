@@ -590,7 +590,7 @@ fn a_damaged_store_refuses_to_open() {
 fn every_append_is_fsynced_before_it_is_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
-        let (mut log, _) = raft_store::open(dir.path()).expect("open");
+        let (log, _) = raft_store::open(dir.path()).expect("open");
         let syncs = || {
             log.durability()
                 .stats()
