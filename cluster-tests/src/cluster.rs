@@ -58,6 +58,10 @@ pub struct Options {
     /// when the cluster starts, so every node's `--peer-route`s already cover them:
     /// [`Cluster::spawn_new_node`] uses them first, and their links can be cut like any other.
     pub spare_nodes: u64,
+    /// Puts a [`LinkProxy`] between the test's client and every node's HTTP address (nodes
+    /// allocated at start, spares included), so a test can cut or blackhole the client's link
+    /// to one node ([`Cluster::cut_client`]).
+    pub proxied_clients: bool,
     /// Node id → a command prefix the node's `ledgerd` runs under: the binary and its flags
     /// follow it (e.g. `["strace", "-f", "-e", "inject=..."]` or `["env", "LD_PRELOAD=..."]`),
     /// on every spawn and restart of that node until
@@ -78,6 +82,7 @@ impl Default for Options {
             fixture_agents: FIXTURE_AGENTS_DEFAULT,
             proxied: false,
             spare_nodes: 0,
+            proxied_clients: false,
             wrappers: BTreeMap::new(),
         }
     }
@@ -253,6 +258,9 @@ pub struct Cluster {
     spares: BTreeSet<u64>,
     /// `(from, to)` → the proxy `from` dials to reach `to` (only with `Options::proxied`).
     links: BTreeMap<(u64, u64), LinkProxy>,
+    /// Node → the proxy the test's client reaches it through (only with
+    /// `Options::proxied_clients`).
+    client_links: BTreeMap<u64, LinkProxy>,
     /// Every fault action so far, with its time since the cluster started.
     faults: Mutex<Vec<String>>,
     started_at: Instant,
@@ -291,6 +299,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             spares: BTreeSet::new(),
             links: BTreeMap::new(),
+            client_links: BTreeMap::new(),
             faults: Mutex::new(Vec::new()),
             started_at: Instant::now(),
             finished: false,
@@ -301,6 +310,19 @@ impl Cluster {
             cluster.allocate(id)?;
         }
         cluster.spares = (n + 1..=last_id).collect();
+        if cluster.options.proxied_clients {
+            for id in 1..=last_id {
+                let proxy = LinkProxy::start(cluster.http_addr(id)?).await?;
+                cluster.api.set_endpoint(
+                    id,
+                    Endpoint {
+                        http_addr: proxy.addr(),
+                        alive: false,
+                    },
+                );
+                cluster.client_links.insert(id, proxy);
+            }
+        }
         if cluster.options.proxied {
             for from in 1..=last_id {
                 for to in (1..=last_id).filter(|to| *to != from) {
@@ -902,10 +924,48 @@ impl Cluster {
         Ok(())
     }
 
-    /// Heals every link.
-    pub fn heal_all(&self) -> Result<()> {
+    /// Blackholes every link from and to `id`: connections stay open, bytes are dropped.
+    pub fn isolate_silently(&self, id: u64) -> Result<()> {
         ensure!(!self.links.is_empty(), "the cluster has no link proxies");
-        for proxy in self.links.values() {
+        for ((from, to), proxy) in &self.links {
+            if *from == id || *to == id {
+                proxy.blackhole();
+            }
+        }
+        self.log_fault(&format!("blackhole every link from and to {id}"));
+        Ok(())
+    }
+
+    /// Blackholes the directed link `from`->`to` (silent loss, no reset).
+    pub fn blackhole(&self, from: u64, to: u64) -> Result<()> {
+        self.link(from, to)?.blackhole();
+        self.log_fault(&format!("blackhole {from}->{to}"));
+        Ok(())
+    }
+
+    /// Cuts (`silent == false`: resets) or blackholes (`silent`) the client's link to node `id`.
+    pub fn cut_client(&self, id: u64, silent: bool) -> Result<()> {
+        let proxy = self
+            .client_links
+            .get(&id)
+            .with_context(|| format!("no client proxy for node {id} (Options::proxied_clients)"))?;
+        if silent {
+            proxy.blackhole();
+        } else {
+            proxy.cut();
+        }
+        let how = if silent { "blackhole" } else { "cut" };
+        self.log_fault(&format!("{how} the client's link to {id}"));
+        Ok(())
+    }
+
+    /// Heals every link, the client links included.
+    pub fn heal_all(&self) -> Result<()> {
+        ensure!(
+            !self.links.is_empty() || !self.client_links.is_empty(),
+            "the cluster has no link proxies"
+        );
+        for proxy in self.links.values().chain(self.client_links.values()) {
             proxy.heal();
         }
         self.log_fault("heal all links");

@@ -2,7 +2,9 @@
 //!
 //! It listens on `127.0.0.1:0` and forwards every connection to one target address. A test can
 //! cut the link (every open connection is closed and new ones are accepted then closed at once,
-//! so the dialer sees a reset rather than a hang), heal it, and delay every forwarded chunk.
+//! so the dialer sees a reset rather than a hang), blackhole it (connections stay open and new
+//! ones are accepted, but every byte is dropped: the dialer sees silence and must time out),
+//! heal it, and delay every forwarded chunk.
 //! The controls are one `watch` channel, so they are thread-safe and cheap; dropping the proxy
 //! drops the sender, which ends the accept loop and every connection task.
 //!
@@ -34,6 +36,8 @@ struct LinkState {
     cuts: u64,
     /// Added before each forwarded chunk.
     delay: Duration,
+    /// Bytes are read and dropped; connections stay open.
+    blackhole: bool,
 }
 
 /// A TCP proxy on one directed link; see the module documentation.
@@ -79,14 +83,28 @@ impl LinkProxy {
         });
     }
 
-    /// Lets connections through again.
-    pub fn heal(&self) {
-        self.state.send_modify(|state| state.cut = false);
+    /// Keeps every connection open and accepts new ones, but drops every byte (silent loss)
+    /// until `heal`.
+    pub fn blackhole(&self) {
+        self.state.send_modify(|state| state.blackhole = true);
     }
 
-    /// True while the link is cut.
+    /// Lets connections through again. Connections that lost bytes in a blackhole are closed
+    /// (their streams are broken); new ones work.
+    pub fn heal(&self) {
+        self.state.send_modify(|state| {
+            state.cut = false;
+            if state.blackhole {
+                state.blackhole = false;
+                state.cuts += 1;
+            }
+        });
+    }
+
+    /// True while the link is cut or blackholed.
     pub fn is_cut(&self) -> bool {
-        self.state.borrow().cut
+        let state = self.state.borrow();
+        state.cut || state.blackhole
     }
 
     /// Delays every forwarded chunk by `delay` (`Duration::ZERO` removes the delay).
@@ -132,6 +150,10 @@ async fn accept_loop(
             drop(inbound);
             continue;
         }
+        if current.blackhole {
+            tokio::spawn(swallow(inbound, state.clone(), current.cuts));
+            continue;
+        }
         tokio::spawn(serve(inbound, target, state.clone(), current.cuts));
     }
 }
@@ -167,6 +189,23 @@ async fn serve(
     // Dropping the halves closes both sockets.
 }
 
+/// Holds a connection accepted while the link is blackholed: reads and drops its bytes until
+/// the link is healed or cut (then closes it).
+async fn swallow(mut inbound: TcpStream, mut state: watch::Receiver<LinkState>, cuts: u64) {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let drain = async {
+        while let Ok(read) = inbound.read(&mut buffer).await {
+            if read == 0 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = drain => {}
+        () = until_cut(&mut state, cuts) => {}
+    }
+}
+
 /// Returns once the link has been cut since the connection opened (or the proxy is gone).
 async fn until_cut(state: &mut watch::Receiver<LinkState>, cuts_at_open: u64) {
     loop {
@@ -193,7 +232,12 @@ async fn pump(
             let _ = to.shutdown().await;
             return Ok(());
         }
-        let delay = state.borrow().delay;
+        let LinkState {
+            delay, blackhole, ..
+        } = *state.borrow();
+        if blackhole {
+            continue;
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -257,6 +301,30 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(round_trip(&mut healed).await?, b"ping");
         assert!(started.elapsed() >= Duration::from_millis(200));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_blackhole_drops_bytes_silently_and_heals() -> Result<()> {
+        let (target, _server) = echo_server().await?;
+        let proxy = LinkProxy::start(target).await?;
+        let mut stream = TcpStream::connect(proxy.addr()).await?;
+        assert_eq!(round_trip(&mut stream).await?, b"ping");
+        proxy.blackhole();
+        // Neither an answer nor a close: the read times out.
+        stream.write_all(b"ping").await?;
+        let mut buffer = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await;
+        assert!(read.is_err(), "a blackholed link answered: {read:?}");
+        // New connections are accepted and swallowed too.
+        let mut late = TcpStream::connect(proxy.addr()).await?;
+        late.write_all(b"ping").await?;
+        let read = tokio::time::timeout(Duration::from_millis(300), late.read(&mut buffer)).await;
+        assert!(read.is_err(), "a blackholed link answered: {read:?}");
+        proxy.heal();
+        assert!(round_trip(&mut stream).await.is_err());
+        let mut healed = TcpStream::connect(proxy.addr()).await?;
+        assert_eq!(round_trip(&mut healed).await?, b"ping");
         Ok(())
     }
 

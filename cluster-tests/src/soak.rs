@@ -2,8 +2,8 @@
 //! load, then a clean phase, then every check; it ends with one headline line.
 //!
 //! The schedule: a baseline phase without faults, then until `duration` runs out: wait until
-//! the cluster is live (an agreed leader and a fresh acknowledgement, guide L1), pick a fault,
-//! inject it, hold it, heal it; then heal everything, restart what is down, a clean phase of
+//! the cluster is live (an agreed leader and a fresh acknowledgement, guide L1), pick a fault
+//! (each kind once per round, in a seeded order), inject it, hold it, heal it; then heal everything, restart what is down, a clean phase of
 //! the same length as the baseline, stop the writers, wait for the members to converge and
 //! check every invariant (I1-I8 over every member's whole log, I9 from samples of each node's
 //! state taken during the run). [`run`] is used by the quick profile (`t16_soak`) and by
@@ -61,10 +61,13 @@ pub enum Fault {
     KillLeader,
     /// SIGKILL a follower, restart it after 0-5 s (S2).
     KillFollower,
-    /// Cut every link from and to the leader for 3-8 s (S4).
+    /// Cut (reset) or blackhole (silent) every link from and to the leader for 3-8 s (S4).
     IsolateLeader,
-    /// Cut one direction of one link for 3-8 s (S5).
+    /// Cut or blackhole one direction of one link for 3-8 s (S5).
     OneWay,
+    /// Cut or blackhole the client's link to the leader for 3-8 s: its requests there get no
+    /// answer, and the writers resend them elsewhere with the same key (S16).
+    ClientCut,
     /// Cut 2-4 links one by one, heal them one by one in another order (S6).
     Flap,
     /// SIGSTOP the leader past the election timeout, then SIGCONT (S7).
@@ -75,11 +78,12 @@ pub enum Fault {
     ReplaceNode,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 9] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::IsolateLeader,
     Fault::OneWay,
+    Fault::ClientCut,
     Fault::Flap,
     Fault::PauseLeader,
     Fault::SlowLinks,
@@ -93,6 +97,7 @@ impl fmt::Display for Fault {
             Fault::KillFollower => "follower kills",
             Fault::IsolateLeader => "leader isolations",
             Fault::OneWay => "one-way partitions",
+            Fault::ClientCut => "client-link cuts",
             Fault::Flap => "flapping partitions",
             Fault::PauseLeader => "leader pauses",
             Fault::SlowLinks => "slow-link periods",
@@ -182,6 +187,7 @@ pub async fn run(options: SoakOptions) -> Result<SoakReport> {
         3,
         Options {
             proxied: true,
+            proxied_clients: true,
             spare_nodes: options.replacements_max,
             ..Options::default()
         },
@@ -217,6 +223,7 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
     let mut faults: BTreeMap<Fault, u64> = BTreeMap::new();
     let mut kills: Vec<Instant> = Vec::new();
     let mut recovery_max = Duration::ZERO;
+    let mut bag: Vec<Fault> = Vec::new();
     let started = Instant::now();
     while started.elapsed() < options.duration {
         let healed_at = Instant::now();
@@ -228,7 +235,12 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
         recovery_max = recovery_max.max(healed_at.elapsed());
         tokio::time::sleep(rng.millis(500, 2_000)).await;
 
-        let mut fault = FAULTS[rng.between(0, FAULTS.len() as u64 - 1) as usize];
+        // Every kind once per round, in a seeded order: a short run still sees each kind.
+        if bag.is_empty() {
+            bag = FAULTS.to_vec();
+            rng.shuffle(&mut bag);
+        }
+        let mut fault = bag.pop().unwrap_or(Fault::KillLeader);
         if fault == Fault::ReplaceNode && cluster.spares_left() == 0 {
             fault = Fault::KillLeader;
         }
@@ -253,14 +265,22 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
                 cluster.wait_ready(victim).await?;
             }
             Fault::IsolateLeader => {
-                cluster.isolate(leader)?;
+                if rng.between(0, 1) == 0 {
+                    cluster.isolate(leader)?;
+                } else {
+                    cluster.isolate_silently(leader)?;
+                }
                 tokio::time::sleep(rng.millis(3_000, 8_000)).await;
                 cluster.heal_all()?;
             }
             Fault::OneWay => {
                 let links = member_links(&members);
                 let (from, to) = links[rng.between(0, links.len() as u64 - 1) as usize];
-                cluster.cut(from, to)?;
+                if rng.between(0, 1) == 0 {
+                    cluster.cut(from, to)?;
+                } else {
+                    cluster.blackhole(from, to)?;
+                }
                 tokio::time::sleep(rng.millis(3_000, 8_000)).await;
                 cluster.heal(from, to)?;
             }
@@ -277,6 +297,11 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
                     tokio::time::sleep(rng.millis(200, 1_500)).await;
                     cluster.heal(*from, *to)?;
                 }
+            }
+            Fault::ClientCut => {
+                cluster.cut_client(leader, rng.between(0, 1) == 1)?;
+                tokio::time::sleep(rng.millis(3_000, 8_000)).await;
+                cluster.heal_all()?;
             }
             Fault::PauseLeader => {
                 cluster.log_fault(&format!("soak: SIGSTOP leader {leader}"));
