@@ -41,6 +41,7 @@ def main():
     parser.add_argument("--page", type=int, default=2000)
     parser.add_argument("--per-page", type=int, default=50)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args()
 
     url = urllib.parse.urlparse(args.url)
@@ -78,6 +79,11 @@ def main():
     print(f"{'caller':<8} {'page':>6} {'events':>6} {'total':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for who, page, count, total, p50, p99, worst in rows:
         print(f"{who:<8} {page:>6} {count:>6} {total:>7} {p50:>8.2f} {p99:>8.2f} {worst:>8.2f}")
+    if args.json:
+        print(json.dumps({"load_events_per_s": round(loaded / load_s, 1), "rows": [
+            {"caller": who, "page": page, "events": count, "total": total,
+             "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "max_ms": round(worst, 3)}
+            for who, page, count, total, p50, p99, worst in rows]}))
 
 
 if __name__ == "__main__":

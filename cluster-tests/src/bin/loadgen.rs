@@ -1,13 +1,17 @@
-//! `loadgen`: a closed-loop load generator for `POST /api/v1/activity/report`.
+//! `loadgen`: a closed-loop load generator for `POST /api/v1/activity/report` (or, with
+//! `--batch N`, `POST /api/v1/activity/report/batch` with N events a request), and, with
+//! `--target etcd`, for etcd's JSON gateway `POST /v3/kv/put`, so both are driven by the same
+//! client in the same way.
 //!
-//! `--concurrency` workers each send one report, wait for the answer, and send the next,
+//! `--concurrency` workers each send one request, wait for the answer, and send the next,
 //! round-robin over the `--url`s. Requests that start after the warm-up and finish before the
 //! end of the run are measured: only 201 answers count toward `writes_per_s` and the latency
 //! percentiles; every other answer is counted as an error by status (`transport` when there was
 //! no HTTP answer). Prints one line of JSON, then one line for humans.
 //!
 //! Reports need registered agents: pass them with `--asn`, or give an admin `--key` and loadgen
-//! registers `--asns` agents under a new operator before the run.
+//! registers `--asns` agents under a new operator before the run. etcd puts need neither: each
+//! puts a fresh key with a `--value-bytes` value.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,9 +28,18 @@ struct Args {
     /// Base URL of a node (repeat for several; requests go round-robin).
     #[arg(long = "url", required = true)]
     urls: Vec<String>,
-    /// API key sent as `Authorization: Bearer <key>`.
-    #[arg(long, env = "LOADGEN_KEY")]
+    /// API key sent as `Authorization: Bearer <key>` (not used with `--target etcd`).
+    #[arg(long, env = "LOADGEN_KEY", default_value = "")]
     key: String,
+    /// What to load: `ledger` (reports) or `etcd` (puts through its JSON gateway).
+    #[arg(long, default_value = "ledger", value_parser = ["ledger", "etcd"])]
+    target: String,
+    /// Ledger only: events per request through the batch endpoint (0: single reports).
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// etcd only: bytes of each put's value.
+    #[arg(long, default_value_t = 300)]
+    value_bytes: usize,
     /// Concurrent workers, each with one request in flight.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -66,9 +79,17 @@ async fn main() -> Result<()> {
     if args.concurrency == 0 || args.duration_secs == 0 {
         bail!("--concurrency and --duration-secs must be positive");
     }
-    if args.asn_list.is_empty() && args.asns == 0 {
+    let etcd = args.target == "etcd";
+    if !etcd && args.asn_list.is_empty() && args.asns == 0 {
         bail!("--asns must be positive when no --asn is given");
     }
+    if !etcd && args.key.is_empty() {
+        bail!("--key (or LOADGEN_KEY) is needed to load the ledger");
+    }
+    if args.batch > 1000 {
+        bail!("--batch must be at most 1000 (the batch endpoint's limit)");
+    }
+    let events_per_request = if etcd { 1 } else { args.batch.max(1) };
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -80,17 +101,32 @@ async fn main() -> Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .context("building the HTTP client")?;
-    let asns: Arc<Vec<String>> = Arc::new(if args.asn_list.is_empty() {
+    let asns: Arc<Vec<String>> = Arc::new(if etcd {
+        Vec::new()
+    } else if args.asn_list.is_empty() {
         register_agents(&client, &args.urls[0], &args.key, args.asns).await?
     } else {
         args.asn_list.clone()
     });
+    let path = if etcd {
+        "/v3/kv/put"
+    } else if args.batch > 0 {
+        "/api/v1/activity/report/batch"
+    } else {
+        "/api/v1/activity/report"
+    };
     let urls: Arc<Vec<String>> = Arc::new(
         args.urls
             .iter()
-            .map(|url| format!("{}/api/v1/activity/report", url.trim_end_matches('/')))
+            .map(|url| format!("{}{path}", url.trim_end_matches('/')))
             .collect(),
     );
+    let expected_status = if etcd { 200 } else { 201 };
+    let value_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("v".repeat(args.value_bytes))
+    };
+    let batch = args.batch;
     let padding = "x".repeat(args.metadata_bytes.saturating_sub(40));
     let next_url = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -105,6 +141,7 @@ async fn main() -> Result<()> {
         let key = args.key.clone();
         let padding = padding.clone();
         let asns = asns.clone();
+        let value_b64 = value_b64.clone();
         let mut rng = seed ^ (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         workers.push(tokio::spawn(async move {
             let mut result = WorkerResult::default();
@@ -115,21 +152,40 @@ async fn main() -> Result<()> {
                     return result;
                 }
                 let url = &urls[next_url.fetch_add(1, Ordering::Relaxed) % urls.len()];
-                let asn = &asns[(splitmix64(&mut rng) % asns.len() as u64) as usize];
-                let body = json!({
-                    "asn": asn,
-                    "event_type": "task_completed",
-                    "severity": "info",
-                    "metadata": { "worker": worker, "n": n, "padding": padding },
-                });
-                n += 1;
-                let outcome = client.post(url).bearer_auth(&key).json(&body).send().await;
+                let mut report = || {
+                    let asn = &asns[(splitmix64(&mut rng) % asns.len() as u64) as usize];
+                    n += 1;
+                    json!({
+                        "asn": asn,
+                        "event_type": "task_completed",
+                        "severity": "info",
+                        "metadata": { "worker": worker, "n": n, "padding": padding },
+                    })
+                };
+                let request = if etcd {
+                    use base64::Engine;
+                    n += 1;
+                    let key = base64::engine::general_purpose::STANDARD
+                        .encode(format!("loadgen/{seed}/{worker}/{n}"));
+                    client
+                        .post(url)
+                        .json(&json!({ "key": key, "value": value_b64 }))
+                } else if batch > 0 {
+                    let events: Vec<_> = (0..batch).map(|_| report()).collect();
+                    client
+                        .post(url)
+                        .bearer_auth(&key)
+                        .json(&json!({ "events": events }))
+                } else {
+                    client.post(url).bearer_auth(&key).json(&report())
+                };
+                let outcome = request.send().await;
                 let label = match outcome {
                     Ok(response) => {
                         let status = response.status().as_u16();
                         // Read the body so the connection can be reused.
                         let _ = response.bytes().await;
-                        if status == 201 {
+                        if status == expected_status {
                             None
                         } else {
                             Some(status.to_string())
@@ -169,11 +225,15 @@ async fn main() -> Result<()> {
     let error_count: u64 = errors.values().sum();
     let window_secs = args.duration_secs as f64;
     let writes_per_s = ok as f64 / window_secs;
+    let events_per_s = writes_per_s * events_per_request as f64;
     let p50_ms = percentile_ms(&latencies_us, 0.50);
     let p99_ms = percentile_ms(&latencies_us, 0.99);
     let max_ms = latencies_us.last().map_or(0.0, |us| *us as f64 / 1000.0);
     let report = json!({
+        "target": args.target,
         "writes_per_s": round2(writes_per_s),
+        "events_per_request": events_per_request,
+        "events_per_s": round2(events_per_s),
         "p50_ms": round2(p50_ms),
         "p99_ms": round2(p99_ms),
         "max_ms": round2(max_ms),
@@ -190,9 +250,10 @@ async fn main() -> Result<()> {
     });
     println!("{report}");
     println!(
-        "loadgen: {writes_per_s:.1} writes/s, p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms, max \
+        "loadgen: {} {writes_per_s:.1} requests/s ({events_per_s:.0} events/s), p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms, max \
          {max_ms:.2} ms, errors {error_count} ({ok} ok in {window_secs:.0} s, concurrency {}, \
          seed {seed})",
+        args.target,
         args.concurrency
     );
     if ok == 0 {

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# The write and query benchmark, optionally side by side with etcd (issue 6).
+#
+#   scripts/bench.sh [--vs-etcd] [--quick]
+#
+# Builds release binaries, starts a fresh 3-node ledgerd cluster on 127.0.0.1 (HTTP 18081-18083,
+# gRPC 19081-19083, data in a temp dir; your data/ cluster is not touched), registers 100 agents,
+# and drives load over HTTP spread across all three nodes with `loadgen` (closed loop: each
+# client sends a request, waits for the answer, sends the next):
+#   - single reports at concurrency 1, 16, 64, 256;
+#   - batches of 100 and of 1000 events (4 clients);
+#   - activity queries: page 1 and page 2000 of an agent with 100,000 events, public and owner
+#     (scripts/bench_query.py, through a follower).
+# For each load it prints requests/s, events/s, p50/p99/max latency and the servers' CPU time per
+# event (user+system of the three server processes over the run, from /proc).
+#
+# --vs-etcd: installs Debian's etcd-server if missing, starts a 3-member etcd 3.4 on loopback
+# (client ports 12379/12479/12579, default durability: fsync on every commit) and drives puts of
+# 300-byte values through its JSON gateway (POST /v3/kv/put) with the same loadgen at the same
+# concurrencies, then prints both side by side with the ratio.
+# --quick: 5 s runs and 20,000 query events (a smoke run, not for the figures).
+#
+# Everything it starts is stopped on exit. Results: target/bench/bench-<time>.txt and .json.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VS_ETCD=no
+DURATION=10
+WARMUP=2
+QUERY_EVENTS=100000
+for arg in "$@"; do
+	case "$arg" in
+	--vs-etcd) VS_ETCD=yes ;;
+	--quick)
+		DURATION=5
+		WARMUP=1
+		QUERY_EVENTS=20000
+		;;
+	-h | --help)
+		sed -n '2,22p' "$0"
+		exit 0
+		;;
+	*)
+		echo "bench.sh: unknown argument $arg (try --help)" >&2
+		exit 2
+		;;
+	esac
+done
+
+CONCURRENCIES=(1 16 64 256)
+BATCH_CLIENTS=4
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT_DIR="$TARGET_DIR/bench"
+mkdir -p "$OUT_DIR"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+REPORT="$OUT_DIR/bench-$STAMP.txt"
+RESULTS="$OUT_DIR/bench-$STAMP.json"
+WORK="$(mktemp -d /tmp/asn-bench.XXXXXX)"
+export LEDGER_DATA_DIR="$WORK/ledger"
+export LEDGER_HTTP_PORT_BASE=18081
+export LEDGER_GRPC_PORT_BASE=19081
+LEDGER_URLS=(http://127.0.0.1:18081 http://127.0.0.1:18082 http://127.0.0.1:18083)
+ETCD_URLS=(http://127.0.0.1:12379 http://127.0.0.1:12479 http://127.0.0.1:12579)
+ETCD_PIDS=()
+
+say() { echo "bench.sh: $*" >&2; }
+
+cleanup() {
+	scripts/cluster.sh down >/dev/null 2>&1 || true
+	for pid in "${ETCD_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say "building release binaries"
+cargo build --release --locked -p node -p cluster-tests --bin ledgerd --bin loadgen >&2
+LOADGEN="$TARGET_DIR/release/loadgen"
+
+# Sum of user+system CPU seconds of the given pids.
+cpu_seconds() {
+	python3 - "$@" <<'EOF'
+import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    total += int(fields[11]) + int(fields[12])
+print(total / tick)
+EOF
+}
+
+# run LABEL PIDS... -- LOADGEN-ARGS...: one loadgen run; appends a JSON line to $RESULTS.
+run() {
+	local label="$1"
+	shift
+	local pids=()
+	while [[ "$1" != -- ]]; do
+		pids+=("$1")
+		shift
+	done
+	shift
+	local before after out
+	before="$(cpu_seconds "${pids[@]}")"
+	out="$("$LOADGEN" --duration-secs "$DURATION" --warmup-secs "$WARMUP" "$@" | sed -n 1p)"
+	after="$(cpu_seconds "${pids[@]}")"
+	python3 - "$label" "$out" "$before" "$after" "$((DURATION + WARMUP))" >>"$RESULTS" <<'EOF'
+import json, sys
+label, out, before, after, secs = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+events = out["events_per_s"] * secs
+out["label"] = label
+out["cpu_us_per_event"] = round((after - before) / events * 1e6, 1) if events else None
+print(json.dumps(out))
+EOF
+	tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  {r[\"label\"]:<28} {r[\"events_per_s\"]:>10.0f} events/s  p50 {r[\"p50_ms\"]:>7.2f} ms  p99 {r[\"p99_ms\"]:>7.2f} ms  max {r[\"max_ms\"]:>8.2f} ms  errors {r[\"errors\"]}  cpu {r[\"cpu_us_per_event\"]} us/event")' >&2
+}
+
+ledger_pids() {
+	local id
+	for id in 1 2 3; do
+		cat "$LEDGER_DATA_DIR/n$id/ledgerd.pid"
+	done
+}
+
+say "starting a fresh 3-node ledgerd cluster in $LEDGER_DATA_DIR"
+scripts/cluster.sh up >/dev/null
+ADMIN="$(cat "$LEDGER_DATA_DIR/admin.key")"
+mapfile -t PIDS < <(ledger_pids)
+URL_ARGS=()
+for url in "${LEDGER_URLS[@]}"; do URL_ARGS+=(--url "$url"); done
+
+# One registration, reused by every run.
+ASN_ARGS=()
+say "registering 100 agents"
+operator="$(curl -sf -X POST "${LEDGER_URLS[0]}/api/v1/operators" -H "Authorization: Bearer $ADMIN" -d '{"name":"bench"}')"
+owner="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$operator")"
+for n in $(seq 1 100); do
+	agent="$(curl -sf -X POST "${LEDGER_URLS[0]}/api/v1/agents" -H "Authorization: Bearer $ADMIN" \
+		-d "{\"name\":\"bench-$n\",\"owner_id\":\"$owner\"}")"
+	ASN_ARGS+=(--asn "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["asn"])' "$agent")")
+done
+
+say "ledger: single reports"
+for c in "${CONCURRENCIES[@]}"; do
+	run "ledger report c=$c" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" --concurrency "$c"
+done
+say "ledger: batches"
+for size in 100 1000; do
+	run "ledger batch of $size c=$BATCH_CLIENTS" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" \
+		--concurrency "$BATCH_CLIENTS" --batch "$size" --request-timeout-ms 30000
+done
+say "ledger: activity queries ($QUERY_EVENTS events for one agent)"
+python3 scripts/bench_query.py --url "${LEDGER_URLS[1]}" --admin-key-file "$LEDGER_DATA_DIR/admin.key" \
+	--events "$QUERY_EVENTS" --page 2000 --requests 200 --json | tee "$WORK/query.txt" >&2
+tail -n 1 "$WORK/query.txt" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["label"]="ledger queries"; print(json.dumps(d))' >>"$RESULTS"
+scripts/cluster.sh down >/dev/null
+
+if [[ "$VS_ETCD" == yes ]]; then
+	if ! command -v etcd >/dev/null; then
+		say "installing Debian's etcd-server"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >&2
+	fi
+	say "starting a 3-member etcd ($(etcd --version | head -n 1))"
+	cluster="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:12480,e3=http://127.0.0.1:12580"
+	for i in 1 2 3; do
+		client=$((12279 + i * 100))
+		peer=$((client + 1))
+		etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
+			--listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+			--listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+			--initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token asn-bench \
+			--log-level error >"$WORK/etcd-e$i.log" 2>&1 &
+		ETCD_PIDS+=($!)
+	done
+	for url in "${ETCD_URLS[@]}"; do
+		for _ in $(seq 1 100); do
+			if curl -sf "$url/health" | grep -q '"true"'; then break; fi
+			sleep 0.2
+		done
+		curl -sf "$url/health" | grep -q '"true"' || {
+			say "etcd at $url is not healthy"
+			exit 1
+		}
+	done
+	ETCD_ARGS=()
+	for url in "${ETCD_URLS[@]}"; do ETCD_ARGS+=(--url "$url"); done
+	say "etcd: puts of 300-byte values"
+	for c in "${CONCURRENCIES[@]}"; do
+		run "etcd put c=$c" "${ETCD_PIDS[@]}" -- "${ETCD_ARGS[@]}" --target etcd --value-bytes 300 --concurrency "$c"
+	done
+fi
+
+python3 - "$RESULTS" "$VS_ETCD" <<'EOF' | tee "$REPORT"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+by = {r["label"]: r for r in rows}
+print(f"bench.sh results ({sys.argv[1]})")
+print()
+print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    if "events_per_s" in r:
+        print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} |")
+q = by.get("ledger queries")
+if q:
+    print()
+    print(f"activity queries (load ran at {q['load_events_per_s']:,.0f} events/s):")
+    print("| caller | page | events | total | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|---|")
+    for row in q["rows"]:
+        print(f"| {row['caller']} | {row['page']} | {row['events']} | {row['total']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['max_ms']:.2f} |")
+if sys.argv[2] == "yes":
+    print()
+    print("| concurrency | ledger reports/s | etcd puts/s | ratio | ledger p99 ms | etcd p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for c in (1, 16, 64, 256):
+        a, b = by.get(f"ledger report c={c}"), by.get(f"etcd put c={c}")
+        if a and b:
+            ratio = a["events_per_s"] / b["events_per_s"] if b["events_per_s"] else float("inf")
+            print(f"| {c} | {a['events_per_s']:,.0f} | {b['events_per_s']:,.0f} | {ratio:.2f}x | {a['p99_ms']:.2f} | {b['p99_ms']:.2f} |")
+EOF
+say "report: $REPORT"
