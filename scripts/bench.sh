@@ -77,7 +77,9 @@ cleanup() {
 trap cleanup EXIT
 
 say "building release binaries"
-cargo build --release --locked -p node -p cluster-tests --bin ledgerd --bin loadgen >&2
+# Built one package at a time, as cluster.sh builds ledgerd (features unify per invocation).
+cargo build --release --locked -p node >&2
+cargo build --release --locked -p cluster-tests --bin loadgen >&2
 LOADGEN="$TARGET_DIR/release/loadgen"
 
 # Sum of user+system CPU seconds of the given pids.
@@ -116,7 +118,11 @@ out["label"] = label
 out["cpu_us_per_event"] = round((after - before) / events * 1e6, 1) if events else None
 print(json.dumps(out))
 EOF
-	tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  {r[\"label\"]:<28} {r[\"events_per_s\"]:>10.0f} events/s  p50 {r[\"p50_ms\"]:>7.2f} ms  p99 {r[\"p99_ms\"]:>7.2f} ms  max {r[\"max_ms\"]:>8.2f} ms  errors {r[\"errors\"]}  cpu {r[\"cpu_us_per_event\"]} us/event")' >&2
+	tail -n 1 "$RESULTS" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  %-28s %10.0f events/s  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  errors %d  cpu %s us/event"
+      % (r["label"], r["events_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["cpu_us_per_event"]))' >&2
 }
 
 ledger_pids() {

@@ -23,7 +23,9 @@ DURATION="$1"
 shift
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-cargo build --release --locked -p node -p cluster-tests --bin ledgerd --bin soak >&2
+# One package at a time, as cluster.sh builds ledgerd (features unify per invocation).
+cargo build --release --locked -p node >&2
+cargo build --release --locked -p cluster-tests --bin soak >&2
 mkdir -p "$TARGET_DIR/soak"
 LOG="$TARGET_DIR/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).log"
 echo "soak.sh: $DURATION of faults; full output in $LOG" >&2

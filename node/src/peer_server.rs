@@ -7,7 +7,6 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use raft_store::NodeId;
 use raft_store::Snapshot;
@@ -146,10 +145,23 @@ impl proto::peer_server::Peer for PeerServer {
         let commands: Vec<raft_store::Proposal> =
             postcard::from_bytes(&request.into_inner().commands)
                 .map_err(|e| invalid(format!("commands: {e}")))?;
-        let router = &self.service.router;
+        // Only the leader takes forwarded batches: anyone else says so, and the follower finds
+        // the leader itself (no second hop).
+        let leader = self.service.raft.metrics().borrow().current_leader;
+        let this_node = self.service.node_id();
+        if leader != Some(this_node) {
+            return Ok(Response::new(proto::ForwardWriteReply {
+                not_leader: true,
+                has_leader: leader.is_some(),
+                leader_id: leader.unwrap_or_default(),
+                ..Default::default()
+            }));
+        }
         let started = std::time::Instant::now();
         let count = commands.len();
-        let result = router.propose_here(commands).await;
+        // The batch joins this leader's group commit: with its own writes and the other
+        // followers' batches it becomes one Raft entry, one fsync per node.
+        let result = self.service.writer.submit_many(commands).await;
         tracing::debug!(
             commands = count,
             micros = started.elapsed().as_micros() as u64,
@@ -160,16 +172,8 @@ impl proto::peer_server::Peer for PeerServer {
                 results: encode(&results),
                 ..Default::default()
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                proto::ForwardWriteReply {
-                    not_leader: true,
-                    has_leader: forward.leader_id.is_some(),
-                    leader_id: forward.leader_id.unwrap_or_default(),
-                    ..Default::default()
-                }
-            }
             Err(error) => proto::ForwardWriteReply {
-                error: error.to_string(),
+                error: error.message,
                 ..Default::default()
             },
         };

@@ -219,9 +219,10 @@ impl Router {
     }
 }
 
+/// One submission: a command of this node's API, or a whole batch forwarded by a follower.
 struct Queued {
-    command: Proposal,
-    reply: oneshot::Sender<Result<CommandResult, ApiError>>,
+    commands: Vec<Proposal>,
+    reply: oneshot::Sender<Result<Vec<CommandResult>, ApiError>>,
 }
 
 /// Statistics of group commit, for metrics.
@@ -263,9 +264,23 @@ impl Writer {
     }
 
     pub async fn submit(&self, command: Proposal) -> Result<CommandResult, ApiError> {
+        self.submit_many(vec![command])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::internal("the writer answered no result"))
+    }
+
+    /// Submits commands that stay together in one Raft entry (a batch a follower forwarded
+    /// to this leader: it joins this node's group commit instead of being an entry of its
+    /// own). One result per command, in order.
+    pub async fn submit_many(
+        &self,
+        commands: Vec<Proposal>,
+    ) -> Result<Vec<CommandResult>, ApiError> {
+        let count = commands.len();
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Queued { command, reply })
+            .try_send(Queued { commands, reply })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => ApiError::unavailable(format!(
                     "overloaded: {} writes are already queued on this node",
@@ -275,9 +290,16 @@ impl Writer {
                     ApiError::unavailable("this node is shutting down")
                 }
             })?;
-        answer.await.map_err(|_| {
+        let results = answer.await.map_err(|_| {
             ApiError::unavailable("this node is shutting down; the write's outcome is unknown")
-        })?
+        })??;
+        if results.len() != count {
+            return Err(ApiError::internal(format!(
+                "{} results for {count} commands",
+                results.len()
+            )));
+        }
+        Ok(results)
     }
 }
 
@@ -294,12 +316,14 @@ async fn run(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut bytes = estimated_bytes(&first.command);
+        let mut bytes: usize = first.commands.iter().map(estimated_bytes).sum();
+        let mut commands_in_batch = first.commands.len();
         let mut batch = vec![first];
-        while batch.len() < batch_commands_max && bytes < BATCH_BYTES_MAX {
+        while commands_in_batch < batch_commands_max && bytes < BATCH_BYTES_MAX {
             match receiver.try_recv() {
                 Ok(next) => {
-                    bytes += estimated_bytes(&next.command);
+                    bytes += next.commands.iter().map(estimated_bytes).sum::<usize>();
+                    commands_in_batch += next.commands.len();
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -310,22 +334,25 @@ async fn run(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats
             .commands_total
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(commands_in_batch as u64, std::sync::atomic::Ordering::Relaxed);
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (commands, replies): (Vec<Proposal>, Vec<_>) = batch
-                .into_iter()
-                .map(|queued| (queued.command, queued.reply))
-                .unzip();
+            let mut commands = Vec::with_capacity(commands_in_batch);
+            let mut replies = Vec::with_capacity(batch.len());
+            for queued in batch {
+                replies.push((queued.commands.len(), queued.reply));
+                commands.extend(queued.commands);
+            }
             match router.propose(commands).await {
                 Ok(results) => {
-                    for (result, reply) in results.into_iter().zip(replies) {
-                        let _ = reply.send(Ok(result));
+                    let mut results = results.into_iter();
+                    for (count, reply) in replies {
+                        let _ = reply.send(Ok(results.by_ref().take(count).collect()));
                     }
                 }
                 Err(error) => {
-                    for reply in replies {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
