@@ -332,9 +332,10 @@ async fn run(
         stats
             .batches_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .commands_total
-            .fetch_add(commands_in_batch as u64, std::sync::atomic::Ordering::Relaxed);
+        stats.commands_total.fetch_add(
+            commands_in_batch as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;

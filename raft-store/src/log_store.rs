@@ -4,6 +4,13 @@
 //! Invariants: the log has no holes; the vote and every append are fsync-durable before openraft
 //! hears of them; `last_purged` is written before the entries it covers are removed; the log
 //! never ends before the durable mark ([`crate::mark`]) says it once reached.
+//!
+//! Appends are asynchronous, as openraft's `LogFlushed` allows: `append` writes the entries
+//! into sled (readable at once) and hands the callback to the log-sync thread, which fsyncs
+//! and only then calls back, in order, one fsync for every append queued meanwhile. openraft
+//! runs storage calls inside its core task, so an `append` that waited for its fsync would
+//! hold back everything else, replication to the followers first of all: with the fsync off
+//! the core task, the fsyncs of the leader and of the followers overlap.
 
 // openraft's `StorageError` is the error type of the traits implemented here; it is large.
 #![allow(clippy::result_large_err)]
@@ -15,6 +22,7 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -44,6 +52,69 @@ pub struct LogStore {
     /// The committed log index openraft last reported, plus one (0: none), for metrics.
     committed_plus_one: Arc<AtomicU64>,
     mark: Mark,
+    /// To the log-sync thread (see the module documentation).
+    syncer: std_mpsc::Sender<SyncRequest>,
+}
+
+/// Work for the log-sync thread.
+enum SyncRequest {
+    /// Entries up to `last_index` were written: fsync, then call back.
+    Appended {
+        last_index: Option<u64>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Answer once every earlier request is done.
+    Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+/// The log-sync thread: takes every request queued, fsyncs once, answers them in order. After
+/// a failed fsync every later request fails too: the node is stopping (openraft treats a log
+/// I/O error as fatal), and nothing written after it may be called durable.
+fn spawn_syncer(durability: Durability, mark: Mark) -> std_mpsc::Sender<SyncRequest> {
+    let (sender, receiver) = std_mpsc::channel::<SyncRequest>();
+    let spawned = std::thread::Builder::new()
+        .name("log-sync".to_owned())
+        .spawn(move || {
+            let mut failed: Option<(io::ErrorKind, String)> = None;
+            while let Ok(first) = receiver.recv() {
+                let mut requests = vec![first];
+                while let Ok(next) = receiver.try_recv() {
+                    requests.push(next);
+                }
+                if failed.is_none()
+                    && let Err(error) = durability.sync_blocking()
+                {
+                    failed = Some((error.kind(), error.to_string()));
+                }
+                for request in requests {
+                    let outcome = match &failed {
+                        None => Ok(()),
+                        Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+                    };
+                    match request {
+                        SyncRequest::Appended {
+                            last_index,
+                            callback,
+                        } => {
+                            if outcome.is_ok()
+                                && let Some(index) = last_index
+                            {
+                                mark.log_durable(index);
+                            }
+                            callback.log_io_completed(outcome);
+                        }
+                        SyncRequest::Barrier(done) => {
+                            let _ = done.send(outcome);
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        // Without the thread every append fails (its request cannot be sent): fail-stop.
+        tracing::error!(%error, "cannot start the log-sync thread");
+    }
+    sender
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -90,12 +161,14 @@ impl LogStore {
             vote_term: vote.map_or(0, |vote| vote.leader_id.term),
         };
         let mark = Mark::open(dir, actual).map_err(crate::StoreError::Corrupt)?;
+        let syncer = spawn_syncer(durability.clone(), mark.clone());
         let store = Self {
             log,
             meta,
             durability,
             committed_plus_one: Arc::default(),
             mark,
+            syncer,
         };
         let committed = store
             .meta_get::<Option<LogId>>(KEY_COMMITTED)
@@ -125,6 +198,18 @@ impl LogStore {
     /// Writes the durable mark now (clean shutdown).
     pub fn flush_mark(&self) -> io::Result<()> {
         self.mark.flush()
+    }
+
+    /// Waits until every append handed to the log-sync thread so far is fsynced and called
+    /// back.
+    async fn sync_barrier(&self) -> io::Result<()> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.syncer
+            .send(SyncRequest::Barrier(done))
+            .map_err(|_| io::Error::other("the log-sync thread is gone"))?;
+        answer
+            .await
+            .map_err(|_| io::Error::other("the log-sync thread is gone"))?
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -261,25 +346,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last_index = Some(entry.log_id.index);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        // Readable now; durable once `sync` returns, and only then is openraft told.
-        match self.durability.sync().await {
-            Ok(()) => {
-                if let Some(index) = last_index {
-                    self.mark.log_durable(index);
-                }
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                let kind = error.kind();
-                let message = error.to_string();
-                callback.log_io_completed(Err(io::Error::new(kind, message)));
-                Err(write_err(error))
-            }
-        }
+        // Readable now; durable once the log-sync thread's fsync returns, and only then is
+        // openraft told (through the callback).
+        self.syncer
+            .send(SyncRequest::Appended {
+                last_index,
+                callback,
+            })
+            .map_err(|_| write_err(io::Error::other("the log-sync thread is gone")))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Appends still waiting for their fsync would raise the mark again after it is lowered
+        // below: let them finish first.
+        self.sync_barrier().await.map_err(write_err)?;
         // The mark must not claim the entries about to go, even if we crash halfway.
         let mark = self.mark.clone();
         let index = log_id.index;

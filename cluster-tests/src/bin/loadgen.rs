@@ -253,8 +253,7 @@ async fn main() -> Result<()> {
         "loadgen: {} {writes_per_s:.1} requests/s ({events_per_s:.0} events/s), p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms, max \
          {max_ms:.2} ms, errors {error_count} ({ok} ok in {window_secs:.0} s, concurrency {}, \
          seed {seed})",
-        args.target,
-        args.concurrency
+        args.target, args.concurrency
     );
     if ok == 0 {
         bail!("no report was acknowledged during the measured window");
