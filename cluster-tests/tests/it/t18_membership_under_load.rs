@@ -25,7 +25,7 @@ const KILL_ROUNDS: usize = 2;
 const JOINT_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn membership_changes_under_load() {
+async fn membership_changes_under_load_leave_no_joint_configuration() {
     let Some(guard) = slow_test("t18_membership_under_load") else {
         return;
     };
