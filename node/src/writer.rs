@@ -36,6 +36,11 @@ use api::ApiError;
 /// `raft_store::ENTRY_BYTES_MAX`.
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 const RETRY_BACKOFF_MIN_MS: u64 = 20;
+/// How long one attempt (a local proposal, or a batch forwarded to the leader) may wait before
+/// it is made again with a fresh view of who leads (safe: the dedup keys make a second proposal
+/// return the first one's result). A leader that removed itself from the membership can leave a
+/// proposal unanswered when it steps down; this bounds the wait to less than the deadline.
+const ATTEMPT_TIMEOUT_MS: u64 = 5_000;
 const RETRY_BACKOFF_MAX_MS: u64 = 400;
 
 pub fn now_ms() -> i64 {
@@ -113,7 +118,8 @@ impl Router {
             // entry may still commit later, so the outcome is unknown, and a retry is safe (the
             // proposals carry their dedup keys).
             Some(id) if id == self.node_id() => {
-                match tokio::time::timeout(remaining, self.propose_here(commands.to_vec())).await {
+                let wait = remaining.min(Duration::from_millis(ATTEMPT_TIMEOUT_MS));
+                match tokio::time::timeout(wait, self.propose_here(commands.to_vec())).await {
                     Err(_elapsed) => {
                         Attempt::Retry("this leader could not commit in time (no quorum?)".into())
                     }
@@ -133,7 +139,8 @@ impl Router {
                 let Some(addr) = leader_addr else {
                     return Attempt::Retry(format!("leader {id} has no known address"));
                 };
-                self.forward(id, &addr, commands, remaining).await
+                let wait = remaining.min(Duration::from_millis(ATTEMPT_TIMEOUT_MS));
+                self.forward(id, &addr, commands, wait).await
             }
         }
     }
