@@ -455,18 +455,8 @@ impl Api {
         event_type: &str,
         metadata: Value,
     ) -> Result<Event, ApiError> {
-        let body = json!({
-            "asn": asn,
-            "event_type": event_type,
-            "severity": "info",
-            "metadata": metadata,
-        });
-        let request = self
-            .http
-            .post(self.url(node, "/api/v1/activity/report")?)
-            .bearer_auth(self.admin_bearer()?)
-            .json(&body);
-        self.send(request, 201).await
+        self.admin_report(node, asn, event_type, metadata, None)
+            .await
     }
 
     /// [`Api::report`] with an `Idempotency-Key`: a resend with the same key and body returns
@@ -479,18 +469,32 @@ impl Api {
         metadata: Value,
         idempotency_key: &str,
     ) -> Result<Event, ApiError> {
+        self.admin_report(node, asn, event_type, metadata, Some(idempotency_key))
+            .await
+    }
+
+    async fn admin_report(
+        &self,
+        node: u64,
+        asn: &str,
+        event_type: &str,
+        metadata: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Event, ApiError> {
         let body = json!({
             "asn": asn,
             "event_type": event_type,
             "severity": "info",
             "metadata": metadata,
         });
-        let request = self
+        let mut request = self
             .http
             .post(self.url(node, "/api/v1/activity/report")?)
             .bearer_auth(self.admin_bearer()?)
-            .header("Idempotency-Key", idempotency_key)
             .json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
         self.send(request, 201).await
     }
 

@@ -166,13 +166,36 @@ pub fn identical(logs: &BTreeMap<u64, Vec<Event>>) -> Result<()> {
 
 /// If append A was acknowledged before append B was sent, `seq(A) < seq(B)`.
 pub fn real_time_order(acked: &[Ack]) -> Result<()> {
+    if let Some(reorder) = reorders(acked).first() {
+        bail!(
+            "op {} was sent after op {} was acknowledged at seq {}, but got seq {}",
+            reorder.later_op,
+            reorder.earlier_op,
+            reorder.earlier_seq,
+            reorder.later_seq
+        );
+    }
+    Ok(())
+}
+
+/// An append B sent after append A was acknowledged, with `seq(B) <= seq(A)`.
+struct Reorder<'a> {
+    earlier_op: &'a str,
+    earlier_seq: u64,
+    later_op: &'a str,
+    later_seq: u64,
+}
+
+/// Every append B for which some append A acknowledged before B was sent has a `seq` at least
+/// as large (one sweep: B in invocation order against the largest `seq` completed before it).
+fn reorders(acked: &[Ack]) -> Vec<Reorder<'_>> {
     let mut by_completion: Vec<&Ack> = acked.iter().collect();
     by_completion.sort_by_key(|ack| ack.completed);
     let mut by_invocation: Vec<&Ack> = acked.iter().collect();
     by_invocation.sort_by_key(|ack| ack.invoked);
-    // Sweep: for each B in invocation order, the largest seq among appends completed before B.
     let mut completed_index = 0;
     let mut max_seq_completed: Option<(u64, &str)> = None;
+    let mut found = Vec::new();
     for b in by_invocation {
         while completed_index < by_completion.len()
             && by_completion[completed_index].completed < b.invoked
@@ -183,16 +206,18 @@ pub fn real_time_order(acked: &[Ack]) -> Result<()> {
             }
             completed_index += 1;
         }
-        if let Some((seq, op)) = max_seq_completed {
-            ensure!(
-                b.event.seq > seq,
-                "op {} was sent after op {op} was acknowledged at seq {seq}, but got seq {}",
-                b.op,
-                b.event.seq
-            );
+        if let Some((seq, op)) = max_seq_completed
+            && b.event.seq <= seq
+        {
+            found.push(Reorder {
+                earlier_op: op,
+                earlier_seq: seq,
+                later_op: &b.op,
+                later_seq: b.event.seq,
+            });
         }
     }
-    Ok(())
+    found
 }
 
 /// Polls until every node in `nodes` reports the same local head, with `size >= size_min`.
@@ -321,33 +346,8 @@ pub fn violations(
     if let Some(first) = iter.next() {
         found.divergent_nodes = iter.filter(|log| *log != first).count() as u64;
     }
-    found.reordered = count_reorders(&history.acked);
+    found.reordered = reorders(&history.acked).len() as u64;
     found
-}
-
-/// The number of acknowledged appends B for which some append A acknowledged before B was sent
-/// has `seq(A) >= seq(B)` (what [`real_time_order`] rejects).
-fn count_reorders(acked: &[Ack]) -> u64 {
-    let mut by_completion: Vec<&Ack> = acked.iter().collect();
-    by_completion.sort_by_key(|ack| ack.completed);
-    let mut by_invocation: Vec<&Ack> = acked.iter().collect();
-    by_invocation.sort_by_key(|ack| ack.invoked);
-    let mut completed_index = 0;
-    let mut max_seq_completed: Option<u64> = None;
-    let mut count = 0;
-    for b in by_invocation {
-        while completed_index < by_completion.len()
-            && by_completion[completed_index].completed < b.invoked
-        {
-            let seq = by_completion[completed_index].event.seq;
-            max_seq_completed = Some(max_seq_completed.map_or(seq, |max| max.max(seq)));
-            completed_index += 1;
-        }
-        if max_seq_completed.is_some_and(|max| b.event.seq <= max) {
-            count += 1;
-        }
-    }
-    count
 }
 
 /// Reads every node's whole log with `consistency=local` without judging it.
@@ -535,7 +535,7 @@ mod tests {
         assert_eq!((found.phantoms, found.lost), (1, 1));
 
         let reordered = [ack(&events[1], 0, 5, base), ack(&events[0], 10, 15, base)];
-        assert_eq!(count_reorders(&reordered), 1);
+        assert_eq!(reorders(&reordered).len(), 1);
     }
 
     #[test]

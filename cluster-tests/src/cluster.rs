@@ -914,24 +914,24 @@ impl Cluster {
 
     /// Cuts every link from and to `id`.
     pub fn isolate(&self, id: u64) -> Result<()> {
+        self.for_links_of(id, LinkProxy::cut)?;
+        self.log_fault(&format!("isolate {id} (cut every link from and to it)"));
+        Ok(())
+    }
+
+    fn for_links_of(&self, id: u64, action: impl Fn(&LinkProxy)) -> Result<()> {
         ensure!(!self.links.is_empty(), "the cluster has no link proxies");
         for ((from, to), proxy) in &self.links {
             if *from == id || *to == id {
-                proxy.cut();
+                action(proxy);
             }
         }
-        self.log_fault(&format!("isolate {id} (cut every link from and to it)"));
         Ok(())
     }
 
     /// Blackholes every link from and to `id`: connections stay open, bytes are dropped.
     pub fn isolate_silently(&self, id: u64) -> Result<()> {
-        ensure!(!self.links.is_empty(), "the cluster has no link proxies");
-        for ((from, to), proxy) in &self.links {
-            if *from == id || *to == id {
-                proxy.blackhole();
-            }
-        }
+        self.for_links_of(id, LinkProxy::blackhole)?;
         self.log_fault(&format!("blackhole every link from and to {id}"));
         Ok(())
     }

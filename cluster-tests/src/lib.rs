@@ -113,6 +113,19 @@ impl TestGuard {
         self
     }
 
+    /// A seeded scenario: reads the seed (`$SEED`, else the clock), prints it with the way to
+    /// replay it, and runs `scenario(seed)` as [`TestGuard::run`] does.
+    pub async fn run_seeded<F>(self, scenario: impl FnOnce(u64) -> F)
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let seed = match crate::seed::seed() {
+            Ok(seed) => seed,
+            Err(error) => panic!("{}: {error:#}", self.name),
+        };
+        self.with_seed(seed).run(scenario(seed)).await;
+    }
+
     /// The command that reruns only this test.
     pub fn reproduce_command(&self) -> String {
         let seed = self

@@ -127,7 +127,6 @@ pub struct SoakReport {
     pub baseline_per_s: f64,
     pub clean_per_s: f64,
     pub final_size: u64,
-    pub members: Vec<u64>,
 }
 
 impl SoakReport {
@@ -400,7 +399,6 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
         baseline_per_s,
         clean_per_s,
         final_size: head.size,
-        members,
     };
     ensure!(
         report.final_size >= report.history.max_acked_seq(),

@@ -316,6 +316,8 @@ async fn write_loop(
             match result {
                 Ok(event) => {
                     let seq = event.seq;
+                    let acknowledged = (options.idempotent_retries && options.duplicate_sends > 0)
+                        .then(|| event.clone());
                     {
                         let mut history = shared.history();
                         if attempt > 1 {
@@ -332,7 +334,7 @@ async fn write_loop(
                     if options.check_reads {
                         check_read(&api, &shared, reader, node, &op, seq).await;
                     }
-                    if options.idempotent_retries {
+                    if let Some(acknowledged) = acknowledged {
                         for _ in 0..options.duplicate_sends {
                             let live = api.live_nodes();
                             if live.is_empty() {
@@ -353,13 +355,7 @@ async fn write_loop(
                             if let Ok(event) = answer {
                                 let mut history = shared.history();
                                 history.duplicates_answered += 1;
-                                let same = history
-                                    .acked
-                                    .iter()
-                                    .rev()
-                                    .find(|ack| ack.op == op)
-                                    .is_some_and(|ack| ack.event == event);
-                                if !same {
+                                if event != acknowledged {
                                     history.duplicate_mismatches.push(format!(
                                         "op {op}: acknowledged at seq {seq}, a resend to node \
                                          {again} answered seq {} id {}",

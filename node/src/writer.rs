@@ -98,6 +98,7 @@ impl Router {
     }
 
     async fn attempt(&self, commands: &[Proposal], remaining: Duration) -> Attempt {
+        let wait = remaining.min(Duration::from_millis(ATTEMPT_TIMEOUT_MS));
         let (leader, leader_addr) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -118,7 +119,6 @@ impl Router {
             // entry may still commit later, so the outcome is unknown, and a retry is safe (the
             // proposals carry their dedup keys).
             Some(id) if id == self.node_id() => {
-                let wait = remaining.min(Duration::from_millis(ATTEMPT_TIMEOUT_MS));
                 match tokio::time::timeout(wait, self.propose_here(commands.to_vec())).await {
                     Err(_elapsed) => {
                         Attempt::Retry("this leader could not commit in time (no quorum?)".into())
@@ -139,7 +139,6 @@ impl Router {
                 let Some(addr) = leader_addr else {
                     return Attempt::Retry(format!("leader {id} has no known address"));
                 };
-                let wait = remaining.min(Duration::from_millis(ATTEMPT_TIMEOUT_MS));
                 self.forward(id, &addr, commands, wait).await
             }
         }

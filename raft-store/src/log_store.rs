@@ -56,6 +56,26 @@ pub struct LogStore {
     syncer: std_mpsc::Sender<SyncRequest>,
 }
 
+fn meta_value<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    match meta.get(key).map_err(read_err)? {
+        None => Ok(None),
+        Some(bytes) => {
+            let what = String::from_utf8_lossy(key).into_owned();
+            codec::decode(&bytes, &what).map(Some).map_err(read_err)
+        }
+    }
+}
+
+fn last_log_index(log: &sled::Tree) -> Result<Option<u64>, StorageError> {
+    match log.last().map_err(read_err)? {
+        None => Ok(None),
+        Some((key, _)) => codec::u64_from_key(&key).map(Some).map_err(read_err),
+    }
+}
+
 /// Work for the log-sync thread.
 enum SyncRequest {
     /// Entries up to `last_index` were written: fsync, then call back.
@@ -63,7 +83,8 @@ enum SyncRequest {
         last_index: Option<u64>,
         callback: LogFlushed<TypeConfig>,
     },
-    /// Answer once every earlier request is done.
+    /// fsync everything written so far (an append, a vote, a truncation), then answer; every
+    /// earlier request is answered first.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
@@ -135,26 +156,9 @@ impl LogStore {
         let log = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
         let corrupt = |e: StorageError| crate::StoreError::Corrupt(e.to_string());
-        let last_entry = match log.last()? {
-            None => None,
-            Some((key, _)) => Some(
-                codec::u64_from_key(&key)
-                    .map_err(|e| crate::StoreError::Corrupt(format!("raft_log key: {e}")))?,
-            ),
-        };
-        let decode_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, crate::StoreError> {
-            Ok(meta.get(key)?.map(|v| v.to_vec()))
-        };
-        let last_purged: Option<LogId> = match decode_meta(KEY_LAST_PURGED)? {
-            None => None,
-            Some(bytes) => {
-                Some(codec::decode(&bytes, "last_purged").map_err(|e| corrupt(read_err(e)))?)
-            }
-        };
-        let vote: Option<Vote> = match decode_meta(KEY_VOTE)? {
-            None => None,
-            Some(bytes) => Some(codec::decode(&bytes, "vote").map_err(|e| corrupt(read_err(e)))?),
-        };
+        let last_entry = last_log_index(&log).map_err(corrupt)?;
+        let last_purged: Option<LogId> = meta_value(&meta, KEY_LAST_PURGED).map_err(corrupt)?;
+        let vote: Option<Vote> = meta_value(&meta, KEY_VOTE).map_err(corrupt)?;
         let last_index = last_entry.max(last_purged.map(|id| id.index));
         let actual = MarkValue {
             log_end: last_index.map_or(0, |index| index + 1),
@@ -172,7 +176,7 @@ impl LogStore {
         };
         let committed = store
             .meta_get::<Option<LogId>>(KEY_COMMITTED)
-            .map_err(|e| crate::StoreError::Corrupt(e.to_string()))?
+            .map_err(corrupt)?
             .flatten();
         store.note_committed(committed);
         Ok(store)
@@ -200,8 +204,9 @@ impl LogStore {
         self.mark.flush()
     }
 
-    /// Waits until every append handed to the log-sync thread so far is fsynced and called
-    /// back.
+    /// Makes everything written to sled so far durable, through the log-sync thread, after
+    /// every append handed to it before. The vote and truncations use it too, so all of the
+    /// log store's fsyncs happen in one place and in order.
     async fn sync_barrier(&self) -> io::Result<()> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.syncer
@@ -216,13 +221,7 @@ impl LogStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        match self.meta.get(key).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => {
-                let what = String::from_utf8_lossy(key).into_owned();
-                codec::decode(&bytes, &what).map(Some).map_err(read_err)
-            }
-        }
+        meta_value(&self.meta, key)
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -231,10 +230,7 @@ impl LogStore {
 
     /// The index of the last entry present, for tests and metrics.
     pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        match self.log.last().map_err(read_err)? {
-            None => Ok(None),
-            Some((key, _)) => codec::u64_from_key(&key).map(Some).map_err(read_err),
-        }
+        last_log_index(&self.log)
     }
 }
 
@@ -307,7 +303,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(KEY_VOTE, codec::encode(vote))
             .map_err(vote_err)?;
-        self.durability.sync().await.map_err(vote_err)?;
+        self.sync_barrier().await.map_err(vote_err)?;
         self.mark.vote_durable(vote.leader_id.term);
         Ok(())
     }
@@ -374,7 +370,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(key);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        self.durability.sync().await.map_err(write_err)?;
+        self.sync_barrier().await.map_err(write_err)?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::seed::{self, Rng};
+use cluster_tests::seed::Rng;
 use cluster_tests::{Cluster, Consistency, Workload, check, slow_test, wait_for};
 use serde_json::json;
 
@@ -151,11 +151,7 @@ async fn random_damage_is_detected_or_harmless() {
     let Some(guard) = slow_test("t12_random_damage") else {
         return;
     };
-    let Ok(seed) = seed::seed() else {
-        panic!("t12_random_damage: SEED is not a u64");
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(damage_trials(seed)).await;
+    guard.run_seeded(damage_trials).await;
 }
 
 async fn damage_trials(seed: u64) -> Result<()> {

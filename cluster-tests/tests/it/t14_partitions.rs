@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use cluster_tests::seed::{Rng, seed};
+use cluster_tests::seed::Rng;
 use cluster_tests::{Cluster, Consistency, History, Options, Workload, check, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
@@ -92,11 +92,7 @@ async fn leader_isolated_in_minority() {
     let Some(guard) = slow_test("t14_partitions::leader_isolated_in_minority") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    guard.with_seed(seed).run(isolated_leader(seed)).await;
+    guard.run_seeded(isolated_leader).await;
 }
 
 async fn isolated_leader(seed: u64) -> Result<()> {
@@ -233,11 +229,7 @@ async fn one_way_partition() {
     let Some(guard) = slow_test("t14_partitions::one_way_partition") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    guard.with_seed(seed).run(one_way(seed)).await;
+    guard.run_seeded(one_way).await;
 }
 
 async fn one_way(seed: u64) -> Result<()> {
@@ -283,11 +275,7 @@ async fn flapping_partitions() {
     let Some(guard) = slow_test("t14_partitions::flapping_partitions") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    guard.with_seed(seed).run(flapping(seed)).await;
+    guard.run_seeded(flapping).await;
 }
 
 async fn flapping(seed: u64) -> Result<()> {
@@ -340,11 +328,7 @@ async fn slow_links() {
     let Some(guard) = slow_test("t14_partitions::slow_links") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    guard.with_seed(seed).run(slow(seed)).await;
+    guard.run_seeded(slow).await;
 }
 
 /// `(median, p99, max)` of the acknowledged latencies of appends invoked in `from..to`.

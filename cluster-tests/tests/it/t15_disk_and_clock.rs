@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::seed::{Rng, seed};
+use cluster_tests::seed::Rng;
 use cluster_tests::{Cluster, Options, Workload, check, slow_test, time, wait_for};
 
 use crate::CONDITION_TIMEOUT;
@@ -108,13 +108,8 @@ async fn fsync_eio_follower() {
     let Some(guard) = slow_test("t15_disk_and_clock::fsync_eio_follower") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    let guard = guard.with_seed(seed);
     guard
-        .run(fsync_eio("fsync_eio_follower", seed, false))
+        .run_seeded(|seed| fsync_eio("fsync_eio_follower", seed, false))
         .await;
 }
 
@@ -123,12 +118,9 @@ async fn fsync_eio_leader() {
     let Some(guard) = slow_test("t15_disk_and_clock::fsync_eio_leader") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(fsync_eio("fsync_eio_leader", seed, true)).await;
+    guard
+        .run_seeded(|seed| fsync_eio("fsync_eio_leader", seed, true))
+        .await;
 }
 
 async fn fsync_eio(name: &str, seed: u64, leader: bool) -> Result<()> {
@@ -259,12 +251,7 @@ async fn clock_jumps() {
     let Some(guard) = slow_test("t15_disk_and_clock::clock_jumps") else {
         return;
     };
-    let seed = match seed() {
-        Ok(seed) => seed,
-        Err(error) => panic!("{error:#}"),
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(clock_jumps_scenario(seed)).await;
+    guard.run_seeded(clock_jumps_scenario).await;
 }
 
 async fn clock_jumps_scenario(seed: u64) -> Result<()> {

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use cluster_tests::slow_test;
 use cluster_tests::soak::{SoakOptions, run};
-use cluster_tests::{seed, slow_test};
 
 /// Long enough for one round of every fault kind (each takes 5-15 s with its recovery).
 const QUICK_FAULT_PHASE: Duration = Duration::from_secs(90);
@@ -21,11 +21,7 @@ async fn soak_quick_profile() {
     let Some(guard) = slow_test("t16_soak") else {
         return;
     };
-    let Ok(seed) = seed::seed() else {
-        panic!("t16_soak: SEED is not a u64");
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(scenario(seed)).await;
+    guard.run_seeded(scenario).await;
 }
 
 async fn scenario(seed: u64) -> Result<()> {

@@ -11,16 +11,17 @@
 //! Method: 3 nodes, 4 idempotent writers (2 duplicate sends each), seeded schedule; checks
 //! after healing: every member's whole log against the history (I1-I8).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use cluster_tests::seed::{self, Rng};
+use cluster_tests::seed::Rng;
 use cluster_tests::{Cluster, Options, Workload, WorkloadOptions, check, slow_test, wait_for};
 use serde_json::json;
 
 use crate::CONDITION_TIMEOUT;
 
 const LEADER_KILLS: usize = 3;
+const WRITERS: u64 = 4;
 /// Operation token of the report sent to the leader while it has no majority.
 const ALONE_OP: &str = "t17-leader-alone";
 /// The write deadline the nodes run with (`--write-deadline-ms`), short so "fails fast" is
@@ -32,11 +33,7 @@ async fn leader_and_follower_kill_loops_with_idempotent_retries() {
     let Some(guard) = slow_test("t17_kill_loops") else {
         return;
     };
-    let Ok(seed) = seed::seed() else {
-        panic!("t17_kill_loops: SEED is not a u64");
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(scenario(seed)).await;
+    guard.run_seeded(scenario).await;
 }
 
 async fn scenario(seed: u64) -> Result<()> {
@@ -57,7 +54,7 @@ async fn scenario(seed: u64) -> Result<()> {
     let workload = Workload::start_with(
         api.clone(),
         WorkloadOptions {
-            writers: 4,
+            writers: WRITERS as usize,
             check_reads: true,
             idempotent_retries: true,
             duplicate_sends: 2,
@@ -113,6 +110,7 @@ async fn scenario(seed: u64) -> Result<()> {
         cluster.kill(id)?;
     }
     let both_down_at = Instant::now();
+    let unknown_before = unknown_outcomes(&workload);
     // The leader alone: a report answers 503 UNAVAILABLE (with Retry-After), not 201.
     let admin = cluster.admin_key()?;
     let asn = api.agent_asn(1)?;
@@ -135,7 +133,18 @@ async fn scenario(seed: u64) -> Result<()> {
         sent.elapsed().as_secs_f64(),
         WRITE_DEADLINE_MS
     );
-    tokio::time::sleep(Duration::from_millis(WRITE_DEADLINE_MS)).await;
+    // Every writer has had an attempt end without an acknowledgement (a 503 or a refused
+    // connection) during the outage: they tried, and nothing got through.
+    wait_for(
+        CONDITION_TIMEOUT,
+        "every writer to fail once without a majority",
+        async || {
+            let failed = unknown_outcomes(&workload) - unknown_before;
+            ensure!(failed >= WRITERS, "{failed} failed attempts so far");
+            Ok(())
+        },
+    )
+    .await?;
     let acked_alone = workload.acked_invoked_after(both_down_at);
     ensure!(
         acked_alone == 0,
@@ -165,6 +174,11 @@ async fn scenario(seed: u64) -> Result<()> {
     check::converged_history(&api, &[1, 2, 3], &history, CONDITION_TIMEOUT).await?;
     cluster.finish();
     Ok(())
+}
+
+/// Attempts so far whose outcome was unknown (no answer, or a 5xx).
+fn unknown_outcomes(workload: &Workload) -> u64 {
+    workload.snapshot().unknown.values().sum()
 }
 
 /// Seconds from `instant` to the first acknowledgement of an append sent after it.

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cluster_tests::seed::{self, Rng};
+use cluster_tests::seed::Rng;
 use cluster_tests::{Api, Cluster, Workload, WorkloadOptions, check, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
@@ -29,11 +29,7 @@ async fn membership_changes_under_load_leave_no_joint_configuration() {
     let Some(guard) = slow_test("t18_membership_under_load") else {
         return;
     };
-    let Ok(seed) = seed::seed() else {
-        panic!("t18_membership_under_load: SEED is not a u64");
-    };
-    let guard = guard.with_seed(seed);
-    guard.run(scenario(seed)).await;
+    guard.run_seeded(scenario).await;
 }
 
 async fn scenario(seed: u64) -> Result<()> {
