@@ -115,7 +115,7 @@ pub async fn get_operator<B: Backend>(
     // Read barrier first: the key is then checked against every acknowledged write.
     backend.linearize().await?;
     auth::admin_only(
-        auth::authenticate_local(backend.ledger(), &headers)?.ok_or_else(ApiError::unauthorized)?,
+        auth::authenticate_local(backend.as_ref(), &headers)?.ok_or_else(ApiError::unauthorized)?,
     )?;
     let operator = backend
         .ledger()
@@ -341,7 +341,7 @@ pub async fn get_agent<B: Backend>(
         backend.linearize().await?;
     }
     // After the barrier: a key revoked before this read started is refused.
-    auth::authenticate_local(backend.ledger(), &headers)?;
+    auth::authenticate_local(backend.as_ref(), &headers)?;
     let agent = backend
         .ledger()
         .agent(&asn)?

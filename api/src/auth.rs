@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::http::header;
 use raft_store::ApiKeyRecord;
 use raft_store::Hash;
-use raft_store::Ledger;
 use raft_store::Permission;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -48,10 +47,13 @@ fn key_id(key: &str) -> Option<&str> {
 ///
 /// This node's state may lag the leader's: reads call it after their read barrier; writes use
 /// [`authenticate`], which checks again after a barrier when the key is unknown here.
+///
+/// A valid key is charged one request against its rate limit (429 when over budget).
 pub fn authenticate_local(
-    ledger: &Ledger,
+    backend: &impl Backend,
     headers: &HeaderMap,
 ) -> Result<Option<ApiKeyRecord>, ApiError> {
+    let ledger = backend.ledger();
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -68,6 +70,11 @@ pub fn authenticate_local(
     if !matches || record.revoked {
         return Err(ApiError::unauthorized());
     }
+    tracing::Span::current().record("key_id", id);
+    if let Err(error) = backend.protection().charge_key(id) {
+        backend.http_metrics().rejected("rate_limited");
+        return Err(error);
+    }
     Ok(Some(record))
 }
 
@@ -79,10 +86,10 @@ pub async fn authenticate(
     backend: &impl Backend,
     headers: &HeaderMap,
 ) -> Result<Option<ApiKeyRecord>, ApiError> {
-    match authenticate_local(backend.ledger(), headers) {
+    match authenticate_local(backend, headers) {
         Err(error) if error.status == StatusCode::UNAUTHORIZED => {
             backend.linearize().await?;
-            authenticate_local(backend.ledger(), headers)
+            authenticate_local(backend, headers)
         }
         result => result,
     }

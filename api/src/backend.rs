@@ -128,4 +128,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Wall-clock milliseconds since the Unix epoch (a seam for tests).
     fn now_ms(&self) -> i64;
+
+    /// Rate limits, load shedding and the request timeout of this node.
+    fn protection(&self) -> &crate::protect::Protection;
+
+    /// The HTTP metrics this node's router records.
+    fn http_metrics(&self) -> &crate::metrics::HttpMetrics;
+
+    /// Every metric of this node in the Prometheus (OpenMetrics) text format.
+    fn render_metrics(&self) -> String;
 }

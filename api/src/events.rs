@@ -535,7 +535,7 @@ pub async fn agent_activity<B: Backend>(
         backend.linearize().await?;
     }
     // After the barrier: a key revoked before this read started is refused.
-    let key = auth::authenticate_local(backend.ledger(), &headers)?;
+    let key = auth::authenticate_local(backend.as_ref(), &headers)?;
     let ledger = backend.ledger();
     let agent = ledger
         .agent(&asn)?

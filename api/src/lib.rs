@@ -13,6 +13,8 @@ mod error;
 mod events;
 mod ledger;
 mod limits;
+pub mod metrics;
+pub mod protect;
 
 use std::sync::Arc;
 
@@ -52,6 +54,7 @@ pub fn proposal(command: raft_store::Command) -> raft_store::Proposal {
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
         .route("/livez", get(livez))
+        .route("/metrics", get(metrics_text::<B>))
         .route("/readyz", get(readyz::<B>))
         .route("/api/v1/node", get(node_status::<B>))
         .route("/api/v1/cluster", get(cluster_status::<B>))
@@ -92,7 +95,74 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/ledger/verify", post(ledger::verify_now::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside out: protection, then metrics (which see protection's answers too), then the
+        // request's span (request id, route, key id) and its id.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            protect::protect::<B>,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            metrics::track::<B>,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(access_log)
+                .on_failure(()),
+        )
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .with_state(backend)
+}
+
+/// The span every request runs in: its id (`x-request-id`, taken from the client or made
+/// here), method and path; `key_id` is filled in once an API key is authenticated. Secrets
+/// (the `Authorization` header, key secrets) are never recorded.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        key_id = tracing::field::Empty,
+    )
+}
+
+/// One access-log line per answered request, with target `access` (off unless `ledgerd
+/// --access-log`); answers 5xx are logged at warn.
+fn access_log(
+    response: &axum::http::Response<axum::body::Body>,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    let status = response.status().as_u16();
+    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    if response.status().is_server_error() {
+        tracing::warn!(target: "access", status, latency_us, "answered");
+    } else {
+        tracing::info!(target: "access", status, latency_us, "answered");
+    }
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus (OpenMetrics) text format.
+async fn metrics_text<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        backend.render_metrics(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

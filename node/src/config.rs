@@ -1,5 +1,7 @@
 //! `ledgerd`'s configuration: command-line flags, each also settable from the environment as
-//! `LEDGER_<FLAG>` (flags win). Units are in the names.
+//! `LEDGER_<FLAG>` and from a TOML file (`--config`), in that order of precedence: a flag wins
+//! over the environment, which wins over the file, which wins over the default. Units are in
+//! the names.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +15,12 @@ use clap::Parser;
     about = "One node of an asn-ledger cluster: Raft, peer gRPC and the HTTP API."
 )]
 pub struct Config {
+    /// A TOML file of options: keys are the long flag names without `--` (`http-addr` or
+    /// `http_addr`), values are strings, integers, booleans, or arrays for repeatable flags.
+    /// Flags and `LEDGER_*` variables win over the file. Unknown keys are an error.
+    #[arg(long, env = "LEDGER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// This node's id: a positive integer, unique in the cluster and never reused.
     #[arg(long, env = "LEDGER_ID")]
     pub id: u64,
@@ -94,9 +102,51 @@ pub struct Config {
     )]
     pub peer_routes: Vec<PeerRoute>,
 
-    /// Log format: `text` or `json`.
+    /// Log format: `text` or `json` (one JSON object per line). Filter with `LEDGER_LOG`
+    /// (tracing's `EnvFilter` syntax, e.g. `info,openraft=debug`).
     #[arg(long, env = "LEDGER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Log one line per HTTP request (target `access`: status, latency, request id, route,
+    /// key id — never the key itself).
+    #[arg(long, env = "LEDGER_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Sustained requests per second one API key may send to this node; 0 turns the limit off.
+    /// Over budget: 429 `RATE_LIMITED` with `Retry-After`. Budgets are per node.
+    #[arg(long, env = "LEDGER_RATE_LIMIT_KEY_RPS", default_value_t = 5_000)]
+    pub rate_limit_key_rps: u32,
+
+    /// Requests one API key may send at once above its sustained rate.
+    #[arg(long, env = "LEDGER_RATE_LIMIT_KEY_BURST", default_value_t = 10_000)]
+    pub rate_limit_key_burst: u32,
+
+    /// Sustained requests per second one client address may send without an API key (public
+    /// reads, the explorer); 0 turns the limit off.
+    #[arg(long, env = "LEDGER_RATE_LIMIT_ANONYMOUS_RPS", default_value_t = 1_000)]
+    pub rate_limit_anonymous_rps: u32,
+
+    /// Requests one client address may send at once without an API key above its rate.
+    #[arg(
+        long,
+        env = "LEDGER_RATE_LIMIT_ANONYMOUS_BURST",
+        default_value_t = 2_000
+    )]
+    pub rate_limit_anonymous_burst: u32,
+
+    /// HTTP requests this node serves at once; more are answered 503 `OVERLOADED` with
+    /// `Retry-After` at once (load shedding). `/livez`, `/readyz` and `/metrics` are exempt.
+    #[arg(
+        long,
+        env = "LEDGER_HTTP_REQUESTS_IN_FLIGHT_MAX",
+        default_value_t = 4_096
+    )]
+    pub http_requests_in_flight_max: usize,
+
+    /// Longest time an HTTP request may take, in milliseconds, before it is answered 503
+    /// `TIMEOUT`. Must exceed --write-deadline-ms.
+    #[arg(long, env = "LEDGER_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_request_timeout_ms: u64,
 }
 
 impl Config {
@@ -129,6 +179,21 @@ impl Config {
         {
             return Err("--write-queue-commands-max, --write-batches-in-flight-max and --batch-commands-max must be positive".into());
         }
+        if self.rate_limit_key_rps > 0 && self.rate_limit_key_burst == 0 {
+            return Err("--rate-limit-key-burst must be positive".into());
+        }
+        if self.rate_limit_anonymous_rps > 0 && self.rate_limit_anonymous_burst == 0 {
+            return Err("--rate-limit-anonymous-burst must be positive".into());
+        }
+        if self.http_requests_in_flight_max == 0 {
+            return Err("--http-requests-in-flight-max must be positive".into());
+        }
+        if self.http_request_timeout_ms <= self.write_deadline_ms {
+            return Err(format!(
+                "--http-request-timeout-ms ({}) must be larger than --write-deadline-ms ({}): a write waiting for a leader would be cut off",
+                self.http_request_timeout_ms, self.write_deadline_ms
+            ));
+        }
         if self.http_addr == self.grpc_addr {
             return Err(format!(
                 "--http-addr and --grpc-addr are both {}",
@@ -136,6 +201,130 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Parses the command line, the environment and the `--config` file (in that order of
+    /// precedence). The error is one line for the user.
+    pub fn load() -> Result<Self, String> {
+        Self::load_from(std::env::args_os().collect())
+    }
+
+    pub fn load_from(args: Vec<std::ffi::OsString>) -> Result<Self, String> {
+        use clap::CommandFactory;
+        use clap::FromArgMatches;
+        let clap_error = |e: clap::Error| -> String {
+            // --help and --version print and exit like every clap program.
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                e.exit();
+            }
+            let text = e.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            text.trim_end().replace('\n', " ")
+        };
+        let command = Self::command();
+        // The file's path: `--config PATH`, `--config=PATH`, else `LEDGER_CONFIG`.
+        let from_flag = args.iter().enumerate().find_map(|(i, arg)| {
+            let arg = arg.to_str()?;
+            if arg == "--config" {
+                args.get(i + 1).map(PathBuf::from)
+            } else {
+                arg.strip_prefix("--config=").map(PathBuf::from)
+            }
+        });
+        let Some(path) = from_flag.or_else(|| std::env::var_os("LEDGER_CONFIG").map(PathBuf::from))
+        else {
+            let matches = command.try_get_matches_from(&args).map_err(clap_error)?;
+            return Self::from_arg_matches(&matches).map_err(clap_error);
+        };
+        let path = &path;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: cannot read: {e}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            format!(
+                "--config {}: not valid TOML: {}",
+                path.display(),
+                e.message().trim()
+            )
+        })?;
+        let on_command_line = |long: &str| {
+            args.iter().skip(1).filter_map(|a| a.to_str()).any(|a| {
+                a.strip_prefix("--")
+                    .and_then(|a| a.strip_prefix(long))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            })
+        };
+        let mut extra = Vec::new();
+        for (key, value) in &table {
+            let id = key.replace('-', "_");
+            let Some(arg) = command
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id && a.get_long().is_some())
+            else {
+                return Err(format!(
+                    "--config {}: unknown option {key:?} (see ledgerd --help)",
+                    path.display()
+                ));
+            };
+            if id == "config" {
+                return Err(format!(
+                    "--config {}: a config file cannot name another config file",
+                    path.display()
+                ));
+            }
+            let long = arg.get_long().unwrap_or(key.as_str());
+            // A flag or a LEDGER_* variable wins over the file.
+            let in_environment = arg
+                .get_env()
+                .is_some_and(|name| std::env::var_os(name).is_some());
+            if in_environment || on_command_line(long) {
+                continue;
+            }
+            let values = match value {
+                toml::Value::Array(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            for value in values {
+                match value {
+                    toml::Value::Boolean(true) if !arg.get_action().takes_values() => {
+                        extra.push(format!("--{long}"));
+                    }
+                    toml::Value::Boolean(false) if !arg.get_action().takes_values() => {}
+                    toml::Value::String(text) => extra.push(format!("--{long}={text}")),
+                    toml::Value::Integer(number) => extra.push(format!("--{long}={number}")),
+                    toml::Value::Boolean(flag) => extra.push(format!("--{long}={flag}")),
+                    other => {
+                        return Err(format!(
+                            "--config {}: {key}: expected a string, integer or boolean, found {}",
+                            path.display(),
+                            other.type_str()
+                        ));
+                    }
+                }
+            }
+        }
+        let mut all = args;
+        all.extend(extra.into_iter().map(Into::into));
+        let matches = command
+            .try_get_matches_from(&all)
+            .map_err(|e| format!("--config {}: {}", path.display(), clap_error(e)))?;
+        Self::from_arg_matches(&matches).map_err(clap_error)
+    }
+
+    /// The protection budgets of the HTTP API.
+    pub fn budgets(&self) -> api::protect::Budgets {
+        api::protect::Budgets {
+            key_requests_per_s: self.rate_limit_key_rps,
+            key_burst_requests: self.rate_limit_key_burst,
+            anonymous_requests_per_s: self.rate_limit_anonymous_rps,
+            anonymous_burst_requests: self.rate_limit_anonymous_burst,
+            in_flight_max: self.http_requests_in_flight_max,
+            request_timeout: std::time::Duration::from_millis(self.http_request_timeout_ms),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod network;
 pub mod peer_server;
 pub mod service;
@@ -58,11 +59,12 @@ impl From<anyhow::Error> for RunError {
     }
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, access_log: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
-        )
+        tracing_subscriber::EnvFilter::new(format!(
+            "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn,access={}",
+            if access_log { "info" } else { "warn" }
+        ))
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -74,6 +76,19 @@ fn init_logging(format: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// Feeds every fsync of the store to `observe` (the fsync latency histogram).
+fn observe_fsyncs(
+    log_store: &raft_store::LogStore,
+    observe: impl Fn(Duration) + Send + Sync + 'static,
+) -> bool {
+    log_store
+        .durability()
+        .stats()
+        .observer
+        .set(Box::new(observe))
+        .is_ok()
 }
 
 fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
@@ -123,7 +138,7 @@ fn open_store(
 }
 
 pub async fn run(config: Config) -> Result<(), RunError> {
-    init_logging(&config.log_format);
+    init_logging(&config.log_format, config.access_log);
     let http_listener = bind(config.http_addr, "--http-addr")?;
     let grpc_listener = bind(config.grpc_addr, "--grpc-addr")?;
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
@@ -232,6 +247,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             batch_commands_max: config.batch_commands_max,
         },
     );
+    let fsync_seconds =
+        prometheus_client::metrics::histogram::Histogram::new(metrics::fsync_buckets());
+    {
+        let fsync_seconds = fsync_seconds.clone();
+        let _ = observe_fsyncs(&log_store, move |elapsed| {
+            fsync_seconds.observe(elapsed.as_secs_f64());
+        });
+    }
+    let metrics = metrics::NodeMetrics::new(
+        data_dir.store_dir(),
+        fsync_seconds,
+        writer.stats.batch_commands.clone(),
+    );
     let service = Arc::new(LedgerService {
         raft: raft.clone(),
         ledger,
@@ -243,7 +271,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         signing_key: node_key.clone(),
         self_node: self_node.clone(),
         deadline,
+        metrics,
+        protection: api::protect::Protection::new(config.budgets()),
     });
+    service.metrics.attach(&service);
 
     if identity.bootstrapped {
         tokio::spawn(record_cluster(
@@ -291,7 +322,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 tracing::warn!(%error, "cannot set TCP_NODELAY");
             }
         });
-    let http = axum::serve(http_listener, api::router(Arc::clone(&service)));
+    // The client's address reaches the API (rate limits for requests without a key).
+    let http = axum::serve(
+        http_listener,
+        api::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
+    );
     tracing::info!(id = config.id, http = %config.http_addr, grpc = %config.grpc_addr, "ledgerd serving");
 
     let mut metrics = raft.metrics();

@@ -1,15 +1,19 @@
 //! `ledgerd`: parses the configuration, runs the node, and turns any start-up failure into one
 //! line on stderr and exit code 2.
 
-use clap::Parser;
-
 /// sled copies tree nodes on write, so the write path allocates and frees a lot; mimalloc cut
 /// the CPU spent in glibc's malloc (half of the leader's profile under batch load).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let config = node::config::Config::parse();
+    let config = match node::config::Config::load() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("ledgerd: error: {message}");
+            std::process::exit(2);
+        }
+    };
     if let Err(message) = config.validate() {
         eprintln!("ledgerd: error: {message}");
         std::process::exit(2);

@@ -53,6 +53,8 @@ pub struct LedgerService {
     pub self_node: LedgerNode,
     /// How long writes, reads and membership calls may wait for a leader.
     pub deadline: Duration,
+    pub metrics: crate::metrics::NodeMetrics,
+    pub protection: api::protect::Protection,
 }
 
 pub fn role_name(state: ServerState) -> &'static str {
@@ -465,6 +467,18 @@ fn client_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, LedgerNo
 }
 
 impl api::Backend for LedgerService {
+    fn protection(&self) -> &api::protect::Protection {
+        &self.protection
+    }
+
+    fn http_metrics(&self) -> &api::metrics::HttpMetrics {
+        &self.metrics.http
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
     async fn submit(&self, proposal: raft_store::Proposal) -> Result<CommandResult, ApiError> {
         self.writer.submit(proposal).await
     }

@@ -232,10 +232,23 @@ struct Queued {
 }
 
 /// Statistics of group commit, for metrics.
-#[derive(Default)]
 pub struct WriterStats {
     pub batches_total: std::sync::atomic::AtomicU64,
     pub commands_total: std::sync::atomic::AtomicU64,
+    /// Commands per batch (one Raft entry), for `/metrics`.
+    pub batch_commands: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            batches_total: Default::default(),
+            commands_total: Default::default(),
+            batch_commands: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::batch_buckets(),
+            ),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -267,6 +280,11 @@ impl Writer {
             queue_max: limits.queue_commands_max,
             stats,
         }
+    }
+
+    /// Batches waiting in this node's queue now.
+    pub fn queued(&self) -> usize {
+        self.queue_max.saturating_sub(self.queue.capacity())
     }
 
     pub async fn submit(&self, command: Proposal) -> Result<CommandResult, ApiError> {
@@ -342,6 +360,8 @@ async fn run(
             commands_in_batch as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
+        stats.batch_commands.observe(commands_in_batch as f64);
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -25,6 +25,20 @@ pub struct Durability {
 pub struct SyncStats {
     pub syncs_total: AtomicU64,
     pub sync_micros_total: AtomicU64,
+    /// Called with the duration of every durable sync (sled flush + `fdatasync`), e.g. to feed
+    /// a latency histogram. Set once, by the node, after opening the store.
+    pub observer: std::sync::OnceLock<Box<dyn Fn(std::time::Duration) + Send + Sync>>,
+}
+
+impl SyncStats {
+    fn record(&self, elapsed: std::time::Duration) {
+        self.syncs_total.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
+        if let Some(observe) = self.observer.get() {
+            observe(elapsed);
+        }
+    }
 }
 
 impl Durability {
@@ -49,19 +63,16 @@ impl Durability {
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(io::Error::other)??;
-        self.stats.syncs_total.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats
-            .sync_micros_total
-            .fetch_add(micros, Ordering::Relaxed);
+        self.stats.record(started.elapsed());
         Ok(())
     }
 
-    /// [`Durability::sync`] for start-up, outside the async runtime's worker threads.
+    /// [`Durability::sync`] outside the async runtime (start-up, the log-sync thread).
     pub fn sync_blocking(&self) -> io::Result<()> {
+        let started = std::time::Instant::now();
         self.db.flush().map_err(io::Error::other)?;
         self.data_file.sync_data()?;
-        self.stats.syncs_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.record(started.elapsed());
         Ok(())
     }
 

@@ -1,0 +1,259 @@
+//! This node's Prometheus metrics, served by the API at `GET /metrics` (docs/OPERATIONS.md lists
+//! them). Counters and histograms are updated where things happen (fsyncs in raft-store's
+//! durability observer, group-commit batches in the writer, HTTP requests in the api
+//! middleware); Raft and ledger state is read at scrape time by [`StateCollector`].
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::Weak;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::EncodeMetric;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::registry::Registry;
+use prometheus_client::registry::Unit;
+
+use crate::service::LedgerService;
+
+/// fsync latency buckets, in seconds (50 µs to about 1.6 s).
+pub fn fsync_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 16)
+}
+
+/// Group-commit batch size buckets, in commands per Raft entry (1 to 4096).
+pub fn batch_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1.0, 2.0, 13)
+}
+
+pub struct NodeMetrics {
+    registry: Registry,
+    pub http: api::metrics::HttpMetrics,
+    state: Arc<StateCollector>,
+}
+
+impl NodeMetrics {
+    /// Registers every metric; `fsync_seconds` and `batch_commands` are fed by the store and
+    /// the writer.
+    pub fn new(store_dir: PathBuf, fsync_seconds: Histogram, batch_commands: Histogram) -> Self {
+        let mut registry = Registry::default();
+        registry.register_with_unit(
+            "ledger_fsync_duration",
+            "Durable syncs of the store (sled flush + fdatasync): count and latency",
+            Unit::Seconds,
+            fsync_seconds,
+        );
+        registry.register(
+            "ledger_group_commit_batch_commands",
+            "Commands per group-commit batch (one Raft entry) proposed by this node",
+            batch_commands,
+        );
+        let http = api::metrics::HttpMetrics::default();
+        http.register(&mut registry);
+        let state = Arc::new(StateCollector {
+            service: OnceLock::new(),
+            store_dir,
+        });
+        registry.register_collector(Box::new(Arc::clone(&state)));
+        Self {
+            registry,
+            http,
+            state,
+        }
+    }
+
+    /// Gives the scrape-time collector the service it reads (once, after it is built).
+    pub fn attach(&self, service: &Arc<LedgerService>) {
+        let _ = self.state.service.set(Arc::downgrade(service));
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "cannot encode the metrics");
+        }
+        text
+    }
+}
+
+/// Reads Raft and ledger state at scrape time.
+pub struct StateCollector {
+    service: OnceLock<Weak<LedgerService>>,
+    store_dir: PathBuf,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector")
+            .field("store_dir", &self.store_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of every file under `dir` (sled's files and the snapshots); unreadable entries count 0.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+fn index(value: Option<u64>) -> i64 {
+    value.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(service) = self.service.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let status = service.local_status();
+        let (replication, quorum_ack_ms) = {
+            let metrics = service.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.replication.clone(), metrics.millis_since_quorum_ack)
+        };
+        let e = &mut encoder;
+        gauge(
+            e,
+            "ledger_raft_term",
+            "Current Raft term",
+            None,
+            index(Some(status.term)),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_leader_id",
+            "Id of the leader this node knows (0: none)",
+            None,
+            index(status.leader_id),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_is_leader",
+            "1 if this node is the leader",
+            None,
+            i64::from(status.role == "leader"),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_last_log_index",
+            "Index of this node's last Raft log entry",
+            None,
+            index(status.last_log_index),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_committed_index",
+            "Highest Raft log index this node knows is committed",
+            None,
+            index(status.committed_index),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_applied_index",
+            "Highest Raft log index applied to this node's state machine",
+            None,
+            index(status.applied_index),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_snapshot_index",
+            "Raft log index of this node's latest snapshot",
+            None,
+            index(status.snapshot_index),
+        )?;
+        gauge(
+            e,
+            "ledger_raft_voters",
+            "Voters in the membership this node knows",
+            None,
+            i64::try_from(status.voters.len()).unwrap_or(i64::MAX),
+        )?;
+        if let Some(ms) = quorum_ack_ms {
+            gauge(
+                e,
+                "ledger_raft_quorum_ack_age",
+                "On the leader: time since a quorum last acknowledged it",
+                Some(&Unit::Seconds),
+                i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+            )?;
+        }
+        if let Some(replication) = replication {
+            let last = status.last_log_index.unwrap_or(0);
+            let family = e.encode_descriptor(
+                "ledger_raft_replication_lag_entries",
+                "On the leader: log entries each follower or learner is behind the leader",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            let mut family = family;
+            for (follower, matched) in replication {
+                if follower == status.id {
+                    continue;
+                }
+                let lag = last.saturating_sub(matched.map_or(0, |log_id| log_id.index));
+                let labels = [("follower", follower.to_string())];
+                ConstGauge::new(index(Some(lag))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let head = service.ledger.head().unwrap_or_default();
+        let events = ConstCounter::new(head.size);
+        let metric_encoder = e.encode_descriptor(
+            "ledger_events",
+            "Events in the ledger as this node has applied it",
+            None,
+            events.metric_type(),
+        )?;
+        events.encode(metric_encoder)?;
+        if head.size > 0 {
+            let age_ms = crate::writer::now_ms().saturating_sub(head.last_created_at_ms);
+            gauge(
+                e,
+                "ledger_checkpoint_age",
+                "Age of the newest checkpoint this node can sign (the time of its last event)",
+                Some(&Unit::Seconds),
+                age_ms.max(0) / 1000,
+            )?;
+        }
+        gauge(
+            e,
+            "ledger_store_size",
+            "Bytes on disk of this node's store (sled files and snapshots)",
+            Some(&Unit::Bytes),
+            i64::try_from(dir_bytes(&self.store_dir)).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "ledger_write_queue_commands",
+            "Writes queued on this node for group commit",
+            None,
+            i64::try_from(service.writer.queued()).unwrap_or(i64::MAX),
+        )?;
+        Ok(())
+    }
+}
