@@ -352,3 +352,42 @@ impl std::str::FromStr for PeerRoute {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, String> {
+        Config::load_from(args.iter().map(Into::into).collect())
+    }
+
+    /// The example shipped in deploy/ is valid and complete.
+    #[test]
+    fn the_example_config_file_loads() {
+        let config = load(&["ledgerd", "--config", "../deploy/ledgerd.toml"]).expect("loads");
+        config.validate().expect("valid");
+        assert_eq!(config.id, 1);
+        assert_eq!(config.log_format, "json");
+        assert_eq!(config.http_addr, "10.0.0.11:8080".parse().expect("addr"));
+        // A flag wins over the file.
+        let config =
+            load(&["ledgerd", "--config", "../deploy/ledgerd.toml", "--id=7"]).expect("loads");
+        assert_eq!(config.id, 7);
+    }
+
+    #[test]
+    fn timeouts_must_exceed_the_write_deadline() {
+        let config = load(&[
+            "ledgerd",
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--http-request-timeout-ms",
+            "10000",
+        ])
+        .expect("parses");
+        let error = config.validate().expect_err("invalid");
+        assert!(error.contains("--http-request-timeout-ms"), "{error}");
+    }
+}
