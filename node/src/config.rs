@@ -48,6 +48,14 @@ pub struct Config {
     #[arg(long, env = "LEDGER_JOIN")]
     pub join: Option<String>,
 
+    /// Disaster recovery after losing a majority for good (docs/OPERATIONS.md): on this
+    /// stopped node's store, make this node the only voter, then exit. Start it normally
+    /// afterwards; it elects itself and takes writes again, and new nodes join under new ids.
+    /// Events committed by the lost nodes but never received by this one are lost: recover
+    /// the node with the longest log. Never use it while a majority may still be alive.
+    #[arg(long)]
+    pub force_single_voter: bool,
+
     /// Raft heartbeat interval, in milliseconds.
     #[arg(long, env = "LEDGER_HEARTBEAT_MS", default_value_t = 250)]
     pub heartbeat_ms: u64,

@@ -78,6 +78,35 @@ fn init_logging(format: &str, access_log: bool) {
     };
 }
 
+/// `--force-single-voter`: rewrites this stopped node's membership to itself alone, then exits.
+async fn force_single_voter(config: &Config) -> Result<(), RunError> {
+    use openraft::storage::RaftStateMachine;
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let identity = data_dir.identity(config.id)?;
+    if identity.cluster_id.is_none() {
+        return Err(RunError::Startup(anyhow!(
+            "--force-single-voter: {} holds no cluster (this node never joined one)",
+            config.data_dir.display()
+        )));
+    }
+    let (mut log_store, mut state_machine) = open_store(&data_dir.store_dir())?;
+    let (_, applied) = state_machine
+        .applied_state()
+        .await
+        .map_err(|e| anyhow!("--force-single-voter: cannot read the applied membership: {e}"))?;
+    let forced = log_store
+        .force_single_voter(config.id, &applied)
+        .await
+        .map_err(|e| anyhow!("--force-single-voter: {e}"))?;
+    let message = format!(
+        "ledgerd: node {} is now the only voter (was: {:?}) from log index {} in term {}; start it normally, then add new nodes under new ids",
+        config.id, forced.previous_voters, forced.index, forced.term
+    );
+    tracing::warn!("{message}");
+    eprintln!("{message}");
+    Ok(())
+}
+
 /// Feeds every fsync of the store to `observe` (the fsync latency histogram).
 fn observe_fsyncs(
     log_store: &raft_store::LogStore,
@@ -139,6 +168,9 @@ fn open_store(
 
 pub async fn run(config: Config) -> Result<(), RunError> {
     init_logging(&config.log_format, config.access_log);
+    if config.force_single_voter {
+        return force_single_voter(&config).await;
+    }
     let http_listener = bind(config.http_addr, "--http-addr")?;
     let grpc_listener = bind(config.grpc_addr, "--grpc-addr")?;
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);

@@ -26,6 +26,7 @@ pub use ledger::ActivityPage;
 pub use ledger::ActivityQuery;
 pub use ledger::Ledger;
 pub use ledger::ProofFailure;
+pub use log_store::ForcedMembership;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use types::*;

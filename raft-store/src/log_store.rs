@@ -36,7 +36,9 @@ use crate::durability::Durability;
 use crate::mark::{Mark, MarkValue};
 use crate::types::Entry;
 use crate::types::LogId;
+use crate::types::NodeId;
 use crate::types::StorageError;
+use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -146,6 +148,14 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
+/// What [`LogStore::force_single_voter`] did.
+#[derive(Debug, Clone)]
+pub struct ForcedMembership {
+    pub previous_voters: Vec<NodeId>,
+    pub term: u64,
+    pub index: u64,
+}
+
 impl LogStore {
     /// Opens the log trees of `db` and checks them against the durable mark in `dir`.
     pub(crate) fn new(
@@ -226,6 +236,70 @@ impl LogStore {
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
         self.meta_get(KEY_LAST_PURGED)
+    }
+
+    /// Disaster recovery after the loss of a majority (`ledgerd --force-single-voter`): appends,
+    /// durably, a membership entry that makes `node` the only voter, in a term above every term
+    /// this store has seen, and votes for it in that term. Started afterwards, the node elects
+    /// itself, commits everything in its log and carries on alone; new nodes are then added
+    /// under new ids. Entries that a lost majority committed but this node never received are
+    /// gone: recover the node with the longest log (the old leader, if it survived).
+    ///
+    /// Only on a stopped node's store: openraft must not be running on it.
+    pub async fn force_single_voter(
+        &mut self,
+        node: NodeId,
+        applied_membership: &StoredMembership,
+    ) -> Result<ForcedMembership, crate::StoreError> {
+        let io = |e: StorageError| crate::StoreError::Io(io::Error::other(e.to_string()));
+        let state = self.get_log_state().await.map_err(io)?;
+        let last_log_id = state.last_log_id.ok_or_else(|| {
+            crate::StoreError::Io(io::Error::other(
+                "the log is empty: this node never joined a cluster, nothing to recover",
+            ))
+        })?;
+        let vote = self.read_vote().await.map_err(io)?;
+        // The newest membership: the last membership entry of the log, else the applied one.
+        let mut membership = applied_membership.membership().clone();
+        for item in self.log.iter().rev() {
+            let (_, value) = item.map_err(crate::StoreError::Sled)?;
+            let entry: Entry = codec::decode(&value, "log entry")?;
+            if let openraft::EntryPayload::Membership(found) = entry.payload {
+                membership = found;
+                break;
+            }
+        }
+        let self_node = membership.get_node(&node).cloned().ok_or_else(|| {
+            crate::StoreError::Io(io::Error::other(format!(
+                "node {node} is not in the cluster's last membership; recover a node that is"
+            )))
+        })?;
+        let previous_voters: Vec<NodeId> = membership.voter_ids().collect();
+        let term = vote
+            .map_or(0, |vote| vote.leader_id.term)
+            .max(last_log_id.leader_id.term)
+            + 1;
+        let index = last_log_id.index + 1;
+        let forced = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([node])],
+            std::collections::BTreeMap::from([(node, self_node)]),
+        );
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, node), index),
+            payload: openraft::EntryPayload::Membership(forced),
+        };
+        self.log
+            .insert(codec::u64_key(index), codec::encode(&entry))
+            .map_err(crate::StoreError::Sled)?;
+        self.save_vote(&Vote::new(term, node)).await.map_err(io)?;
+        // The vote's barrier made the entry durable too.
+        self.mark.log_durable(index);
+        self.mark.flush()?;
+        Ok(ForcedMembership {
+            previous_voters,
+            term,
+            index,
+        })
     }
 
     /// The index of the last entry present, for tests and metrics.
