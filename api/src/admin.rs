@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::extract::Path;
 use axum::Json;
-use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -448,7 +448,7 @@ pub async fn get_agent<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
     Path(asn): Path<String>,
-    axum::extract::Query(params): axum::extract::Query<AgentParams>,
+    crate::extract::Query(params): crate::extract::Query<AgentParams>,
 ) -> Result<Response, ApiError> {
     validate_asn(&asn, "asn")?;
     if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {

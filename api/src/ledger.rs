@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::extract::Path;
+use crate::extract::Query;
 use axum::Json;
-use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::Response;

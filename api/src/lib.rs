@@ -11,15 +11,16 @@ mod auth;
 mod backend;
 mod error;
 mod events;
+mod extract;
 mod ledger;
 mod limits;
 pub mod openapi;
 
 use std::sync::Arc;
 
+use crate::extract::Path;
 use axum::Json;
 use axum::Router;
-use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

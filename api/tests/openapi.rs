@@ -377,3 +377,37 @@ async fn the_document_is_served_and_carries_the_limits_and_the_security_scheme()
         }
     }
 }
+
+/// Found by schemathesis: a repeated query parameter got axum's text/plain 400.
+#[tokio::test]
+async fn a_malformed_query_string_gets_the_json_error() {
+    let router = probe_router();
+    for uri in [
+        "/api/v1/ledger/events?limit=1&limit=2",
+        "/api/v1/ledger/head?consistency=local&consistency=local",
+        "/api/v1/agents/ASN-2026-0384-7721-T/activity?per_page=1&per_page=1",
+    ] {
+        let request = Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{uri}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["error"]["code"], "VALIDATION_ERROR", "{uri}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("duplicate field")),
+            "{json}"
+        );
+    }
+}
