@@ -8,13 +8,14 @@
 #
 # Environment: SCHEMATHESIS_MAX_EXAMPLES (default 60 per operation and phase),
 # SCHEMATHESIS_SEED (default 1, reproducible), CARGO_TARGET_DIR, SCHEMATHESIS_VENV (where the
-# pinned schemathesis is installed once and reused; default $CARGO_TARGET_DIR/schemathesis-venv).
+# pinned schemathesis is installed once and reused by later runs and clones; default
+# ~/.cache/asn-ledger/schemathesis-<version>).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-VENV="${SCHEMATHESIS_VENV:-$TARGET_DIR/schemathesis-venv}"
+TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
+VENV="$(realpath -m "${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/asn-ledger/schemathesis-$SCHEMATHESIS_VERSION}")"
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-60}"
 SEED="${SCHEMATHESIS_SEED:-1}"
 say() { echo "schemathesis.sh: $*" >&2; }
@@ -96,12 +97,13 @@ values = ["$OP"]
 EOF
 
 CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
+# Run from the scratch directory: schemathesis keeps a cache (.schemathesis/) where it runs.
 run() {
-	"$VENV/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$BASE/api/v1/openapi.json" \
+	(cd "$work" && "$VENV/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$BASE/api/v1/openapi.json" \
 		--checks "$CHECKS" --max-examples "$MAX_EXAMPLES" --seed "$SEED" \
 		--phases examples,coverage,fuzzing --workers 1 --request-timeout 20 \
-		--no-color --report junit --report-dir "$TARGET_DIR/schemathesis-report" --report-junit-path "$1.xml" \
-		"${@:2}"
+		--no-color --report junit --report-dir "$TARGET_DIR/schemathesis-report" --report-junit-path "$TARGET_DIR/schemathesis-report/$1.xml" \
+		"${@:2}")
 }
 
 status=0
