@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
-VENV="$(realpath -m "${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/asn-ledger/schemathesis-$SCHEMATHESIS_VERSION}")"
+VENV="$(realpath -m "${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/asn-ledger/schemathesis-$SCHEMATHESIS_VERSION}")"
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-60}"
 SEED="${SCHEMATHESIS_SEED:-1}"
 say() { echo "schemathesis.sh: $*" >&2; }
