@@ -151,7 +151,8 @@ pub struct EventView<'a> {
 }
 
 /// One event to report. Unknown fields are refused.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ReportEvent {
     #[schema(schema_with = crate::openapi::asn_schema)]
@@ -167,7 +168,8 @@ pub struct ReportEvent {
 }
 
 /// A batch of events, recorded all together or not at all. Unknown fields are refused.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ReportBatch {
     #[schema(schema_with = crate::openapi::batch_events_schema)]

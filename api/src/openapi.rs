@@ -91,9 +91,13 @@ pub fn asn_schema() -> Object {
         .build()
 }
 
+/// No control characters (Unicode category Cc, as Rust's `char::is_control`).
+pub const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 /// `event_type`: 1 to `EVENT_TYPE_CHARS_MAX` characters, no control characters.
 pub fn event_type_schema() -> Object {
     string(1, EVENT_TYPE_CHARS_MAX)
+        .pattern(Some(NO_CONTROL_PATTERN))
         .description(Some(format!(
             "1 to {EVENT_TYPE_CHARS_MAX} characters, no control characters."
         )))
@@ -104,6 +108,7 @@ pub fn event_type_schema() -> Object {
 /// Operator, agent and key names: 1 to `NAME_CHARS_MAX` characters, not blank.
 pub fn name_schema() -> Object {
     string(1, NAME_CHARS_MAX)
+        .pattern(Some(NO_CONTROL_PATTERN))
         .description(Some(format!(
             "1 to {NAME_CHARS_MAX} characters, not only white space, no control characters."
         )))
