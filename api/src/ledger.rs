@@ -24,9 +24,10 @@ use crate::events::origin;
 use crate::events::parse_consistency;
 use crate::events::rfc3339_ms;
 
-fn proof_error(error: ProofFailure) -> ApiError {
+/// A proof that cannot be made for these sizes: 400, naming the field at fault.
+fn proof_error(error: ProofFailure, field: &str) -> ApiError {
     match error {
-        ProofFailure::Range(message) => ApiError::validation(message),
+        ProofFailure::Range(message) => ApiError::validation(format!("{field}: {message}")),
         ProofFailure::Store(error) => ApiError::from(error),
     }
 }
@@ -194,7 +195,7 @@ pub async fn checkpoint<B: Backend>(
 pub struct ProofParams {
     /// Prove inclusion in the tree of this size (at least `seq`, at most this node's size);
     /// without it, in this node's whole tree, with its signed checkpoint.
-    #[param(schema_with = crate::openapi::size_schema)]
+    #[param(schema_with = crate::openapi::positive_schema)]
     tree_size: Option<String>,
     #[param(schema_with = crate::openapi::consistency_schema)]
     consistency: Option<String>,
@@ -287,7 +288,9 @@ pub async fn inclusion<B: Backend>(
             (checkpoint.size, Some(note))
         }
     };
-    let hashes = ledger.inclusion_proof(seq, size).map_err(proof_error)?;
+    let hashes = ledger
+        .inclusion_proof(seq, size)
+        .map_err(|e| proof_error(e, "tree_size"))?;
     let proof = verifier::proof::InclusionProof {
         leaf_index: seq - 1,
         tree_size: size,
@@ -347,8 +350,8 @@ pub async fn verify_now<B: Backend>(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConsistencyParams {
-    /// The older tree size.
-    #[param(schema_with = crate::openapi::size_schema, required = true)]
+    /// The older tree size (at least 1, at most `to`).
+    #[param(schema_with = crate::openapi::positive_schema, required = true)]
     from: Option<String>,
     /// The newer tree size (default: this node's size).
     #[param(schema_with = crate::openapi::size_schema)]
@@ -385,7 +388,9 @@ pub async fn consistency<B: Backend>(
             head.size
         )));
     }
-    let hashes = ledger.consistency_proof(from, to).map_err(proof_error)?;
+    let hashes = ledger
+        .consistency_proof(from, to)
+        .map_err(|e| proof_error(e, "from"))?;
     let proof = verifier::proof::ConsistencyProof { from, to, hashes };
     Ok(Json(proof.to_json_value()).into_response())
 }

@@ -411,3 +411,27 @@ async fn a_malformed_query_string_gets_the_json_error() {
         );
     }
 }
+
+/// Found by schemathesis (with `--checks all`): a proof asked for impossible sizes got a 400
+/// whose message named no field ("leaf index 0 is not below tree size 0").
+#[tokio::test]
+async fn a_proof_for_impossible_sizes_names_the_field() {
+    let router = probe_router();
+    let request = Request::builder()
+        .uri("/api/v1/ledger/consistency?from=0&consistency=local")
+        .body(Body::empty())
+        .expect("request");
+    let response = router.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(json["error"]["code"], "VALIDATION_ERROR");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("from: ")),
+        "{json}"
+    );
+}
