@@ -28,9 +28,14 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATH
 	"$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-# 2. ledgerd (debug: the build CI already made for the tests).
-cargo build --quiet --locked -p node
+# 2. ledgerd (debug): the one `cargo test --workspace` built, if no source is newer; else a
+#    build (`cargo build -p node` after `cargo test --workspace` may resolve other features and
+#    rebuild much of the tree, so it is avoided when the binary is fresh).
 BIN="$TARGET_DIR/debug/ledgerd"
+if [[ ! -x "$BIN" ]] || [[ -n "$(find node api raft-store proto verifier Cargo.lock -newer "$BIN" -print -quit)" ]]; then
+	say "building ledgerd (debug)"
+	cargo build --quiet --locked -p node
+fi
 
 # 3. A fresh single-node cluster on free loopback ports.
 work="$(mktemp -d)"

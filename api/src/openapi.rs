@@ -208,6 +208,38 @@ pub fn hash_schema() -> Object {
         .build()
 }
 
+/// `Idempotency-Key`: 1 to `IDEMPOTENCY_KEY_BYTES_MAX` bytes of visible ASCII.
+pub fn idempotency_key_schema() -> Object {
+    string(1, IDEMPOTENCY_KEY_BYTES_MAX)
+        .pattern(Some("^[\\x20-\\x7e]*$"))
+        .build()
+}
+
+pub fn permissions_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["activity:report", "write", "read", "admin"])),
+        )
+        .min_items(Some(1))
+        .build()
+}
+
+pub fn agent_status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["active", "deactivated"]))
+        .build()
+}
+
+pub fn node_key_status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["active", "retired"]))
+        .build()
+}
+
 /// The API's own rate-limit, load-shedding and timeout answers, plus 503 when no leader is
 /// known: any route can give them.
 struct CommonAnswers;
@@ -364,45 +396,9 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     responses((status = 200, description = "This OpenAPI document.", content_type = "application/json", body = Object)),
 )]
 pub async fn openapi_json() -> Response {
-    static BODY: OnceLock<String> = OnceLock::new();
-    let body = BODY.get_or_init(|| match document().to_json() {
-        Ok(text) => text,
-        Err(error) => format!(
-            "{{\"error\":{{\"code\":\"INTERNAL\",\"message\":\"openapi: {}\"}}}}",
-            error.to_string().replace('"', "'")
-        ),
-    });
-    ([(header::CONTENT_TYPE, "application/json")], body.as_str()).into_response()
-}
-
-/// `Idempotency-Key`: 1 to `IDEMPOTENCY_KEY_BYTES_MAX` bytes of visible ASCII.
-pub fn idempotency_key_schema() -> Object {
-    string(1, IDEMPOTENCY_KEY_BYTES_MAX)
-        .pattern(Some("^[\\x20-\\x7e]*$"))
-        .build()
-}
-
-pub fn permissions_schema() -> utoipa::openapi::schema::Array {
-    utoipa::openapi::schema::ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["activity:report", "write", "read", "admin"])),
-        )
-        .min_items(Some(1))
-        .build()
-}
-
-pub fn agent_status_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(["active", "deactivated"]))
-        .build()
-}
-
-pub fn node_key_status_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(["active", "retired"]))
-        .build()
+    static BODY: OnceLock<Result<String, String>> = OnceLock::new();
+    match BODY.get_or_init(|| document().to_json().map_err(|e| e.to_string())) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body.as_str()).into_response(),
+        Err(error) => crate::ApiError::internal(format!("openapi: {error}")).into_response(),
+    }
 }
