@@ -241,7 +241,7 @@ pub fn node_key_status_schema() -> Object {
 }
 
 /// The API's own rate-limit, load-shedding and timeout answers, plus 503 when no leader is
-/// known: any route can give them.
+/// known: any route can give them. Also the security scheme and the body limit.
 struct CommonAnswers;
 
 impl Modify for CommonAnswers {
@@ -288,6 +288,12 @@ impl Modify for CommonAnswers {
         );
         for item in openapi.paths.paths.values_mut() {
             for operation in operations(item) {
+                if let Some(RefOr::T(body)) = operation.request_body.as_mut() {
+                    body.description = Some(format!(
+                        "JSON, at most {REQUEST_BODY_BYTES_MAX} bytes (REQUEST_BODY_BYTES_MAX); \
+                         a larger body gets 413. The Content-Type is not checked."
+                    ));
+                }
                 let responses = &mut operation.responses.responses;
                 responses
                     .entry("429".to_owned())

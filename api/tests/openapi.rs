@@ -364,6 +364,13 @@ async fn the_document_is_served_and_carries_the_limits_and_the_security_scheme()
         schemas["CreateOperator"]["properties"]["name"]["maxLength"],
         api::NAME_CHARS_MAX
     );
+    let body_limit = doc["paths"]["/api/v1/activity/report"]["post"]["requestBody"]["description"]
+        .as_str()
+        .expect("request body description");
+    assert!(
+        body_limit.contains(&api::REQUEST_BODY_BYTES_MAX.to_string()),
+        "{body_limit}"
+    );
     // 429 and 503 on every operation, with Retry-After.
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("item") {
