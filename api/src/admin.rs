@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::extract::Path;
 use axum::Json;
-use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -58,10 +58,13 @@ fn unexpected(result: &CommandResult) -> ApiError {
     ApiError::internal(format!("unexpected command result: {result:?}"))
 }
 
-#[derive(Serialize)]
+/// An operator: an organisation that owns agents and API keys.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Operator)]
 struct OperatorView {
     id: String,
     name: String,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -75,13 +78,29 @@ impl From<&OperatorRecord> for OperatorView {
     }
 }
 
-#[derive(Deserialize)]
+/// Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperator {
+    #[schema(schema_with = crate::openapi::name_schema)]
     name: String,
 }
 
 /// `POST /api/v1/operators` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/operators",
+    tag = "admin",
+    security(("api_key" = [])),
+    request_body = CreateOperator,
+    responses(
+        (status = 201, description = "Created.", body = OperatorView),
+        (status = 400, description = "VALIDATION_ERROR: the body or a field is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is larger than REQUEST_BODY_BYTES_MAX.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_operator<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -107,6 +126,19 @@ pub async fn create_operator<B: Backend>(
 }
 
 /// `GET /api/v1/operators/{id}` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/operators/{id}",
+    tag = "admin",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The operator id.")),
+    responses(
+        (status = 200, description = "The operator.", body = OperatorView),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such operator.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn get_operator<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -124,15 +156,21 @@ pub async fn get_operator<B: Backend>(
     Ok(Json(OperatorView::from(&operator)).into_response())
 }
 
-#[derive(Serialize)]
+/// An API key, without its secret (but for the answer that creates it).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ApiKey)]
 struct KeyView {
+    /// The key id: 16 hex characters, the part of the key after `asn_live_`.
     id: String,
-    /// The secret, present only in the answer that creates the key.
+    /// The whole key (the secret), present only in the answer that creates the key.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     key: Option<String>,
     operator_id: Option<String>,
     name: String,
+    #[schema(schema_with = crate::openapi::permissions_schema)]
     permissions: Vec<&'static str>,
+    #[schema(format = DateTime)]
     created_at: String,
     revoked: bool,
 }
@@ -151,15 +189,35 @@ impl KeyView {
     }
 }
 
-#[derive(Deserialize)]
+/// Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// The operator the key acts for; required unless the key has the admin permission.
+    #[schema(required = false)]
     operator_id: Option<String>,
+    #[schema(schema_with = crate::openapi::name_schema)]
     name: String,
+    #[schema(schema_with = crate::openapi::permissions_schema)]
     permissions: Vec<String>,
 }
 
 /// `POST /api/v1/keys` (admin): the secret is generated here, shown once, stored as a hash.
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = "admin",
+    security(("api_key" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created; `key` holds the secret, shown only here.", body = KeyView),
+        (status = 400, description = "VALIDATION_ERROR: the body or a field is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such operator.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is larger than REQUEST_BODY_BYTES_MAX.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_key<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -218,6 +276,19 @@ pub async fn create_key<B: Backend>(
 }
 
 /// `DELETE /api/v1/keys/{id}` (admin): revokes the key. Revoking twice is harmless.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{id}",
+    tag = "admin",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The key id (16 hex characters).")),
+    responses(
+        (status = 200, description = "Revoked.", body = KeyView),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such key.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn revoke_key<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -238,15 +309,23 @@ pub async fn revoke_key<B: Backend>(
     }
 }
 
-#[derive(Serialize)]
+/// An agent.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Agent)]
 pub struct AgentView {
+    #[schema(pattern = "^ASN-[0-9]{4}-[0-9]{4}-[0-9]{4}-[A-Z]$")]
     asn: String,
+    #[schema(format = Uuid)]
     id: String,
     name: String,
+    /// The operator that owns it.
     owner_id: String,
+    #[schema(schema_with = crate::openapi::agent_status_schema)]
     status: &'static str,
+    #[schema(format = DateTime)]
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, required = false)]
     deactivated_at: Option<String>,
 }
 
@@ -264,15 +343,35 @@ impl From<&AgentRecord> for AgentView {
     }
 }
 
-#[derive(Deserialize)]
+/// Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
+    #[schema(schema_with = crate::openapi::name_schema)]
     name: String,
+    /// The owning operator: required for an admin key without an operator; an operator's key
+    /// may only name its own operator.
+    #[schema(required = false)]
     owner_id: Option<String>,
 }
 
 /// `POST /api/v1/agents`: an admin names the owner; an operator's `write` key owns what it
 /// creates.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents",
+    tag = "admin",
+    security(("api_key" = [])),
+    request_body = CreateAgent,
+    responses(
+        (status = 201, description = "Registered; the cluster assigned its ASN.", body = AgentView),
+        (status = 400, description = "VALIDATION_ERROR: the body or a field is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the write permission, or names another operator.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such operator.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is larger than REQUEST_BODY_BYTES_MAX.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_agent<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -324,17 +423,32 @@ pub async fn create_agent<B: Backend>(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AgentParams {
+    #[param(schema_with = crate::openapi::consistency_schema)]
     consistency: Option<String>,
 }
 
 /// `GET /api/v1/agents/{asn}` (public).
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{asn}",
+    tag = "admin",
+    security((), ("api_key" = [])),
+    params(("asn" = String, Path, description = "The agent's ASN.", pattern = "^ASN-[0-9]{4}-[0-9]{4}-[0-9]{4}-[A-Z]$", example = "ASN-2026-0384-7721-T"), AgentParams),
+    responses(
+        (status = 200, description = "The agent.", body = AgentView),
+        (status = 400, description = "VALIDATION_ERROR: a parameter is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: an Authorization header with no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no agent has this ASN.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn get_agent<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
     Path(asn): Path<String>,
-    axum::extract::Query(params): axum::extract::Query<AgentParams>,
+    crate::extract::Query(params): crate::extract::Query<AgentParams>,
 ) -> Result<Response, ApiError> {
     validate_asn(&asn, "asn")?;
     if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
@@ -350,6 +464,20 @@ pub async fn get_agent<B: Backend>(
 }
 
 /// `POST /api/v1/agents/{asn}/deactivate` (the owner's `write` key, or admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{asn}/deactivate",
+    tag = "admin",
+    security(("api_key" = [])),
+    params(("asn" = String, Path, description = "The agent's ASN.", pattern = "^ASN-[0-9]{4}-[0-9]{4}-[0-9]{4}-[A-Z]$", example = "ASN-2026-0384-7721-T")),
+    responses(
+        (status = 200, description = "Deactivated (or already was): later reports get 410; its history stays readable.", body = AgentView),
+        (status = 400, description = "VALIDATION_ERROR: asn is invalid.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the write permission, or does not own the agent.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no agent has this ASN.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn deactivate_agent<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,

@@ -24,19 +24,25 @@ pub enum Consistency {
 }
 
 /// One node's own view, with no network round trip.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeStatus {
+    #[schema(value_type = u64)]
     pub id: NodeId,
     pub cluster_id: Option<String>,
+    /// leader, follower, candidate or learner.
+    #[schema(value_type = String)]
     pub role: &'static str,
     pub term: u64,
+    #[schema(value_type = Option<u64>)]
     pub leader_id: Option<NodeId>,
     pub last_log_index: Option<u64>,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    #[schema(value_type = Vec<u64>)]
     pub voters: Vec<NodeId>,
+    #[schema(value_type = Vec<u64>)]
     pub learners: Vec<NodeId>,
     /// The membership is a joint configuration (in the middle of a change): `voters` is the
     /// union of its voter sets.
@@ -44,8 +50,9 @@ pub struct NodeStatus {
 }
 
 /// A member as seen from the node that answers `GET /api/v1/cluster`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemberStatus {
+    #[schema(value_type = u64)]
     pub id: NodeId,
     pub grpc_addr: String,
     pub http_addr: String,
@@ -58,22 +65,33 @@ pub struct MemberStatus {
     pub applied_index: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub cluster_id: Option<String>,
+    #[schema(value_type = Option<u64>)]
     pub leader_id: Option<NodeId>,
+    #[schema(value_type = u64)]
     pub this_node: NodeId,
+    #[schema(value_type = Vec<u64>)]
     pub voters: Vec<NodeId>,
+    #[schema(value_type = Vec<u64>)]
     pub learners: Vec<NodeId>,
     pub nodes: Vec<MemberStatus>,
 }
 
-/// A request to add a node to the cluster.
-#[derive(Debug, Clone, Deserialize)]
+/// A request to add a node to the cluster. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddNode {
+    /// A node id never used in this cluster before.
+    #[schema(minimum = 1)]
+    #[schema(value_type = u64)]
     pub id: NodeId,
+    /// The new node's peer gRPC address, IP:port.
+    #[schema(example = "127.0.0.1:9084")]
     pub grpc_addr: String,
+    /// The new node's HTTP address, IP:port.
+    #[schema(example = "127.0.0.1:8084")]
     pub http_addr: String,
 }
 

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::extract::Path;
+use crate::extract::Query;
 use axum::Json;
-use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -110,25 +110,76 @@ impl<'a> Signing<'a> {
 
 /// An event as the API shows it: the spec's fields, then the ledger's (`asn`, `seq`, the chain
 /// links, and the answering node's signature over `hash`).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventView<'a> {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(format = Uuid)]
     pub agent_id: String,
+    #[schema(value_type = String)]
     pub event_type: &'a str,
+    #[schema(schema_with = crate::openapi::severity_schema)]
     pub severity: &'static str,
+    #[schema(value_type = Object)]
     pub metadata: &'a RawValue,
+    /// `operator`, or `admin` for an admin key.
+    #[schema(value_type = String)]
     pub reported_by: &'a str,
+    /// When the leader proposed it, RFC 3339 with milliseconds, UTC.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(value_type = String, pattern = "^ASN-[0-9]{4}-[0-9]{4}-[0-9]{4}-[A-Z]$")]
     pub asn: &'a str,
+    /// Position in the ledger, dense from 1.
+    #[schema(minimum = 1)]
     pub seq: u64,
+    /// SHA-256 (hex) of the event's encoding v1 (docs/VERIFYING.md).
+    #[schema(schema_with = crate::openapi::hash_schema)]
     pub hash: String,
+    /// `hash` of event `seq - 1` (zeros for the first).
+    #[schema(schema_with = crate::openapi::hash_schema)]
     pub prev_hash: String,
+    /// `hash` of the agent's previous event (zeros for its first).
+    #[schema(schema_with = crate::openapi::hash_schema)]
     pub agent_prev_hash: String,
     /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`.
     pub signature: String,
     /// The signer's key name and C2SP key id (hex), as listed by `GET /api/v1/ledger/keys`.
     pub signer: String,
     pub key_id: String,
+}
+
+/// One event to report. Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReportEvent {
+    #[schema(schema_with = crate::openapi::asn_schema)]
+    asn: String,
+    #[schema(schema_with = crate::openapi::event_type_schema)]
+    event_type: String,
+    /// Default `info`.
+    #[schema(schema_with = crate::openapi::severity_schema, required = false)]
+    severity: Option<String>,
+    /// Default `{}`.
+    #[schema(schema_with = crate::openapi::metadata_schema, required = false)]
+    metadata: Option<Value>,
+}
+
+/// A batch of events, recorded all together or not at all. Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReportBatch {
+    #[schema(schema_with = crate::openapi::batch_events_schema)]
+    events: Vec<ReportEvent>,
+}
+
+/// The events a batch appended, in ledger order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchAppended<'a> {
+    pub data: Vec<EventView<'a>>,
 }
 
 impl<'a> EventView<'a> {
@@ -197,7 +248,7 @@ pub fn validate_asn(asn: &str, field: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::validation(format!(
-            "{field}: must be an ASN like ASN-2026-0384-7721-A with a valid check letter"
+            "{field}: must be an ASN like ASN-2026-0384-7721-T with a valid check letter"
         )))
     }
 }
@@ -382,6 +433,24 @@ async fn append(
 }
 
 /// `POST /api/v1/activity/report`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/activity/report",
+    tag = "activity",
+    security(("api_key" = [])),
+    params(IdempotencyHeader),
+    request_body = ReportEvent,
+    responses(
+        (status = 201, description = "Recorded (committed on a majority and applied).", body = EventView),
+        (status = 400, description = "VALIDATION_ERROR: the body, a field or Idempotency-Key is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key may not report, or not for this agent.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no agent has this ASN.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "CONFLICT: the Idempotency-Key was used with another body.", body = crate::openapi::ErrorBody),
+        (status = 410, description = "AGENT_DEACTIVATED: the agent is deactivated.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is larger than REQUEST_BODY_BYTES_MAX.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn report<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -403,6 +472,24 @@ pub async fn report<B: Backend>(
 }
 
 /// `POST /api/v1/activity/report/batch`: all events or none, as one Raft command.
+#[utoipa::path(
+    post,
+    path = "/api/v1/activity/report/batch",
+    tag = "activity",
+    security(("api_key" = [])),
+    params(IdempotencyHeader),
+    request_body = ReportBatch,
+    responses(
+        (status = 201, description = "All recorded, in order.", body = BatchAppended),
+        (status = 400, description = "VALIDATION_ERROR: the body, a field (events[i].field) or Idempotency-Key is invalid.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key may not report, or not for one of the agents.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no agent has one of the ASNs.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "CONFLICT: the Idempotency-Key was used with another body.", body = crate::openapi::ErrorBody),
+        (status = 410, description = "AGENT_DEACTIVATED: one of the agents is deactivated.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is larger than REQUEST_BODY_BYTES_MAX.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn report_batch<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -436,19 +523,44 @@ pub async fn report_batch<B: Backend>(
     let events = append(backend.as_ref(), &headers, &key, events).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "data": views(&events, &Signing::of(backend.as_ref())?)? })),
+        Json(BatchAppended {
+            data: views(&events, &Signing::of(backend.as_ref())?)?,
+        }),
     )
         .into_response())
 }
 
-#[derive(Deserialize)]
+/// The `Idempotency-Key` header of the reporting routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyHeader {
+    /// Retrying with the same key and body returns the first answer instead of appending
+    /// again (scoped to the API key); the same key with another body is 409.
+    /// At most `IDEMPOTENCY_KEY_BYTES_MAX` bytes of visible ASCII.
+    #[param(rename = "Idempotency-Key", schema_with = crate::openapi::idempotency_key_schema)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ActivityParams {
+    /// Only events of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type", schema_with = crate::openapi::event_type_schema)]
     event_type: Option<String>,
+    /// Events created at or after this time.
+    #[param(schema_with = crate::openapi::time_schema)]
     from: Option<String>,
+    /// Events created at or before this time.
+    #[param(schema_with = crate::openapi::time_schema)]
     to: Option<String>,
+    #[param(schema_with = crate::openapi::page_schema)]
     page: Option<String>,
+    /// Events per page.
+    #[param(schema_with = crate::openapi::per_page_schema)]
     per_page: Option<String>,
+    #[param(schema_with = crate::openapi::consistency_schema)]
     consistency: Option<String>,
 }
 
@@ -488,17 +600,37 @@ fn parse_time(text: &str, field: &str, end_of_day: bool) -> Result<i64, ApiError
     )))
 }
 
-#[derive(Serialize)]
-struct Pagination {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Pagination {
     page: u32,
     per_page: u32,
     total: u64,
     total_pages: u64,
 }
 
+/// A page of an agent's activity, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ActivityPage<'a> {
+    pub data: Vec<EventView<'a>>,
+    pub pagination: Pagination,
+}
+
 /// `GET /api/v1/agents/{asn}/activity`: newest first. Without a key, or with a key that may not
 /// read the agent's full history, only the `PUBLIC_WINDOW_EVENTS` most recent matching events
 /// exist; the owner's `read` or `write` keys, and admin keys, see everything.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{asn}/activity",
+    tag = "activity",
+    security((), ("api_key" = [])),
+    params(("asn" = String, Path, description = "The agent's ASN.", pattern = "^ASN-[0-9]{4}-[0-9]{4}-[0-9]{4}-[A-Z]$", example = "ASN-2026-0384-7721-T"), ActivityParams),
+    responses(
+        (status = 200, description = "A page of events, newest first. Without a key that may read the agent's full history (its owner's read or write keys, admin keys), only the PUBLIC_WINDOW_EVENTS most recent matching events exist.", body = ActivityPage),
+        (status = 400, description = "VALIDATION_ERROR: a parameter is invalid; the message names it.", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: an Authorization header with no valid API key.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no agent has this ASN.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn agent_activity<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -558,26 +690,53 @@ pub async fn agent_activity<B: Backend>(
         skip: u64::from(page - 1) * u64::from(per_page),
         limit: per_page as usize,
     })?;
-    let body = serde_json::json!({
-        "data": views(&result.events, &Signing::of(backend.as_ref())?)?,
-        "pagination": Pagination {
+    let body = ActivityPage {
+        data: views(&result.events, &Signing::of(backend.as_ref())?)?,
+        pagination: Pagination {
             page,
             per_page,
             total: result.total,
             total_pages: result.total.div_ceil(u64::from(per_page)),
         },
-    });
+    };
     Ok(Json(body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerParams {
+    /// The first `seq` to return (default 1).
+    #[param(schema_with = crate::openapi::positive_schema)]
     from_seq: Option<String>,
+    /// Events to return at most.
+    #[param(schema_with = crate::openapi::ledger_limit_schema)]
     limit: Option<String>,
+    #[param(schema_with = crate::openapi::consistency_schema)]
     consistency: Option<String>,
 }
 
+/// A page of the ledger in `seq` order, with the head it was read at.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerPage<'a> {
+    pub events: Vec<EventView<'a>>,
+    /// Events in the ledger.
+    pub size: u64,
+    /// `hash` of the last event (zeros when empty).
+    #[schema(schema_with = crate::openapi::hash_schema)]
+    pub head_hash: String,
+}
+
 /// `GET /api/v1/ledger/events`: the whole ledger in `seq` order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ledger/events",
+    tag = "ledger",
+    params(LedgerParams),
+    responses(
+        (status = 200, description = "Up to limit events from from_seq on.", body = LedgerPage),
+        (status = 400, description = "VALIDATION_ERROR: a parameter is invalid; the message names it.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn ledger_events<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(params): Query<LedgerParams>,
@@ -592,7 +751,7 @@ pub async fn ledger_events<B: Backend>(
     let limit = parse_positive(
         params.limit.as_deref(),
         "limit",
-        100,
+        LEDGER_PAGE_EVENTS_DEFAULT,
         LEDGER_PAGE_EVENTS_MAX as u32,
     )? as usize;
     if parse_consistency(params.consistency.as_deref())? == Consistency::Linearizable {
@@ -601,20 +760,44 @@ pub async fn ledger_events<B: Backend>(
     let ledger = backend.ledger();
     let head = ledger.head()?;
     let events = ledger.events_from(from_seq, limit)?;
-    let body = serde_json::json!({
-        "events": views(&events, &Signing::of(backend.as_ref())?)?,
-        "size": head.size,
-        "head_hash": hex::encode(head.head_hash),
-    });
+    let body = LedgerPage {
+        events: views(&events, &Signing::of(backend.as_ref())?)?,
+        size: head.size,
+        head_hash: hex::encode(head.head_hash),
+    };
     Ok(Json(body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HeadParams {
+    #[param(schema_with = crate::openapi::consistency_schema)]
     consistency: Option<String>,
 }
 
+/// The ledger's head.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerHeadView {
+    /// Events in the ledger.
+    pub size: u64,
+    /// `hash` of the last event (zeros when empty).
+    #[schema(schema_with = crate::openapi::hash_schema)]
+    pub head_hash: String,
+    /// The Raft log index this node has applied (null before the first).
+    pub applied_index: Option<u64>,
+}
+
 /// `GET /api/v1/ledger/head`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ledger/head",
+    tag = "ledger",
+    params(HeadParams),
+    responses(
+        (status = 200, description = "The head.", body = LedgerHeadView),
+        (status = 400, description = "VALIDATION_ERROR: a parameter is invalid; the message names it.", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub async fn ledger_head<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(params): Query<HeadParams>,
@@ -625,10 +808,10 @@ pub async fn ledger_head<B: Backend>(
     let ledger = backend.ledger();
     let head = ledger.head()?;
     let applied_index = ledger.last_applied()?.map(|log_id| log_id.index);
-    let body = serde_json::json!({
-        "size": head.size,
-        "head_hash": hex::encode(head.head_hash),
-        "applied_index": applied_index,
-    });
+    let body = LedgerHeadView {
+        size: head.size,
+        head_hash: hex::encode(head.head_hash),
+        applied_index,
+    };
     Ok(Json(body).into_response())
 }

@@ -11,16 +11,18 @@ mod auth;
 mod backend;
 mod error;
 mod events;
+mod extract;
 mod ledger;
 mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod protect;
 
 use std::sync::Arc;
 
+use crate::extract::Path;
 use axum::Json;
 use axum::Router;
-use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -55,6 +57,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/metrics", get(metrics_text::<B>))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/readyz", get(readyz::<B>))
         .route("/api/v1/node", get(node_status::<B>))
         .route("/api/v1/cluster", get(cluster_status::<B>))
@@ -154,6 +157,17 @@ fn access_log(
 }
 
 /// `GET /metrics`: the node's metrics in the Prometheus (OpenMetrics) text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((
+        status = 200,
+        description = "Every metric of this node (docs/OPERATIONS.md lists them). Never rate limited or shed.",
+        body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )),
+)]
 async fn metrics_text<B: Backend>(State(backend): State<Arc<B>>) -> Response {
     (
         [(
@@ -177,29 +191,103 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn livez() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
+/// The answer to adding a node.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeAdded {
+    #[schema(value_type = u64)]
+    pub id: NodeId,
+    #[schema(value_type = Vec<u64>)]
+    pub voters: Vec<NodeId>,
+    #[schema(value_type = Vec<u64>)]
+    pub learners: Vec<NodeId>,
+}
+
+/// The answer to removing a node.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeRemoved {
+    #[schema(value_type = u64)]
+    pub removed: NodeId,
+    #[schema(value_type = Vec<u64>)]
+    pub voters: Vec<NodeId>,
+    #[schema(value_type = Vec<u64>)]
+    pub learners: Vec<NodeId>,
+}
+
+/// `GET /livez`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "health",
+    responses((status = 200, description = "The process serves HTTP.", body = Health)),
+)]
+async fn livez() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /readyz`: a leader is known and this node has applied everything it has.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, description = "Ready.", body = Health)),
+)]
 async fn readyz<B: Backend>(State(backend): State<Arc<B>>) -> Response {
     if backend.is_ready() {
-        Json(serde_json::json!({ "status": "ready" })).into_response()
+        Json(Health { status: "ready" }).into_response()
     } else {
         ApiError::unavailable("not ready: no leader known, or this node is still catching up")
             .into_response()
     }
 }
 
+/// `GET /api/v1/node`: this node's own view, with no network round trip.
+#[utoipa::path(
+    get,
+    path = "/api/v1/node",
+    tag = "cluster",
+    responses((status = 200, description = "This node's Raft state.", body = NodeStatus)),
+)]
 async fn node_status<B: Backend>(State(backend): State<Arc<B>>) -> Json<NodeStatus> {
     Json(backend.node_status())
 }
 
+/// `GET /api/v1/cluster`: every member, as the answering node sees it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "The members and their state.", body = ClusterStatus)),
+)]
 async fn cluster_status<B: Backend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(backend.cluster_status().await?))
 }
 
+/// `POST /api/v1/cluster/nodes` (admin): adds a node as a learner, lets it catch up, then
+/// makes it a voter.
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/nodes",
+    tag = "cluster",
+    security(("api_key" = [])),
+    request_body = AddNode,
+    responses(
+        (status = 201, description = "The node is a voter.", body = NodeAdded),
+        (status = 400, description = "VALIDATION_ERROR: the body or a field is invalid.", body = openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = openapi::ErrorBody),
+        (status = 409, description = "CONFLICT: the id is taken or was used before.", body = openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is too large.", body = openapi::ErrorBody),
+    ),
+)]
 async fn add_node<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: axum::http::HeaderMap,
@@ -223,21 +311,43 @@ async fn add_node<B: Backend>(
     }
     let id = request.id;
     let view = backend.add_node(request).await?;
-    let body = serde_json::json!({ "id": id, "voters": view.voters, "learners": view.learners });
+    let body = NodeAdded {
+        id,
+        voters: view.voters,
+        learners: view.learners,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// `DELETE /api/v1/cluster/nodes/{id}` (admin): removes a node; its id is never reused.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cluster/nodes/{id}",
+    tag = "cluster",
+    security(("api_key" = [])),
+    params(("id" = u64, Path, description = "The node id.", minimum = 1)),
+    responses(
+        (status = 200, description = "The node is no longer a member.", body = NodeRemoved),
+        (status = 400, description = "VALIDATION_ERROR: id is not a positive integer, or the change is not possible.", body = openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such member.", body = openapi::ErrorBody),
+        (status = 409, description = "CONFLICT: the change is not possible now.", body = openapi::ErrorBody),
+    ),
+)]
 async fn remove_node<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<NodeRemoved>, ApiError> {
     auth::require_admin(backend.as_ref(), &headers).await?;
     let id: NodeId = id
         .parse()
         .map_err(|_| ApiError::validation("id: must be a positive integer"))?;
     let view = backend.remove_node(id).await?;
-    Ok(Json(
-        serde_json::json!({ "removed": id, "voters": view.voters, "learners": view.learners }),
-    ))
+    Ok(Json(NodeRemoved {
+        removed: id,
+        voters: view.voters,
+        learners: view.learners,
+    }))
 }

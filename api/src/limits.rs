@@ -19,5 +19,7 @@ pub const PAGE_EVENTS_DEFAULT: u32 = 20;
 pub const PAGE_EVENTS_MAX: u32 = 50;
 /// How many of an agent's most recent events the public (keyless) query can see.
 pub const PUBLIC_WINDOW_EVENTS: u64 = 50;
+/// Default `limit` of `GET /api/v1/ledger/events`.
+pub const LEDGER_PAGE_EVENTS_DEFAULT: u32 = 100;
 /// Largest `limit` of `GET /api/v1/ledger/events`.
 pub const LEDGER_PAGE_EVENTS_MAX: usize = 1000;
