@@ -346,7 +346,9 @@ pub async fn get_agent<B: Backend>(
         .ledger()
         .agent(&asn)?
         .ok_or_else(|| ApiError::not_found(format!("asn: agent {asn} not found")))?;
-    Ok(Json(AgentView::from(&agent)).into_response())
+    let mut body = serde_json::json!(AgentView::from(&agent));
+    body["trust_score"] = crate::trust::agent_score(backend.ledger(), &asn)?.into();
+    Ok(Json(body).into_response())
 }
 
 /// `POST /api/v1/agents/{asn}/deactivate` (the owner's `write` key, or admin).

@@ -15,6 +15,7 @@
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
 //! | `sm_agents`    | asn                                   | postcard([`AgentRecord`])    |
 //! | `sm_merkle`    | level (u32 BE), index (u64 BE)        | hash of that complete subtree |
+//! | `sm_trust`     | asn 0x00 day (i64 BE, sign bit flipped) | events by severity (4 × u64 BE) |
 //!
 //! Two indexes list an agent's events in ledger order by ordinal: all of them, and those of
 //! one type. `created_at` never decreases in ledger order, so it never decreases along an
@@ -49,7 +50,7 @@ pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
 
 /// How many state-machine trees there are.
-pub(crate) const SM_TREE_COUNT: usize = 10;
+pub(crate) const SM_TREE_COUNT: usize = 11;
 
 /// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
 pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
@@ -63,6 +64,7 @@ pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_operators",
     "sm_agents",
     "sm_merkle",
+    "sm_trust",
 ];
 
 /// What the state machine remembers of an applied proposal, to answer a retry.
@@ -155,6 +157,20 @@ pub struct ActivityPage {
     pub total: u64,
 }
 
+/// How many times [`Ledger::trust_inputs`] reads again when the agent's events change under it.
+pub const TRUST_READ_ATTEMPTS_MAX: usize = 16;
+
+/// What an agent's trust score is computed from, at one ledger position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustInputs {
+    /// The ledger position: its size, head hash and the `created_at` of its last event.
+    pub head: LedgerHead,
+    /// How many events the agent has up to `head` (all time).
+    pub agent_events: u64,
+    /// The agent's per-day severity counts inside the window ending on the head's day.
+    pub days: Vec<verifier::trust::DayCounts>,
+}
+
 /// Read handle on the state-machine trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
@@ -168,6 +184,8 @@ pub struct Ledger {
     pub(crate) operators: sled::Tree,
     pub(crate) agents: sled::Tree,
     pub(crate) merkle: sled::Tree,
+    /// Per agent and UTC day: how many events of each severity (the trust score's inputs).
+    pub(crate) trust: sled::Tree,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -193,6 +211,7 @@ impl Ledger {
             operators: db.open_tree(SM_TREES[7])?,
             agents: db.open_tree(SM_TREES[8])?,
             merkle: db.open_tree(SM_TREES[9])?,
+            trust: db.open_tree(SM_TREES[10])?,
         })
     }
 
@@ -209,6 +228,7 @@ impl Ledger {
             &self.operators,
             &self.agents,
             &self.merkle,
+            &self.trust,
         ]
     }
 
@@ -382,6 +402,60 @@ impl Ledger {
 
     pub fn agent(&self, asn: &str) -> Result<Option<AgentRecord>, StoreError> {
         decode_opt(self.agents.get(asn.as_bytes())?, "agent")
+    }
+
+    /// An agent's per-day severity counts for the days `from_day..=to_day`, in day order
+    /// (days without events are absent). At most `to_day - from_day + 1` reads.
+    pub fn trust_days(
+        &self,
+        asn: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<verifier::trust::DayCounts>, StoreError> {
+        let mut out = Vec::new();
+        if from_day > to_day {
+            return Ok(out);
+        }
+        let range = codec::trust_key(asn, from_day)..=codec::trust_key(asn, to_day);
+        for item in self.trust.range(range) {
+            let (key, value) = item?;
+            let day = codec::trust_day_from_key(&key)?;
+            out.push(verifier::trust::DayCounts {
+                day,
+                counts: codec::parse_trust_value(&value)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The inputs of an agent's trust score at one ledger position, read consistently: the
+    /// head and the agent's day counts in the window ending on the head's day. Costs one head
+    /// read, two count reads and at most `WINDOW_DAYS` day reads, whatever the history's
+    /// length. `None` if the agent's events kept changing under [`TRUST_READ_ATTEMPTS_MAX`]
+    /// attempts (each sled read sees a whole apply transaction or none of it, but several
+    /// reads may straddle one).
+    pub fn trust_inputs(&self, asn: &str) -> Result<Option<TrustInputs>, StoreError> {
+        for _ in 0..TRUST_READ_ATTEMPTS_MAX {
+            let before = self.agent_event_count(asn)?;
+            let head = self.head()?;
+            let as_of_day = verifier::trust::day_of(head.last_created_at_ms);
+            let days = self.trust_days(
+                asn,
+                as_of_day.saturating_sub(verifier::trust::WINDOW_DAYS - 1),
+                as_of_day,
+            )?;
+            // The agent's count is written in the same transaction as its day counts: if it
+            // did not change, no event of this agent was applied between the two reads, so
+            // the day counts are exactly those of its events up to `head`.
+            if self.agent_event_count(asn)? == before {
+                return Ok(Some(TrustInputs {
+                    head,
+                    agent_events: before,
+                    days,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Verifies the whole chain from genesis: `seq` is dense, every event's hash recomputes from
