@@ -28,6 +28,7 @@ mod t17_kill_loops;
 mod t18_membership_under_load;
 mod t19_disk_full;
 mod t21_trust_score;
+mod t22_explorer;
 
 mod support;
 
