@@ -433,6 +433,9 @@
       steps.appendChild(li);
     };
     try {
+      if (!window.isSecureContext || !window.crypto || !crypto.subtle) {
+        fail("WebCrypto is unavailable: open the explorer over HTTPS or on localhost");
+      }
       const keys = await getJson("/api/v1/ledger/keys", false);
       await verifyEntry(openEvent, openProof, keys, step);
       result.textContent = "verified";

@@ -329,7 +329,7 @@ pub struct AgentParams {
     consistency: Option<String>,
 }
 
-/// `GET /api/v1/agents/{asn}` (public).
+/// `GET /api/v1/agents/{asn}` (public): the agent, with its current `trust_score`.
 pub async fn get_agent<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,

@@ -130,6 +130,8 @@ pub fn tally(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, day 20454
