@@ -461,10 +461,17 @@ impl Ledger {
     /// Verifies the whole chain from genesis: `seq` is dense, every event's hash recomputes from
     /// its fields, every `prev_hash` is the hash of the event before, every `agent_prev_hash`
     /// the hash of the agent's event before, `created_at` never decreases, every stored Merkle
-    /// subtree is what the leaves make, and the recorded head is the last event. Names the
-    /// first bad `seq`. O(events) time, O(agents) memory: run at start-up and on request.
+    /// subtree is what the leaves make, the trust score's day counts are what the events make,
+    /// and the recorded head is the last event. Names the first bad `seq`. O(events) time,
+    /// O(agents) memory: run at start-up and on request.
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
         let head = self.head()?;
+        // Per agent: the day of its last event walked, that day's counts and the seq that
+        // closed it. An agent's days never decrease along the chain (`created_at` does not), so
+        // a day is complete once the agent has an event on a later day.
+        let mut agent_day: std::collections::HashMap<String, (i64, [u64; 4], u64)> =
+            std::collections::HashMap::new();
+        let mut days_checked: u64 = 0;
         let mut expected_seq = 1;
         let mut prev_hash = [0u8; 32];
         let mut prev_time = i64::MIN;
@@ -511,6 +518,27 @@ impl Ledger {
                     )));
                 }
             }
+            let day = verifier::trust::day_of(event.created_at_ms);
+            let slot = event.severity as usize;
+            match agent_day.get_mut(&event.asn) {
+                Some((open_day, counts, last_seq)) if *open_day == day => {
+                    counts[slot] += 1;
+                    *last_seq = seq;
+                }
+                Some(open) => {
+                    let (closed_day, counts, last_seq) = *open;
+                    self.check_trust_day(&event.asn, closed_day, &counts, last_seq)?;
+                    days_checked += 1;
+                    let mut fresh = [0u64; 4];
+                    fresh[slot] = 1;
+                    *open = (day, fresh, seq);
+                }
+                None => {
+                    let mut fresh = [0u64; 4];
+                    fresh[slot] = 1;
+                    agent_day.insert(event.asn.clone(), (day, fresh, seq));
+                }
+            }
             agent_last.insert(event.asn.clone(), event.hash);
             prev_hash = event.hash;
             prev_time = event.created_at_ms;
@@ -528,7 +556,44 @@ impl Ledger {
                 "event {size} is not the recorded ledger head"
             )));
         }
+        // Each agent's last day may still grow while the node runs: check those, and that no
+        // other day counts exist, only if nothing was applied during the walk.
+        if self.head()? == head {
+            let mut open: Vec<_> = agent_day.into_iter().collect();
+            open.sort_by_key(|(_, (_, _, last_seq))| *last_seq);
+            for (asn, (day, counts, last_seq)) in &open {
+                self.check_trust_day(asn, *day, counts, *last_seq)?;
+            }
+            days_checked += open.len() as u64;
+            let stored = self.trust.len() as u64;
+            if self.head()? == head && stored != days_checked {
+                return Err(StoreError::Corrupt(format!(
+                    "the trust day counts hold {stored} agent-days, the events make {days_checked}"
+                )));
+            }
+        }
         Ok(size)
+    }
+
+    /// The stored day counts of `asn` on `day` must be `counts`; `seq` is the agent's last
+    /// event of that day (named in the error).
+    fn check_trust_day(
+        &self,
+        asn: &str,
+        day: i64,
+        counts: &[u64; 4],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let stored = match self.trust.get(codec::trust_key(asn, day))? {
+            Some(bytes) => codec::parse_trust_value(&bytes)?,
+            None => [0; 4],
+        };
+        if &stored != counts {
+            return Err(StoreError::Corrupt(format!(
+                "event {seq}: the trust day counts of {asn} on day {day} are {stored:?}, its events make {counts:?}"
+            )));
+        }
+        Ok(())
     }
 
     /// The Merkle root over the first `size` events (RFC 9162), from stored subtrees.
