@@ -590,7 +590,8 @@ impl Ledger {
         };
         if &stored != counts {
             return Err(StoreError::Corrupt(format!(
-                "event {seq}: the trust day counts of {asn} on day {day} are {stored:?}, its events make {counts:?}"
+                "event {seq}: the trust day counts of {asn} on day {day} are {stored:?}, its \
+                 events make {counts:?}"
             )));
         }
         Ok(())

@@ -10,7 +10,8 @@
 //! independent implementation of docs/TRUST_SCORE.md (cluster-tests depends on no workspace
 //! crate) from the owner's full history, using only events up to the named position, whose
 //! hash and time are checked against `/api/v1/ledger/events`. Then the agent is deactivated
-//! and everything is checked again. Bad requests: 400, 404, 401.
+//! and everything is checked again. A proxy that adds one to the served score makes
+//! `ledgerctl trust-score` exit 1. Bad requests: 400, 404, 401.
 
 use std::path::Path;
 
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use crate::CONDITION_TIMEOUT;
 use crate::support;
 use crate::t15_disk_and_clock::{faketime_env, libfaketime, set_offset};
+use crate::t22_explorer::TamperingProxy;
 
 const NODE: u64 = 1;
 const DAY_MS: i64 = 86_400_000;
@@ -196,7 +198,8 @@ async fn report(api: &Api, owner: &str, asn: &str, events: &[(&str, &str, usize)
     Ok(())
 }
 
-fn ledgerctl_trust(cluster: &Cluster, asn: &str, key: Option<&str>) -> Result<String> {
+/// `ledgerctl trust-score asn --url url [--key key]`.
+fn run_ledgerctl(url: &str, asn: &str, key: Option<&str>) -> Result<std::process::Output> {
     let path = cluster_tests::ledgerd_bin()?.with_file_name("ledgerctl");
     ensure!(
         path.is_file(),
@@ -204,16 +207,16 @@ fn ledgerctl_trust(cluster: &Cluster, asn: &str, key: Option<&str>) -> Result<St
         path.display()
     );
     let mut command = std::process::Command::new(path);
-    command.args([
-        "trust-score",
-        asn,
-        "--url",
-        &format!("http://{}", cluster.http_addr(NODE)?),
-    ]);
+    command.args(["trust-score", asn, "--url", url]);
     if let Some(key) = key {
         command.args(["--key", key]);
     }
-    let output = command.output().context("run ledgerctl")?;
+    command.output().context("run ledgerctl")
+}
+
+fn ledgerctl_trust(cluster: &Cluster, asn: &str, key: Option<&str>) -> Result<String> {
+    let url = format!("http://{}", cluster.http_addr(NODE)?);
+    let output = run_ledgerctl(&url, asn, key)?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     ensure!(
         output.status.success() && stdout.contains("matches"),
@@ -292,6 +295,19 @@ async fn scenario() -> Result<()> {
     ledgerctl_trust(&cluster, &asn, Some(&owner))?;
     // 16 events fit in the public window: without a key the recomputation works too.
     ledgerctl_trust(&cluster, &asn, None)?;
+    // A node that serves another score than its history makes: ledgerctl exits 1, naming both.
+    let proxy = TamperingProxy::start(&api.base_url(NODE)?, add_one_to_the_score).await?;
+    let lying = run_ledgerctl(&proxy.url(), &asn, Some(&owner))?;
+    let stderr = String::from_utf8_lossy(&lying.stderr);
+    let served = now["trust_score"].as_u64().context("trust_score")?;
+    ensure!(
+        lying.status.code() == Some(1)
+            && stderr.contains(&format!("served {}, recomputed {served}", served + 1)),
+        "ledgerctl must fail on a wrong score ({}): {stderr}",
+        lying.status
+    );
+    eprintln!("t21: a wrong score: {}", stderr.trim());
+    drop(proxy);
 
     // Deactivated: history and score stay, and the answer says so.
     api.deactivate_agent(NODE, &owner, &asn).await?;
@@ -339,6 +355,15 @@ async fn scenario() -> Result<()> {
     support::expect_error("bad key", &bad_key, 401, &[])?;
     cluster.finish();
     Ok(())
+}
+
+/// The tampering proxy's change: one more point on every served trust score.
+fn add_one_to_the_score(path: &str, body: &mut Value) {
+    if path.contains("/trust-score")
+        && let Some(score) = body["trust_score"].as_u64()
+    {
+        body["trust_score"] = json!(score + 1);
+    }
 }
 
 /// Moves every node's clock to `offset` and waits until the leader stamps times at most

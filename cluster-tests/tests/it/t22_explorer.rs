@@ -5,8 +5,8 @@
 //!
 //! Method: 3 nodes; 12 events of one agent; headless Debian `chromium` driven through
 //! `chromedriver` (WebDriver, the `fantoccini` client). The tampering is a small HTTP proxy in
-//! this test that forwards to a node and changes the metadata of every event in activity
-//! listings. Also checks the explorer's content types and Content-Security-Policy, and that the
+//! this test ([`TamperingProxy`]) that forwards to a node and changes the metadata of every event
+//! in activity listings. Also checks the explorer's content types and Content-Security-Policy, and that the
 //! page does not overflow a phone-sized viewport.
 //!
 //! Browsers: `chromium` and `chromedriver` (Debian packages `chromium`, `chromium-driver`;
@@ -198,8 +198,15 @@ async fn scenario() -> Result<()> {
     let mut events = Vec::new();
     for n in 0..12 {
         let severity = ["info", "info", "warning", "error"][n % 4];
-        events.push(json!({"asn": asn, "event_type": if n % 4 == 0 { "task_completed" } else { "task_run" },
-                           "severity": severity, "metadata": {"n": n, "note": "café ✓", "x": 1.5e-7}}));
+        let event_type = if n % 4 == 0 {
+            "task_completed"
+        } else {
+            "task_run"
+        };
+        events.push(
+            json!({"asn": asn, "event_type": event_type, "severity": severity,
+                           "metadata": {"n": n, "note": "café ✓", "x": 1.5e-7}}),
+        );
         events.push(json!({"asn": other, "event_type": "noise"}));
     }
     api.report_batch(NODE, &owner, &events, None).await?;
@@ -345,37 +352,74 @@ async fn browse(client: &Client, base: &str, asn: &str, owner: &str, score: &str
     Ok(())
 }
 
-async fn tamper(client: &Client, base: &str, asn: &str) -> Result<()> {
-    let addr = free_addr()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let target = base.to_string();
-    let proxy = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(serve_tampered(stream, target.clone(), http.clone()));
+/// Changes every listed event's metadata on the way to the browser.
+fn alter_activity(path: &str, body: &mut Value) {
+    if path.contains("/activity")
+        && let Some(events) = body["data"].as_array_mut()
+    {
+        for event in events {
+            event["metadata"]["tampered"] = json!(true);
         }
-    });
-    let result = async {
-        search(client, &format!("http://{addr}"), asn, None).await?;
-        let result = verify_first_entry(client).await?;
-        eprintln!("t22: tampered entry: {result}");
-        ensure!(
-            result.starts_with("failed: the event's hash does not match its fields"),
-            "a tampered entry must fail on its hash: {result}"
-        );
-        Ok(())
     }
-    .await;
-    proxy.abort();
-    result
 }
 
-/// One request through the tampering proxy: forwards a GET to `target`, and in activity
-/// listings changes every event's metadata. One request per connection.
-async fn serve_tampered(mut stream: tokio::net::TcpStream, target: String, http: reqwest::Client) {
+async fn tamper(client: &Client, base: &str, asn: &str) -> Result<()> {
+    let proxy = TamperingProxy::start(base, alter_activity).await?;
+    search(client, &proxy.url(), asn, None).await?;
+    let result = verify_first_entry(client).await?;
+    eprintln!("t22: tampered entry: {result}");
+    ensure!(
+        result.starts_with("failed: the event's hash does not match its fields"),
+        "a tampered entry must fail on its hash: {result}"
+    );
+    Ok(())
+}
+
+/// A small HTTP proxy in front of one node that lets a test alter JSON answers (GET only, one
+/// request per connection). Stops when dropped.
+pub(crate) struct TamperingProxy {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TamperingProxy {
+    /// Forwards to `target` (`http://host:port`); `alter(path, body)` may change each JSON
+    /// answer.
+    pub(crate) async fn start(target: &str, alter: fn(&str, &mut Value)) -> Result<Self> {
+        let addr = free_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let target = target.to_string();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve_tampered(stream, target.clone(), http.clone(), alter));
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TamperingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request through the tampering proxy: forwards a GET to `target` and lets `alter`
+/// change a JSON answer.
+async fn serve_tampered(
+    mut stream: tokio::net::TcpStream,
+    target: String,
+    http: reqwest::Client,
+    alter: fn(&str, &mut Value),
+) {
     let mut head = Vec::new();
     let mut buffer = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -418,14 +462,9 @@ async fn serve_tampered(mut stream: tokio::net::TcpStream, target: String, http:
     let Ok(mut body) = response.bytes().await.map(|b| b.to_vec()) else {
         return;
     };
-    if path.contains("/activity")
-        && let Ok(mut listing) = serde_json::from_slice::<Value>(&body)
-        && let Some(events) = listing["data"].as_array_mut()
-    {
-        for event in events {
-            event["metadata"]["tampered"] = json!(true);
-        }
-        body = listing.to_string().into_bytes();
+    if let Ok(mut json) = serde_json::from_slice::<Value>(&body) {
+        alter(&path, &mut json);
+        body = json.to_string().into_bytes();
     }
     let mut answer = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
