@@ -113,8 +113,9 @@ pub(crate) struct Pending<'a> {
     agent_heads: HashMap<String, Hash>,
     /// Merkle subtrees completed in this batch.
     subtrees: HashMap<(u32, u64), Hash>,
-    /// Per (agent, UTC day) severity counts touched in this batch, written once at commit.
-    trust: HashMap<(String, i64), [u64; 4]>,
+    /// Per agent, the UTC days touched in this batch (usually one) and their severity counts,
+    /// written once at commit.
+    trust: HashMap<String, Vec<(i64, [u64; 4])>>,
 }
 
 impl verifier::merkle::Subtrees for Pending<'_> {
@@ -684,25 +685,31 @@ impl<'a> Pending<'a> {
             Severity::Error => 2,
             Severity::Critical => 3,
         };
-        let key = (event.asn.clone(), day);
-        let counts = match self.trust.get_mut(&key) {
-            Some(counts) => counts,
-            None => {
-                let stored = match self.ledger.trust.get(codec::trust_key(&event.asn, day))? {
-                    Some(bytes) => codec::parse_trust_value(&bytes)?,
-                    None => [0; 4],
-                };
-                self.trust.entry(key).or_insert(stored)
-            }
+        if let Some(days) = self.trust.get_mut(event.asn.as_str())
+            && let Some((_, counts)) = days.iter_mut().find(|(d, _)| *d == day)
+        {
+            counts[slot] += 1;
+            return Ok(());
+        }
+        let mut counts = match self.ledger.trust.get(codec::trust_key(&event.asn, day))? {
+            Some(bytes) => codec::parse_trust_value(&bytes)?,
+            None => [0; 4],
         };
         counts[slot] += 1;
+        self.trust
+            .entry(event.asn.clone())
+            .or_default()
+            .push((day, counts));
         Ok(())
     }
 
     /// Writes everything in one transaction over all state-machine trees.
     pub(crate) fn commit(mut self) -> Result<(), StoreError> {
-        for ((asn, day), counts) in &self.trust {
-            self.batches[T_TRUST].insert(codec::trust_key(asn, *day), &codec::trust_value(counts));
+        for (asn, days) in &self.trust {
+            for (day, counts) in days {
+                self.batches[T_TRUST]
+                    .insert(codec::trust_key(asn, *day), &codec::trust_value(counts));
+            }
         }
         let meta = &mut self.batches[T_META];
         meta.insert(META_LAST_APPLIED, codec::encode(&self.last_applied));
