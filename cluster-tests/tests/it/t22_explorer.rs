@@ -164,15 +164,36 @@ async fn screenshot(client: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Searches `asn` (with `key` if given) on the explorer at `base`.
+/// WebDriver's Enter key.
+const ENTER: &str = "\u{E007}";
+
+/// Searches `asn` (with `key` if given) on the explorer at `base`: with the key, by clicking
+/// Search; without, by the keyboard alone (Enter in the ASN field).
 async fn search(client: &Client, base: &str, asn: &str, key: Option<&str>) -> Result<()> {
     client.goto(&format!("{base}/")).await?;
     type_into(client, "#asn", asn).await?;
-    if let Some(key) = key {
-        type_into(client, "#key", key).await?;
+    match key {
+        Some(key) => {
+            type_into(client, "#key", key).await?;
+            click(client, "#search-button").await?;
+        }
+        None => {
+            client
+                .find(Locator::Css("#asn"))
+                .await?
+                .send_keys(ENTER)
+                .await?;
+        }
     }
-    click(client, "#search-button").await?;
     wait_text(client, "#agent-asn", |t| t == asn).await?;
+    // Focus moves to the agent's heading, for keyboard and screen-reader users.
+    let focused = client
+        .execute("return document.activeElement.id", vec![])
+        .await?;
+    ensure!(
+        focused == "agent-title",
+        "focus is on {focused} after a search"
+    );
     Ok(())
 }
 
