@@ -327,6 +327,10 @@ pub struct AgentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime, required = false)]
     deactivated_at: Option<String>,
+    /// The agent's trust score now (docs/TRUST_SCORE.md); only in `GET /api/v1/agents/{asn}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, maximum = 999)]
+    trust_score: Option<u64>,
 }
 
 impl From<&AgentRecord> for AgentView {
@@ -339,6 +343,7 @@ impl From<&AgentRecord> for AgentView {
             status: agent.status.as_str(),
             created_at: rfc3339_ms(agent.created_at_ms),
             deactivated_at: agent.deactivated_at_ms.map(rfc3339_ms),
+            trust_score: None,
         }
     }
 }
@@ -430,7 +435,7 @@ pub struct AgentParams {
     consistency: Option<String>,
 }
 
-/// `GET /api/v1/agents/{asn}` (public).
+/// `GET /api/v1/agents/{asn}` (public): the agent, with its current `trust_score`.
 #[utoipa::path(
     get,
     path = "/api/v1/agents/{asn}",
@@ -460,7 +465,9 @@ pub async fn get_agent<B: Backend>(
         .ledger()
         .agent(&asn)?
         .ok_or_else(|| ApiError::not_found(format!("asn: agent {asn} not found")))?;
-    Ok(Json(AgentView::from(&agent)).into_response())
+    let mut view = AgentView::from(&agent);
+    view.trust_score = Some(crate::trust::agent_score(backend.ledger(), &asn)?);
+    Ok(Json(view).into_response())
 }
 
 /// `POST /api/v1/agents/{asn}/deactivate` (the owner's `write` key, or admin).

@@ -11,12 +11,14 @@ mod auth;
 mod backend;
 mod error;
 mod events;
+mod explorer;
 mod extract;
 mod ledger;
 mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod protect;
+mod trust;
 
 use std::sync::Arc;
 
@@ -96,6 +98,12 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         )
         .route("/api/v1/ledger/consistency", get(ledger::consistency::<B>))
         .route("/api/v1/ledger/verify", post(ledger::verify_now::<B>))
+        .route(
+            "/api/v1/agents/{asn}/trust-score",
+            get(trust::trust_score::<B>),
+        )
+        .route("/", get(explorer::index))
+        .route("/explorer/{file}", get(explorer::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside out: protection, then metrics (which see protection's answers too), then the

@@ -376,6 +376,9 @@ pub fn methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
         crate::ledger::inclusion,
         crate::ledger::consistency,
         crate::ledger::verify_now,
+        crate::trust::trust_score,
+        crate::explorer::index,
+        crate::explorer::asset,
     ),
     modifiers(&CommonAnswers),
     tags(
@@ -385,6 +388,7 @@ pub fn methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
         (name = "admin", description = "Operators, API keys and agents."),
         (name = "ledger", description = "The ledger in order, and what third parties verify with."),
         (name = "meta", description = "This document."),
+        (name = "explorer", description = "The ledger explorer served to browsers."),
     ),
 )]
 pub struct ApiDoc;

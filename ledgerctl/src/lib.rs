@@ -5,6 +5,9 @@
 //! - [`Keys`]: the nodes' public keys, from `GET /api/v1/ledger/keys`.
 //! - [`Audit`]: walks events in `seq` order, checking each against the one before.
 //! - [`verify_receipt`], [`verify_bundle`]: offline checks of saved files.
+//! - [`trust`]: `ledgerctl trust-score`, the trust score recomputed from verified history.
+
+pub mod trust;
 
 use std::collections::HashMap;
 

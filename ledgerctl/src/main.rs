@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Recompute an agent's trust score from its verified history and compare it with the
+    /// served one (exit 0 if equal, 1 if not).
+    TrustScore(ledgerctl::trust::TrustScoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -367,6 +370,7 @@ fn run(cli: Cli) -> Result<String> {
             ledgerctl::verify_bundle(&read_json(&bundle)?)
         }
         Command::Export { url, output } => export(&url, &output),
+        Command::TrustScore(args) => ledgerctl::trust::run(&args),
     }
 }
 

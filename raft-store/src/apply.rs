@@ -45,6 +45,7 @@ use crate::types::Permission;
 use crate::types::Proposal;
 use crate::types::RejectCode;
 use crate::types::Response;
+use crate::types::Severity;
 use crate::types::StoredMembership;
 
 /// The most events one `AppendEvents` command may carry (the API's batch limit is lower).
@@ -61,6 +62,7 @@ const T_KEYS: usize = 6;
 const T_OPERATORS: usize = 7;
 const T_AGENTS: usize = 8;
 const T_MERKLE: usize = 9;
+const T_TRUST: usize = 10;
 
 pub(crate) type Batches = [sled::Batch; SM_TREE_COUNT];
 
@@ -111,6 +113,9 @@ pub(crate) struct Pending<'a> {
     agent_heads: HashMap<String, Hash>,
     /// Merkle subtrees completed in this batch.
     subtrees: HashMap<(u32, u64), Hash>,
+    /// Per agent, the UTC days touched in this batch (usually one) and their severity counts,
+    /// written once at commit.
+    trust: HashMap<String, Vec<(i64, [u64; 4])>>,
 }
 
 impl verifier::merkle::Subtrees for Pending<'_> {
@@ -144,6 +149,7 @@ impl<'a> Pending<'a> {
             agents: HashMap::new(),
             agent_heads: HashMap::new(),
             subtrees: HashMap::new(),
+            trust: HashMap::new(),
         })
     }
 
@@ -651,6 +657,7 @@ impl<'a> Pending<'a> {
                 last_created_at_ms: created_at_ms,
             };
             self.agent_heads.insert(event.asn.clone(), event.hash);
+            self.count_for_trust(&event)?;
             // The event's leaf joins the Merkle tree over all events: store every subtree it
             // completes (about one per event on average).
             let completed = verifier::merkle::append(&*self, seq - 1, chain::leaf_hash(&event))?;
@@ -668,8 +675,42 @@ impl<'a> Pending<'a> {
         }))
     }
 
+    /// Adds an event to its agent's day counts (the trust score's inputs): one sled read per
+    /// (agent, day) per `apply` call, the first time it is touched; written once at commit.
+    fn count_for_trust(&mut self, event: &Event) -> Result<(), StoreError> {
+        let day = verifier::trust::day_of(event.created_at_ms);
+        let slot = match event.severity {
+            Severity::Info => 0,
+            Severity::Warning => 1,
+            Severity::Error => 2,
+            Severity::Critical => 3,
+        };
+        if let Some(days) = self.trust.get_mut(event.asn.as_str())
+            && let Some((_, counts)) = days.iter_mut().find(|(d, _)| *d == day)
+        {
+            counts[slot] += 1;
+            return Ok(());
+        }
+        let mut counts = match self.ledger.trust.get(codec::trust_key(&event.asn, day))? {
+            Some(bytes) => codec::parse_trust_value(&bytes)?,
+            None => [0; 4],
+        };
+        counts[slot] += 1;
+        self.trust
+            .entry(event.asn.clone())
+            .or_default()
+            .push((day, counts));
+        Ok(())
+    }
+
     /// Writes everything in one transaction over all state-machine trees.
     pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        for (asn, days) in &self.trust {
+            for (day, counts) in days {
+                self.batches[T_TRUST]
+                    .insert(codec::trust_key(asn, *day), &codec::trust_value(counts));
+            }
+        }
         let meta = &mut self.batches[T_META];
         meta.insert(META_LAST_APPLIED, codec::encode(&self.last_applied));
         meta.insert(META_LAST_MEMBERSHIP, codec::encode(&self.membership));

@@ -97,3 +97,45 @@ pub fn parse_index_value(bytes: &[u8]) -> Result<(u64, i64), StoreError> {
     time.copy_from_slice(&array[8..]);
     Ok((u64::from_be_bytes(seq), i64::from_be_bytes(time)))
 }
+
+/// Key of an agent's day in `sm_trust`: `asn 0x00 day`, the day (UTC days since 1970, an i64)
+/// big-endian with its sign bit flipped so that byte order is numeric order.
+pub fn trust_key(asn: &str, day: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(asn.len() + 9);
+    key.extend_from_slice(asn.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&((day as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+/// The day of a `sm_trust` key.
+pub fn trust_day_from_key(key: &[u8]) -> Result<i64, StoreError> {
+    let tail = key
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| StoreError::Corrupt(format!("trust key of {} bytes", key.len())))?;
+    Ok((u64_from_key(&key[tail..])? ^ (1 << 63)) as i64)
+}
+
+/// Value of a `sm_trust` entry: the day's event counts by severity code, 4 × u64 BE.
+pub fn trust_value(counts: &[u64; 4]) -> [u8; 32] {
+    let mut value = [0u8; 32];
+    for (slot, count) in value.chunks_exact_mut(8).zip(counts) {
+        slot.copy_from_slice(&count.to_be_bytes());
+    }
+    value
+}
+
+pub fn parse_trust_value(bytes: &[u8]) -> Result<[u64; 4], StoreError> {
+    if bytes.len() != 32 {
+        return Err(StoreError::Corrupt(format!(
+            "trust value of {} bytes where 32 were expected",
+            bytes.len()
+        )));
+    }
+    let mut counts = [0u64; 4];
+    for (count, chunk) in counts.iter_mut().zip(bytes.chunks_exact(8)) {
+        *count = u64_from_key(chunk)?;
+    }
+    Ok(counts)
+}

@@ -15,6 +15,7 @@
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
 //! | `sm_agents`    | asn                                   | postcard([`AgentRecord`])    |
 //! | `sm_merkle`    | level (u32 BE), index (u64 BE)        | hash of that complete subtree |
+//! | `sm_trust`     | asn 0x00 day (i64 BE, sign bit flipped) | events by severity (4 × u64 BE) |
 //!
 //! Two indexes list an agent's events in ledger order by ordinal: all of them, and those of
 //! one type. `created_at` never decreases in ledger order, so it never decreases along an
@@ -49,7 +50,7 @@ pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
 
 /// How many state-machine trees there are.
-pub(crate) const SM_TREE_COUNT: usize = 10;
+pub(crate) const SM_TREE_COUNT: usize = 11;
 
 /// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
 pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
@@ -63,6 +64,7 @@ pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_operators",
     "sm_agents",
     "sm_merkle",
+    "sm_trust",
 ];
 
 /// What the state machine remembers of an applied proposal, to answer a retry.
@@ -155,6 +157,20 @@ pub struct ActivityPage {
     pub total: u64,
 }
 
+/// How many times [`Ledger::trust_inputs`] reads again when the agent's events change under it.
+pub const TRUST_READ_ATTEMPTS_MAX: usize = 16;
+
+/// What an agent's trust score is computed from, at one ledger position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustInputs {
+    /// The ledger position: its size, head hash and the `created_at` of its last event.
+    pub head: LedgerHead,
+    /// How many events the agent has up to `head` (all time).
+    pub agent_events: u64,
+    /// The agent's per-day severity counts inside the window ending on the head's day.
+    pub days: Vec<verifier::trust::DayCounts>,
+}
+
 /// Read handle on the state-machine trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
@@ -168,6 +184,8 @@ pub struct Ledger {
     pub(crate) operators: sled::Tree,
     pub(crate) agents: sled::Tree,
     pub(crate) merkle: sled::Tree,
+    /// Per agent and UTC day: how many events of each severity (the trust score's inputs).
+    pub(crate) trust: sled::Tree,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -193,6 +211,7 @@ impl Ledger {
             operators: db.open_tree(SM_TREES[7])?,
             agents: db.open_tree(SM_TREES[8])?,
             merkle: db.open_tree(SM_TREES[9])?,
+            trust: db.open_tree(SM_TREES[10])?,
         })
     }
 
@@ -209,6 +228,7 @@ impl Ledger {
             &self.operators,
             &self.agents,
             &self.merkle,
+            &self.trust,
         ]
     }
 
@@ -384,13 +404,74 @@ impl Ledger {
         decode_opt(self.agents.get(asn.as_bytes())?, "agent")
     }
 
+    /// An agent's per-day severity counts for the days `from_day..=to_day`, in day order
+    /// (days without events are absent). At most `to_day - from_day + 1` reads.
+    pub fn trust_days(
+        &self,
+        asn: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<verifier::trust::DayCounts>, StoreError> {
+        let mut out = Vec::new();
+        if from_day > to_day {
+            return Ok(out);
+        }
+        let range = codec::trust_key(asn, from_day)..=codec::trust_key(asn, to_day);
+        for item in self.trust.range(range) {
+            let (key, value) = item?;
+            let day = codec::trust_day_from_key(&key)?;
+            out.push(verifier::trust::DayCounts {
+                day,
+                counts: codec::parse_trust_value(&value)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The inputs of an agent's trust score at one ledger position, read consistently: the
+    /// head and the agent's day counts in the window ending on the head's day. Costs one head
+    /// read, two count reads and at most `WINDOW_DAYS` day reads, whatever the history's
+    /// length. `None` if the agent's events kept changing under [`TRUST_READ_ATTEMPTS_MAX`]
+    /// attempts (each sled read sees a whole apply transaction or none of it, but several
+    /// reads may straddle one).
+    pub fn trust_inputs(&self, asn: &str) -> Result<Option<TrustInputs>, StoreError> {
+        for _ in 0..TRUST_READ_ATTEMPTS_MAX {
+            let before = self.agent_event_count(asn)?;
+            let head = self.head()?;
+            let as_of_day = verifier::trust::day_of(head.last_created_at_ms);
+            let days = self.trust_days(
+                asn,
+                as_of_day.saturating_sub(verifier::trust::WINDOW_DAYS - 1),
+                as_of_day,
+            )?;
+            // The agent's count is written in the same transaction as its day counts: if it
+            // did not change, no event of this agent was applied between the two reads, so
+            // the day counts are exactly those of its events up to `head`.
+            if self.agent_event_count(asn)? == before {
+                return Ok(Some(TrustInputs {
+                    head,
+                    agent_events: before,
+                    days,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Verifies the whole chain from genesis: `seq` is dense, every event's hash recomputes from
     /// its fields, every `prev_hash` is the hash of the event before, every `agent_prev_hash`
     /// the hash of the agent's event before, `created_at` never decreases, every stored Merkle
-    /// subtree is what the leaves make, and the recorded head is the last event. Names the
-    /// first bad `seq`. O(events) time, O(agents) memory: run at start-up and on request.
+    /// subtree is what the leaves make, the trust score's day counts are what the events make,
+    /// and the recorded head is the last event. Names the first bad `seq`. O(events) time,
+    /// O(agents) memory: run at start-up and on request.
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
         let head = self.head()?;
+        // Per agent: the day of its last event walked, that day's counts and the seq that
+        // closed it. An agent's days never decrease along the chain (`created_at` does not), so
+        // a day is complete once the agent has an event on a later day.
+        let mut agent_day: std::collections::HashMap<String, (i64, [u64; 4], u64)> =
+            std::collections::HashMap::new();
+        let mut days_checked: u64 = 0;
         let mut expected_seq = 1;
         let mut prev_hash = [0u8; 32];
         let mut prev_time = i64::MIN;
@@ -437,6 +518,27 @@ impl Ledger {
                     )));
                 }
             }
+            let day = verifier::trust::day_of(event.created_at_ms);
+            let slot = event.severity as usize;
+            match agent_day.get_mut(&event.asn) {
+                Some((open_day, counts, last_seq)) if *open_day == day => {
+                    counts[slot] += 1;
+                    *last_seq = seq;
+                }
+                Some(open) => {
+                    let (closed_day, counts, last_seq) = *open;
+                    self.check_trust_day(&event.asn, closed_day, &counts, last_seq)?;
+                    days_checked += 1;
+                    let mut fresh = [0u64; 4];
+                    fresh[slot] = 1;
+                    *open = (day, fresh, seq);
+                }
+                None => {
+                    let mut fresh = [0u64; 4];
+                    fresh[slot] = 1;
+                    agent_day.insert(event.asn.clone(), (day, fresh, seq));
+                }
+            }
             agent_last.insert(event.asn.clone(), event.hash);
             prev_hash = event.hash;
             prev_time = event.created_at_ms;
@@ -454,7 +556,45 @@ impl Ledger {
                 "event {size} is not the recorded ledger head"
             )));
         }
+        // Each agent's last day may still grow while the node runs: check those, and that no
+        // other day counts exist, only if nothing was applied during the walk.
+        if self.head()? == head {
+            let mut open: Vec<_> = agent_day.into_iter().collect();
+            open.sort_by_key(|(_, (_, _, last_seq))| *last_seq);
+            for (asn, (day, counts, last_seq)) in &open {
+                self.check_trust_day(asn, *day, counts, *last_seq)?;
+            }
+            days_checked += open.len() as u64;
+            let stored = self.trust.len() as u64;
+            if self.head()? == head && stored != days_checked {
+                return Err(StoreError::Corrupt(format!(
+                    "the trust day counts hold {stored} agent-days, the events make {days_checked}"
+                )));
+            }
+        }
         Ok(size)
+    }
+
+    /// The stored day counts of `asn` on `day` must be `counts`; `seq` is the agent's last
+    /// event of that day (named in the error).
+    fn check_trust_day(
+        &self,
+        asn: &str,
+        day: i64,
+        counts: &[u64; 4],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let stored = match self.trust.get(codec::trust_key(asn, day))? {
+            Some(bytes) => codec::parse_trust_value(&bytes)?,
+            None => [0; 4],
+        };
+        if &stored != counts {
+            return Err(StoreError::Corrupt(format!(
+                "event {seq}: the trust day counts of {asn} on day {day} are {stored:?}, its \
+                 events make {counts:?}"
+            )));
+        }
+        Ok(())
     }
 
     /// The Merkle root over the first `size` events (RFC 9162), from stored subtrees.

@@ -26,6 +26,8 @@ pub use ledger::ActivityPage;
 pub use ledger::ActivityQuery;
 pub use ledger::Ledger;
 pub use ledger::ProofFailure;
+pub use ledger::TRUST_READ_ATTEMPTS_MAX;
+pub use ledger::TrustInputs;
 pub use log_store::ForcedMembership;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;

@@ -43,7 +43,8 @@ use crate::types::StorageError;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// 2: with `sm_trust`.
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone)]
 pub struct StateMachineStore {

@@ -767,3 +767,182 @@ fn the_merkle_tree_matches_a_reference_tree_and_proves_inclusion_and_consistency
         assert_eq!(ledger.verify_chain().expect("chain"), size);
     });
 }
+
+/// The trust score's day counts (`sm_trust`) are written with the events they count: events
+/// of several severities, on several days, in one `apply` call and across calls (counts of a
+/// day already stored are added to), for two agents; a snapshot carries them. Each time, the
+/// stored counts equal a recount of the agent's events (`verifier::trust::tally`).
+#[test]
+fn trust_day_counts_follow_the_events_and_travel_in_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    const DAY_MS: i64 = 86_400_000;
+    let day0 = 20_454 * DAY_MS; // 2026-01-01
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["a", "b"]).await;
+        let report = |tx: u8, events: &[(usize, Severity)]| Proposal {
+            tx: TxKey {
+                dedup_key: [tx; 32],
+                body_hash: [0; 32],
+            },
+            command: Command::AppendEvents {
+                by: ADMIN.into(),
+                events: events
+                    .iter()
+                    .map(|(agent, severity)| NewEvent {
+                        severity: *severity,
+                        ..new_event(&asns[*agent], "t")
+                    })
+                    .collect(),
+            },
+        };
+        let check = |sm: &StateMachineStore| {
+            let ledger = sm.ledger();
+            let head = ledger.head().expect("head");
+            for asn in &asns {
+                let inputs = ledger
+                    .trust_inputs(asn)
+                    .expect("trust inputs")
+                    .expect("no concurrent writes");
+                assert_eq!(inputs.head, head);
+                let events: Vec<Event> = ledger
+                    .events_from(1, 1000)
+                    .expect("events")
+                    .into_iter()
+                    .filter(|e| &e.asn == asn)
+                    .collect();
+                assert_eq!(inputs.agent_events, events.len() as u64);
+                let as_of_day = verifier::trust::day_of(head.last_created_at_ms);
+                let recount: Vec<_> = verifier::trust::tally(
+                    events.iter().map(|e| (e.created_at_ms, e.severity as u8)),
+                )
+                .expect("tally")
+                .into_iter()
+                .filter(|d| verifier::trust::recency(as_of_day, d.day).is_some())
+                .collect();
+                assert_eq!(inputs.days, recount, "day counts of {asn}");
+            }
+        };
+        use Severity::*;
+        sm.apply(vec![
+            entry(
+                3,
+                day0,
+                vec![report(1, &[(0, Info), (0, Error), (1, Warning)])],
+            ),
+            entry(4, day0 + 5, vec![report(2, &[(0, Info), (0, Critical)])]),
+        ])
+        .await
+        .expect("apply day 0");
+        check(&sm);
+        // The same day again in a later call: added to what is stored.
+        sm.apply(vec![entry(
+            5,
+            day0 + 9,
+            vec![report(3, &[(0, Info), (1, Info)])],
+        )])
+        .await
+        .expect("apply day 0 again");
+        check(&sm);
+        // One call spanning two days, then a day 100 days on (day 0 leaves the window).
+        sm.apply(vec![
+            entry(
+                6,
+                day0 + DAY_MS,
+                vec![report(4, &[(0, Warning), (1, Error)])],
+            ),
+            entry(7, day0 + 2 * DAY_MS, vec![report(5, &[(0, Info)])]),
+        ])
+        .await
+        .expect("apply days 1 and 2");
+        check(&sm);
+        let day0_counts = sm
+            .ledger()
+            .trust_days(&asns[0], 20_454, 20_454)
+            .expect("day 0");
+        assert_eq!(day0_counts[0].counts, [3, 0, 1, 1]);
+        sm.apply(vec![entry(
+            8,
+            day0 + 100 * DAY_MS,
+            vec![report(6, &[(1, Critical)])],
+        )])
+        .await
+        .expect("apply day 100");
+        check(&sm);
+        let inputs = sm
+            .ledger()
+            .trust_inputs(&asns[0])
+            .expect("read")
+            .expect("inputs");
+        assert!(
+            inputs.days.is_empty(),
+            "day 0..2 are outside the window now"
+        );
+
+        // A snapshot carries the counts.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let (_, mut other) = raft_store::open(other_dir.path()).expect("open other");
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        check(&other);
+        for asn in &asns {
+            assert_eq!(
+                other.ledger().trust_days(asn, 0, 30_000).expect("other"),
+                sm.ledger().trust_days(asn, 0, 30_000).expect("source"),
+            );
+        }
+    });
+}
+
+/// Day counts that do not match the events (changed, or one too many) are found at open.
+#[test]
+fn tampered_trust_day_counts_are_found_at_open() {
+    for extra in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let asn = runtime().block_on(async {
+            let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+            let (_, asns) = setup(&mut sm, &["t"]).await;
+            let asn = asns[0].clone();
+            sm.apply(vec![entry(3, 1, vec![append(1, 0, &[&asn, &asn])])])
+                .await
+                .expect("apply");
+            asn
+        });
+        {
+            let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+            let trust = db.open_tree("sm_trust").expect("tree");
+            let day0 = raft_store::codec::trust_key(&asn, 0);
+            let stored = trust.get(&day0).expect("get").expect("day 0");
+            let counts = raft_store::codec::parse_trust_value(&stored).expect("value");
+            assert_eq!(counts, [2, 0, 0, 0]);
+            if extra {
+                let value = raft_store::codec::trust_value(&[0, 0, 0, 1]);
+                trust
+                    .insert(raft_store::codec::trust_key(&asn, 5), &value)
+                    .expect("insert");
+            } else {
+                let value = raft_store::codec::trust_value(&[1, 0, 0, 0]);
+                trust.insert(&day0, &value).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let message = raft_store::open(dir.path())
+            .err()
+            .expect("open must fail")
+            .to_string();
+        let expected = if extra {
+            "the trust day counts hold 2 agent-days, the events make 1"
+        } else {
+            "event 2: the trust day counts of"
+        };
+        assert!(message.contains(expected), "{message}");
+    }
+}

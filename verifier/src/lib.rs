@@ -23,6 +23,8 @@
 //!    time of the last event) inside a C2SP `signed-note` signed with Ed25519.
 //! 5. [`proof`]: the JSON forms of inclusion and consistency proofs, and a
 //!    receipt check (event + inclusion proof + signed checkpoint).
+//! 6. [`trust`]: the trust score, an integer function of an agent's events
+//!    and of the time of the ledger position it is computed at.
 //!
 //! Nothing here does I/O, reads a clock or draws randomness: every function
 //! is deterministic, and every parser rejects malformed input with a typed
@@ -36,6 +38,7 @@ pub mod event;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+pub mod trust;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];

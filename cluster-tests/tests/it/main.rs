@@ -27,6 +27,8 @@ mod t16_soak;
 mod t17_kill_loops;
 mod t18_membership_under_load;
 mod t19_disk_full;
+mod t21_trust_score;
+mod t22_explorer;
 mod t23_operations;
 mod t24_lose_majority;
 

@@ -205,7 +205,7 @@ async fn fsync_eio(name: &str, seed: u64, leader: bool) -> Result<()> {
 }
 
 /// libfaketime's multi-threaded library: `$LIBFAKETIME`, else the Debian location.
-fn libfaketime() -> Result<PathBuf> {
+pub(crate) fn libfaketime() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("LIBFAKETIME") {
         return Ok(PathBuf::from(path));
     }
@@ -226,7 +226,7 @@ fn libfaketime() -> Result<PathBuf> {
 }
 
 /// `env` with libfaketime preloaded, reading its offset from `file`.
-fn faketime_env(library: &Path, file: &Path) -> Vec<String> {
+pub(crate) fn faketime_env(library: &Path, file: &Path) -> Vec<String> {
     vec![
         "env".to_string(),
         format!("LD_PRELOAD={}", library.display()),
@@ -236,7 +236,7 @@ fn faketime_env(library: &Path, file: &Path) -> Vec<String> {
     ]
 }
 
-fn set_offset(cluster: &Cluster, file: &Path, offset: &str) -> Result<()> {
+pub(crate) fn set_offset(cluster: &Cluster, file: &Path, offset: &str) -> Result<()> {
     // Written whole and renamed, so no node reads a half-written offset.
     let temporary = file.with_extension("tmp");
     std::fs::write(&temporary, format!("{offset}\n"))
