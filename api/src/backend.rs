@@ -77,6 +77,13 @@ pub struct AddNode {
     pub http_addr: String,
 }
 
+/// A request to make a voter the leader (`POST /api/v1/cluster/leader`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeader {
+    pub node_id: NodeId,
+}
+
 /// Membership after a change.
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipView {
@@ -112,6 +119,11 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         id: NodeId,
     ) -> impl Future<Output = Result<MembershipView, ApiError>> + Send;
+
+    /// Makes voter `to` the leader and returns once it leads (already leading: at once). Only
+    /// on the leader; others forward. 404 when `to` is not a member, 400 for a learner, 503
+    /// when it did not become the leader in time.
+    fn transfer_leader(&self, to: NodeId) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// This node's id.
     fn node_id(&self) -> NodeId;

@@ -57,6 +57,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/cluster", get(cluster_status::<B>))
         .route("/api/v1/cluster/nodes", post(add_node::<B>))
         .route("/api/v1/cluster/nodes/{id}", delete(remove_node::<B>))
+        .route("/api/v1/cluster/leader", post(transfer_leader::<B>))
         // Activity is immutable: any other method on these paths is 405.
         .route(
             "/api/v1/activity/report",
@@ -170,4 +171,24 @@ async fn remove_node<B: Backend>(
     Ok(Json(
         serde_json::json!({ "removed": id, "voters": view.voters, "learners": view.learners }),
     ))
+}
+
+/// `POST /api/v1/cluster/leader` `{"node_id": N}` (admin): makes voter N the leader.
+async fn transfer_leader<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth::require_admin(backend.as_ref(), &headers).await?;
+    let body = events::read_body(body).await?;
+    let request: TransferLeader = events::parse_json(&body)?;
+    if request.node_id == 0 {
+        return Err(ApiError::validation("node_id: must be a positive integer"));
+    }
+    let previous = backend.node_status().leader_id;
+    backend.transfer_leader(request.node_id).await?;
+    Ok(Json(serde_json::json!({
+        "leader_id": request.node_id,
+        "previous_leader_id": previous,
+    })))
 }

@@ -27,6 +27,7 @@ mod t16_soak;
 mod t17_kill_loops;
 mod t18_membership_under_load;
 mod t19_disk_full;
+mod t20_ledgerctl;
 
 mod support;
 
