@@ -321,10 +321,8 @@ pub fn import(
         indicatif::ProgressDrawTarget::stderr(),
     );
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {elapsed_precise} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {percent:>3}% eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut importer = Importer {
         client,
@@ -403,7 +401,7 @@ pub fn import(
             chunk_bytes = 0;
         }
         importer.progress.set_message(format!(
-            "{} recorded, {} already, {} rejected",
+            "{} recorded, {} before, {} rejected",
             importer.summary.events_recorded,
             importer.summary.already_recorded,
             importer.summary.rejected_total

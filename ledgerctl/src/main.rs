@@ -27,8 +27,8 @@ use reqwest::Method;
 use serde_json::Value;
 use serde_json::json;
 
-/// Timeout of a membership change or leadership transfer, in seconds: adding a node waits for
-/// it to catch up (the server allows 120 s for that).
+/// Timeout of a membership change, in seconds: adding a node waits for it to catch up (the
+/// server allows 120 s for that).
 const MEMBERSHIP_TIMEOUT_SECS: u64 = 180;
 /// The API's largest `per_page`: `--all` walks pages of this size.
 const ACTIVITY_PER_PAGE_MAX: u32 = 50;
@@ -79,8 +79,9 @@ struct OutputArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Report one event (POST /api/v1/activity/report). Needs a key with activity:report or
-    /// write on the agent.
+    /// Report one event.
+    ///
+    /// POST /api/v1/activity/report. Needs a key with activity:report or write on the agent.
     #[command(after_help = EXIT_CODES_HELP)]
     Report {
         /// The agent's ASN.
@@ -104,10 +105,14 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Import events from a JSONL file (one report body per line) in batches, resumably: run
-    /// the same command again after an interruption and nothing is recorded twice
-    /// (docs/LEDGERCTL.md, "import"). Invalid lines are listed with their line numbers and do
-    /// not stop the rest; the exit code is 1 if any line was rejected.
+    /// Import events from a JSONL file, resumably.
+    ///
+    /// One report body per line (asn, event_type, severity, metadata), sent in batches through
+    /// POST /api/v1/activity/report/batch. Each batch's Idempotency-Key is derived from its line
+    /// range and content, so running the same command again after an interruption records
+    /// nothing twice (docs/LEDGERCTL.md, "import"). Invalid lines are listed with their line
+    /// numbers and do not stop the rest; the exit code is then 1. A progress bar is drawn on
+    /// stderr when it is a terminal.
     #[command(after_help = EXIT_CODES_HELP)]
     Import {
         /// The JSONL file.
@@ -119,8 +124,10 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// An agent's activity, newest first (GET /api/v1/agents/{asn}/activity). Without the
-    /// owner's key (or admin), only the 50 most recent events are visible.
+    /// An agent's activity, newest first.
+    ///
+    /// GET /api/v1/agents/{asn}/activity. Without the owner's key (or admin), only the 50 most
+    /// recent events are visible.
     #[command(after_help = EXIT_CODES_HELP)]
     Activity {
         /// The agent's ASN.
@@ -147,22 +154,24 @@ enum Command {
         output: OutputArg,
     },
     /// Operators (admin key).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Operators(Operators),
     /// API keys (admin key).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Keys(KeysCommand),
     /// Agents.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Agents(Agents),
     /// The cluster: status, membership, leadership.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Cluster(ClusterCommand),
     /// Verify receipts, bundles or a live cluster.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Verify(Verify),
-    /// Save the whole ledger (keys, a signed checkpoint, every event up to it) as a bundle that
-    /// `ledgerctl verify bundle` checks offline. Reads the first --url that answers.
+    /// Export the ledger as a bundle that `verify bundle` checks offline.
+    ///
+    /// The bundle holds the keys, a signed checkpoint and every event up to it, all read from
+    /// the first --url that answers.
     #[command(after_help = EXIT_CODES_HELP)]
     Export {
         /// Where to write the bundle (JSON).
@@ -319,6 +328,15 @@ enum Verify {
     Bundle { bundle: PathBuf },
 }
 
+/// `println!` that ignores a closed stdout (`ledgerctl … | head`): the command still ends
+/// with its own exit code.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn read_json(path: &PathBuf) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CtlError::usage(format!("cannot read {}: {e}", path.display())))?;
@@ -328,8 +346,8 @@ fn read_json(path: &PathBuf) -> Result<Value> {
 /// Prints one answer: the JSON as is, or as `field  value` lines.
 fn print_object(value: &Value, output: &OutputArg) {
     match output.output {
-        Format::Json => println!("{}", pretty(value)),
-        Format::Table => println!("{}", table::fields(value)),
+        Format::Json => emit!("{}", pretty(value)),
+        Format::Table => emit!("{}", table::fields(value)),
     }
 }
 
@@ -515,11 +533,11 @@ fn run(cli: Cli) -> Result<Exit> {
                 &read_json(receipt)?,
                 &Keys::from_json(&read_json(keys)?)?,
             )?;
-            println!("{summary}");
+            emit!("{summary}");
             return Ok(Exit::Ok);
         }
         Command::Verify(Verify::Bundle { bundle }) => {
-            println!("{}", ledgerctl::verify_bundle(&read_json(bundle)?)?);
+            emit!("{}", ledgerctl::verify_bundle(&read_json(bundle)?)?);
             return Ok(Exit::Ok);
         }
         _ => {}
@@ -529,13 +547,13 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(Verify::Receipt { .. } | Verify::Bundle { .. }) => Ok(Exit::Ok),
         Command::Verify(Verify::Audit { asn }) => {
             let summary = ledgerctl::audit::audit(client.urls(), asn.as_deref(), client.key())?;
-            println!("{summary}");
+            emit!("{summary}");
             Ok(Exit::Ok)
         }
         Command::Export { output } => {
             // The first node that answers; the bundle is then read from it alone.
             client.get("/livez")?;
-            println!(
+            emit!(
                 "{}",
                 ledgerctl::audit::export(client.current_url(), &output)?
             );
@@ -581,11 +599,11 @@ fn run(cli: Cli) -> Result<Exit> {
             let (summary, exit) =
                 ledgerctl::import::import(&client, &file, usize::from(batch_size))?;
             match output.output {
-                Format::Json => println!(
+                Format::Json => emit!(
                     "{}",
                     pretty(&serde_json::to_value(&summary).unwrap_or_default())
                 ),
-                Format::Table => println!("{}", summary.render()),
+                Format::Table => emit!("{}", summary.render()),
             }
             if exit != Exit::Ok {
                 let why = summary
@@ -616,22 +634,22 @@ fn run(cli: Cli) -> Result<Exit> {
                 let (events, total) = activity_all(&client, &query)?;
                 match output.output {
                     Format::Json => {
-                        println!("{}", pretty(&json!({ "data": events, "total": total })))
+                        emit!("{}", pretty(&json!({ "data": events, "total": total })))
                     }
                     Format::Table => {
-                        println!("{}", activity_table(&events));
-                        println!("{} events (total {total})", events.len());
+                        emit!("{}", activity_table(&events));
+                        emit!("{} events (total {total})", events.len());
                     }
                 }
             } else {
                 let answer = client.get(&query.path(page, per_page))?;
                 match output.output {
-                    Format::Json => println!("{}", pretty(&answer)),
+                    Format::Json => emit!("{}", pretty(&answer)),
                     Format::Table => {
                         let events = answer["data"].as_array().cloned().unwrap_or_default();
                         let p = &answer["pagination"];
-                        println!("{}", activity_table(&events));
-                        println!(
+                        emit!("{}", activity_table(&events));
+                        emit!(
                             "page {} of {} ({} per page), total {}",
                             text(&p["page"]),
                             text(&p["total_pages"]),
@@ -715,8 +733,8 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Cluster(ClusterCommand::Status { output }) => {
             let status = client.get("/api/v1/cluster")?;
             match output.output {
-                Format::Json => println!("{}", pretty(&status)),
-                Format::Table => println!("{}", cluster_table(&status)),
+                Format::Json => emit!("{}", pretty(&status)),
+                Format::Table => emit!("{}", cluster_table(&status)),
             }
             Ok(Exit::Ok)
         }
@@ -746,9 +764,10 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Cluster(ClusterCommand::TransferLeader { to, output }) => {
             client.require_key()?;
             let body = json!({ "node_id": to });
+            // The server gives up after 10 s: the default timeout is enough.
             let answer = client.send(&Request {
                 repeatable: true,
-                ..admin_request(Method::POST, "/api/v1/cluster/leader", Some(&body))
+                ..Request::post("/api/v1/cluster/leader", &body)
             })?;
             print_object(&answer, &output);
             Ok(Exit::Ok)

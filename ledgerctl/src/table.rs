@@ -59,6 +59,15 @@ pub fn fields(value: &serde_json::Value) -> String {
             let text = match value {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::Array(items)
+                    if items.iter().all(|i| !i.is_array() && !i.is_object()) =>
+                {
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
                 other => other.to_string(),
             };
             vec![key.clone(), text]
@@ -83,5 +92,15 @@ mod tests {
         ];
         let text = render(&["SEQ", "TYPE"], &rows, 8);
         assert_eq!(text, "SEQ  TYPE\n1    startup\n10   a-very-…");
+    }
+
+    #[test]
+    fn objects_render_as_field_lines() {
+        let value = serde_json::json!({"id": "k1", "permissions": ["write", "read"], "voters": [1, 3],
+            "revoked": false, "deactivated_at": null});
+        assert_eq!(
+            fields(&value),
+            "id              k1\npermissions     write, read\nvoters          1, 3\nrevoked         false\ndeactivated_at  -"
+        );
     }
 }

@@ -42,6 +42,9 @@ const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 120_000;
 /// How long a leadership transfer may take in all (the target catching up, then its election),
 /// in milliseconds; past it the transfer answers 503.
 pub const TRANSFER_LEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long the target of a transfer may take to catch up with the leader's log, in
+/// milliseconds; writes wait meanwhile, so a dead or far behind target fails fast (503).
+pub const TRANSFER_CATCH_UP_TIMEOUT_MS: u64 = 3_000;
 /// Least time between two campaign requests to the target of a transfer, in milliseconds: a
 /// new request restarts its election, so it must leave one round trip time to finish.
 const CAMPAIGN_RETRY_MS: u64 = 300;
@@ -521,20 +524,25 @@ impl LedgerService {
 
     /// Hands leadership to voter `to`, on the leader. openraft 0.9 has no leadership transfer
     /// (it comes in 0.10), so it is built from what 0.9 offers:
-    /// 1. wait until `to` has this leader's whole log (so its vote requests can win);
+    /// 0. stop proposing: new writes on this node are refused (their writers retry them, as
+    ///    after any leader change) once those in flight are done, so the log stops growing;
+    /// 1. wait until `to` has this leader's whole log (so its vote requests can win), at most
+    ///    `TRANSFER_CATCH_UP_TIMEOUT_MS`;
     /// 2. turn this node's elections off, so it cannot win back what it gives away;
-    /// 3. ask `to` to campaign (`Campaign` → `Raft::trigger().elect()`): its vote requests in
-    ///    the next term are refused while the voters' leader lease holds, but this leader's
-    ///    next heartbeat meets the higher term and it steps down, granting that vote;
-    /// 4. once stepped down, ask `to` again (a new term, at most every `CAMPAIGN_RETRY_MS`):
-    ///    this node, no longer bound by a lease, votes for it, which with `to`'s own vote is a
-    ///    majority of three (larger clusters also wait for the others' leases to run out);
+    /// 3. ask `to` to campaign (`Campaign` → `Raft::trigger().elect()`; if it cannot be asked,
+    ///    503 at once). Its vote request in the next term reaches this leader, which grants it
+    ///    (stepping down) unless it became leader less than a lease (`election_timeout_max`)
+    ///    ago; then `to` is refused, but this leader's next heartbeat meets `to`'s higher term
+    ///    and it steps down all the same, adopting that term (uncommitted, for `to`);
+    /// 4. once stepped down, ask `to` again if it has not won yet (a new term, at most every
+    ///    `CAMPAIGN_RETRY_MS`): this node, no longer bound by a lease, votes for it, which with
+    ///    `to`'s own vote is a majority of three (larger clusters also need the others, whose
+    ///    leases run out within an election timeout);
     /// 5. answer once this node sees `to` lead; 503 if it does not within
     ///    `TRANSFER_LEADER_TIMEOUT_MS` (leadership is then wherever the next election put it).
     ///
-    /// Writes that arrive meanwhile wait (no leader) and are retried by their writers; a write
-    /// appended between step 1 and step 3 can make `to` lose (its log is then shorter), which
-    /// ends in the 503 above.
+    /// Writes that arrive meanwhile wait and are retried by their writers (with their dedup
+    /// keys), so they land under the new leader; the transfer costs them the time it takes.
     async fn transfer_leader_here(&self, to: NodeId) -> Result<MembershipView, ApiError> {
         let me = self.node_id();
         let (view, node) = {
@@ -565,6 +573,15 @@ impl LedgerService {
         let started = Instant::now();
         let deadline = Duration::from_millis(TRANSFER_LEADER_TIMEOUT_MS);
         let poll = Duration::from_millis(TRANSFER_POLL_MS);
+        // No new local proposals from here on (they are retried, as after a leader change),
+        // once those in flight are done: the log to hand over stops growing.
+        let _no_proposals = tokio::time::timeout(deadline, self.router.proposals.write())
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(format!(
+                    "the writes in flight did not finish within {TRANSFER_LEADER_TIMEOUT_MS} ms"
+                ))
+            })?;
         loop {
             let (leading, last, matched) = {
                 let metrics = self.raft.metrics();
@@ -588,10 +605,10 @@ impl LedgerService {
             if matched >= last {
                 break;
             }
-            if started.elapsed() >= deadline {
+            if started.elapsed() >= Duration::from_millis(TRANSFER_CATCH_UP_TIMEOUT_MS) {
                 return Err(ApiError::unavailable(format!(
                     "node_id: node {to} did not catch up with the leader's log within \
-                     {TRANSFER_LEADER_TIMEOUT_MS} ms (it has {matched:?} of {last:?})"
+                     {TRANSFER_CATCH_UP_TIMEOUT_MS} ms (it has {matched:?} of {last:?})"
                 )));
             }
             tokio::time::sleep(poll).await;
@@ -618,6 +635,13 @@ impl LedgerService {
             };
             if due {
                 if let Err(error) = self.request_campaign(to, &node).await {
+                    // Still leading and the target cannot be asked: give up now (writes are
+                    // waiting). Once stepped down, keep asking until the deadline.
+                    if !stepped_down {
+                        return Err(ApiError::unavailable(format!(
+                            "node_id: node {to} could not be asked to campaign: {error}"
+                        )));
+                    }
                     tracing::warn!(to, %error, "campaign request failed");
                 }
                 last_campaign = Some(Instant::now());
