@@ -168,6 +168,11 @@ impl Client {
             };
             self.current.set(index);
             let status = response.status();
+            let retry_after_secs = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let text = response.text().map_err(|e| {
                 CtlError::new(Exit::Unavailable, format!("{url}: reading the answer: {e}"))
             })?;
@@ -197,6 +202,7 @@ impl Client {
                 message: body["error"]["message"]
                     .as_str()
                     .map_or_else(|| body.to_string(), str::to_owned),
+                retry_after_secs,
             });
             return Err(error);
         }

@@ -56,6 +56,8 @@ pub struct ApiFailure {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// The `Retry-After` header (seconds) of a 429 or 503, if any.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// An error with the exit code it ends the program with.

@@ -25,7 +25,8 @@
 //! `events[i]`) is taken out of its batch, which is sent again without it (under a new key,
 //! since its body changed). A refusal that is not about one event (401, a key without the
 //! permission to report) stops the import: every batch would fail the same way. A cluster that
-//! stays unavailable through [`IMPORT_ATTEMPTS_MAX`] attempts stops it too; run it again.
+//! stays unavailable (503, 429, unreachable) through [`IMPORT_ATTEMPTS_MAX`] attempts stops it
+//! too; run it again. Between attempts it waits, doubling, or as long as `Retry-After` says.
 //! Whether recorded now or before, "already recorded" means the event's `seq` is not above the
 //! ledger size read at the start of the run.
 
@@ -59,6 +60,8 @@ pub const IMPORT_ATTEMPTS_MAX: u32 = 8;
 /// [`IMPORT_RETRY_WAIT_MS_MAX`].
 pub const IMPORT_RETRY_WAIT_MS_MIN: u64 = 250;
 pub const IMPORT_RETRY_WAIT_MS_MAX: u64 = 4_000;
+/// Longest `Retry-After` honoured between two tries, in seconds.
+pub const IMPORT_RETRY_AFTER_SECS_MAX: u64 = 60;
 /// Rejected lines listed in the summary; the rest are only counted.
 pub const IMPORT_REJECTED_SHOWN_MAX: usize = 100;
 /// The server's limit on `event_type`, in characters (`EVENT_TYPE_CHARS_MAX`).
@@ -286,7 +289,14 @@ impl<'c> Importer<'c> {
                 Err(error) if error.exit == Exit::Unavailable && attempt < IMPORT_ATTEMPTS_MAX => {
                     self.progress
                         .set_message(format!("retrying: {}", error.message));
-                    std::thread::sleep(wait);
+                    // The server's Retry-After (a rate limit, an overload) when it says more.
+                    let asked = error
+                        .api
+                        .as_ref()
+                        .and_then(|api| api.retry_after_secs)
+                        .map(|secs| Duration::from_secs(secs.min(IMPORT_RETRY_AFTER_SECS_MAX)))
+                        .unwrap_or_default();
+                    std::thread::sleep(wait.max(asked));
                     wait = (wait * 2).min(Duration::from_millis(IMPORT_RETRY_WAIT_MS_MAX));
                     attempt += 1;
                 }

@@ -149,4 +149,10 @@ fn no_reachable_node_exits_5_after_trying_every_url() {
         .output()
         .expect("run ledgerctl");
     assert_eq!(output.status.code(), Some(5));
+    // An import that cannot reach the cluster records nothing and says so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, "{\"asn\":\"A\",\"event_type\":\"x\"}\n").expect("write");
+    let (exit, stderr) = code(&["--url", &a, "--key", "k", "import", &file.to_string_lossy()]);
+    assert_eq!(exit, 5, "{stderr}");
 }

@@ -474,6 +474,13 @@ async fn scenario() -> Result<()> {
         &["--key", &operator_key, "operators", "get", &operator_id],
     )
     .await?;
+    let stdout = ctl
+        .expect(4, &["--key", &wrong_key, "import", &file_arg])
+        .await?;
+    ensure!(
+        stdout.contains("stopped: at line") && stdout.contains("401"),
+        "an import with a wrong key:\n{stdout}"
+    );
     ctl.expect(3, &["agents", "get", &unknown]).await?;
     ctl.expect(3, &["--key", &operator_key, "activity", &unknown])
         .await?;
