@@ -627,6 +627,11 @@ impl LedgerService {
                 tracing::info!(to, "leadership transferred");
                 return Ok(membership_view(&self.raft));
             }
+            if let Some(other) = leader.filter(|id| stepped_down && *id != me) {
+                return Err(ApiError::unavailable(format!(
+                    "node {other} won the election instead of node {to}; retry"
+                )));
+            }
             let due = match last_campaign {
                 None => true,
                 Some(at) => {
