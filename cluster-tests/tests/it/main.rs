@@ -4,9 +4,10 @@
 //! `cluster_tests` library, runs a fault schedule, and checks the invariants of the reliability
 //! guide (no lost acknowledged append, exactly once, one order, dense `seq`, intact chain).
 //!
-//! They run in `cargo test --workspace` (which builds `ledgerd` first, because `node` has
-//! integration tests); `LEDGER_SKIP_CLUSTER_TESTS=1` skips them. One test alone:
-//! `cargo build -p node && cargo test -p cluster-tests --test it -- t04 --nocapture`.
+//! They run in `cargo test --workspace` (which builds `ledgerd` and `ledgerctl` first, because
+//! `node` and `ledgerctl` have integration tests); `LEDGER_SKIP_CLUSTER_TESTS=1` skips them. One
+//! test alone: `cargo build -p node && cargo test -p cluster-tests --test it -- t04 --nocapture`
+//! (t13 and t20 also need `cargo build -p ledgerctl`).
 
 mod t01_replication;
 mod t02_kill_leader;
