@@ -175,6 +175,94 @@ pub fn batch_key(first_line: u64, last_line: u64, body: &[u8]) -> String {
     format!("ledgerctl-import-v1-{}", hex::encode(hasher.finalize()))
 }
 
+/// `{"events":[]}`: the bytes of a batch body around its events.
+const ENVELOPE_BYTES: usize = 13;
+
+/// Where batches end (the module's rule), fed one line at a time: a batch ends after the line
+/// that gives it `batch_events` valid events, or before a valid event that would make its JSON
+/// body (`{"events":[e1,e2,…]}`, compact) longer than `body_bytes_max`, or at the end of the
+/// file. Ranges are line numbers, from 1, inclusive.
+#[derive(Debug)]
+pub struct Cutter {
+    batch_events: usize,
+    body_bytes_max: usize,
+    first_line: u64,
+    events: usize,
+    body_bytes: usize,
+}
+
+impl Cutter {
+    pub fn new(batch_events: usize, body_bytes_max: usize) -> Self {
+        Self {
+            batch_events,
+            body_bytes_max,
+            first_line: 1,
+            events: 0,
+            body_bytes: ENVELOPE_BYTES,
+        }
+    }
+
+    fn start_at(&mut self, line: u64) {
+        self.first_line = line;
+        self.events = 0;
+        self.body_bytes = ENVELOPE_BYTES;
+    }
+
+    /// Before a valid event of `bytes` (compact JSON) at `line`: the batch to send first, if
+    /// the event does not fit in it.
+    pub fn before_event(&mut self, line: u64, bytes: usize) -> Option<(u64, u64)> {
+        if self.events > 0 && self.body_bytes + 1 + bytes > self.body_bytes_max {
+            let range = (self.first_line, line - 1);
+            self.start_at(line);
+            return Some(range);
+        }
+        None
+    }
+
+    /// Adds that event: the batch to send now, if it is full.
+    pub fn add_event(&mut self, line: u64, bytes: usize) -> Option<(u64, u64)> {
+        self.body_bytes += bytes + usize::from(self.events > 0);
+        self.events += 1;
+        if self.events == self.batch_events {
+            let range = (self.first_line, line);
+            self.start_at(line + 1);
+            return Some(range);
+        }
+        None
+    }
+
+    /// At the end of the file (`last_line` lines): the last batch, if it has events.
+    pub fn finish(&self, last_line: u64) -> Option<(u64, u64)> {
+        (self.events > 0).then_some((self.first_line, last_line))
+    }
+}
+
+/// What one line of the file is.
+#[derive(Debug, PartialEq)]
+pub enum Line {
+    Blank,
+    Event(Value),
+    Invalid(String),
+}
+
+/// Classifies one raw line (with or without its newline).
+pub fn classify_line(raw: &[u8]) -> Line {
+    if raw.len() > IMPORT_LINE_BYTES_MAX {
+        return Line::Invalid(format!(
+            "longer than {IMPORT_LINE_BYTES_MAX} bytes ({} bytes)",
+            raw.len()
+        ));
+    }
+    match std::str::from_utf8(raw) {
+        Err(_) => Line::Invalid("not UTF-8".to_owned()),
+        Ok(text) if text.trim().is_empty() => Line::Blank,
+        Ok(text) => match parse_line(text.trim()) {
+            Ok(event) => Line::Event(event),
+            Err(reason) => Line::Invalid(reason),
+        },
+    }
+}
+
 /// One event waiting in the chunk, with its line number.
 struct Pending {
     line: u64,
@@ -192,7 +280,6 @@ fn event_index(message: &str) -> Option<(usize, String)> {
 
 pub struct Importer<'c> {
     client: &'c Client,
-    batch_events: usize,
     /// The ledger size when the run started: events at or below it were recorded before.
     start_size: u64,
     summary: Summary,
@@ -336,7 +423,6 @@ pub fn import(
     );
     let mut importer = Importer {
         client,
-        batch_events,
         start_size,
         summary: Summary::default(),
         progress,
@@ -345,9 +431,7 @@ pub fn import(
     let mut buffer = Vec::new();
     let mut line_number = 0u64;
     let mut chunk: Vec<Pending> = Vec::new();
-    let mut chunk_first = 1u64;
-    let mut chunk_bytes = 0usize;
-    let envelope_bytes = "{\"events\":[]}".len();
+    let mut cutter = Cutter::new(batch_events, IMPORT_BATCH_BODY_BYTES_MAX);
     let outcome = loop {
         buffer.clear();
         let read = match reader.read_until(b'\n', &mut buffer) {
@@ -366,49 +450,31 @@ pub fn import(
         line_number += 1;
         importer.summary.lines_read += 1;
         importer.progress.inc(read as u64);
-        let parsed = if buffer.len() > IMPORT_LINE_BYTES_MAX {
-            Err(format!(
-                "longer than {IMPORT_LINE_BYTES_MAX} bytes ({} bytes)",
-                buffer.len()
-            ))
-        } else {
-            match std::str::from_utf8(&buffer) {
-                Err(_) => Err("not UTF-8".to_owned()),
-                Ok(text) if text.trim().is_empty() => {
-                    importer.summary.blank_lines += 1;
-                    continue;
-                }
-                Ok(text) => parse_line(text.trim()),
+        let event = match classify_line(&buffer) {
+            Line::Blank => {
+                importer.summary.blank_lines += 1;
+                continue;
             }
-        };
-        let event = match parsed {
-            Ok(event) => event,
-            Err(reason) => {
+            Line::Invalid(reason) => {
                 importer.summary.reject(line_number, reason);
                 continue;
             }
+            Line::Event(event) => event,
         };
-        let bytes = serde_json::to_vec(&event).map(|b| b.len()).unwrap_or(0) + 1;
-        if !chunk.is_empty() && envelope_bytes + chunk_bytes + bytes > IMPORT_BATCH_BODY_BYTES_MAX {
-            let full = std::mem::take(&mut chunk);
-            if let Err(error) = importer.send_chunk(chunk_first, line_number - 1, full) {
-                break Err(error);
-            }
-            chunk_first = line_number;
-            chunk_bytes = 0;
+        let bytes = serde_json::to_vec(&event).map_or(0, |b| b.len());
+        if let Some((first, last)) = cutter.before_event(line_number, bytes)
+            && let Err(error) = importer.send_chunk(first, last, std::mem::take(&mut chunk))
+        {
+            break Err(error);
         }
-        chunk_bytes += bytes;
         chunk.push(Pending {
             line: line_number,
             event,
         });
-        if chunk.len() == importer.batch_events {
-            let full = std::mem::take(&mut chunk);
-            if let Err(error) = importer.send_chunk(chunk_first, line_number, full) {
-                break Err(error);
-            }
-            chunk_first = line_number + 1;
-            chunk_bytes = 0;
+        if let Some((first, last)) = cutter.add_event(line_number, bytes)
+            && let Err(error) = importer.send_chunk(first, last, std::mem::take(&mut chunk))
+        {
+            break Err(error);
         }
         importer.progress.set_message(format!(
             "{} recorded, {} before, {} rejected",
@@ -417,9 +483,9 @@ pub fn import(
             importer.summary.rejected_total
         ));
     };
-    let outcome = match outcome {
-        Ok(()) if !chunk.is_empty() => importer.send_chunk(chunk_first, line_number, chunk),
-        other => other,
+    let outcome = match (outcome, cutter.finish(line_number)) {
+        (Ok(()), Some((first, last))) => importer.send_chunk(first, last, chunk),
+        (other, _) => other,
     };
     importer.progress.finish_and_clear();
     let mut summary = importer.summary;
@@ -484,6 +550,75 @@ mod tests {
         // IDEMPOTENCY_KEY_BYTES_MAX of the API is 128.
         assert!(key.len() <= 128, "{}", key.len());
         assert!(key.is_ascii());
+    }
+
+    #[test]
+    fn batches_end_at_the_event_count_or_before_the_body_limit() {
+        // By count: 2 events per batch; blank and invalid lines stay in the batch they are in.
+        let mut cutter = Cutter::new(2, 1_000);
+        assert_eq!(cutter.before_event(1, 10), None);
+        assert_eq!(cutter.add_event(1, 10), None);
+        // (line 2 is invalid: not fed)
+        assert_eq!(cutter.before_event(3, 10), None);
+        assert_eq!(cutter.add_event(3, 10), Some((1, 3)));
+        assert_eq!(cutter.before_event(4, 10), None);
+        assert_eq!(cutter.add_event(4, 10), None);
+        assert_eq!(cutter.finish(6), Some((4, 6)));
+        // By bytes: the body {"events":[a,b]} of two 10-byte events is 13 + 10 + 1 + 10 = 34.
+        let mut at_limit = Cutter::new(1_000, 34);
+        assert_eq!(at_limit.add_event(1, 10), None);
+        assert_eq!(at_limit.before_event(2, 10), None);
+        assert_eq!(at_limit.add_event(2, 10), None);
+        let mut one_past = Cutter::new(1_000, 33);
+        assert_eq!(one_past.add_event(1, 10), None);
+        assert_eq!(one_past.before_event(2, 10), Some((1, 1)));
+        assert_eq!(one_past.add_event(2, 10), None);
+        assert_eq!(one_past.finish(2), Some((2, 2)));
+        // An event larger than the limit goes alone (the server answers it 413).
+        let mut huge = Cutter::new(1_000, 20);
+        assert_eq!(huge.before_event(1, 50), None);
+        assert_eq!(huge.add_event(1, 50), None);
+        assert_eq!(huge.before_event(2, 5), Some((1, 1)));
+        assert_eq!(Cutter::new(5, 100).finish(3), None);
+    }
+
+    #[test]
+    fn the_body_estimate_is_the_body_sent() {
+        let events = [
+            serde_json::json!({"asn": "A", "event_type": "x"}),
+            serde_json::json!({"asn": "B", "event_type": "y", "metadata": {"é": [1, 2.5]}}),
+        ];
+        let mut cutter = Cutter::new(10, usize::MAX);
+        for (i, event) in events.iter().enumerate() {
+            let bytes = serde_json::to_vec(event).expect("json").len();
+            assert_eq!(cutter.add_event(i as u64 + 1, bytes), None);
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "events": events })).expect("json");
+        assert_eq!(cutter.body_bytes, body.len());
+    }
+
+    #[test]
+    fn lines_at_and_past_the_length_limit() {
+        let event = |len: usize| {
+            let stem = r#"{"asn":"A","event_type":"x","metadata":{"p":""}}"#;
+            let padding = "a".repeat(len - stem.len());
+            format!(r#"{{"asn":"A","event_type":"x","metadata":{{"p":"{padding}"}}}}"#)
+        };
+        assert_eq!(event(IMPORT_LINE_BYTES_MAX).len(), IMPORT_LINE_BYTES_MAX);
+        assert!(matches!(
+            classify_line(event(IMPORT_LINE_BYTES_MAX).as_bytes()),
+            Line::Event(_)
+        ));
+        assert!(matches!(
+            classify_line(event(IMPORT_LINE_BYTES_MAX + 1).as_bytes()),
+            Line::Invalid(reason) if reason.starts_with("longer than")
+        ));
+        assert_eq!(classify_line(b"  \r\n"), Line::Blank);
+        assert_eq!(classify_line(b"\xff\n"), Line::Invalid("not UTF-8".into()));
+        assert!(matches!(
+            classify_line(b"{\"asn\":\"A\",\"event_type\":\"x\"}\r\n"),
+            Line::Event(_)
+        ));
     }
 
     #[test]

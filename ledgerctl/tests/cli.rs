@@ -153,6 +153,21 @@ fn no_reachable_node_exits_5_after_trying_every_url() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, "{\"asn\":\"A\",\"event_type\":\"x\"}\n").expect("write");
-    let (exit, stderr) = code(&["--url", &a, "--key", "k", "import", &file.to_string_lossy()]);
+    let file = file.to_string_lossy();
+    let (exit, stderr) = code(&["--url", &a, "--key", "k", "import", &file]);
     assert_eq!(exit, 5, "{stderr}");
+    // The batch size at its limits is accepted (it fails only at the network).
+    for size in ["1", "1000"] {
+        let args = [
+            "--url",
+            &a,
+            "--key",
+            "k",
+            "import",
+            &file,
+            "--batch-size",
+            size,
+        ];
+        assert_eq!(code(&args).0, 5, "--batch-size {size}");
+    }
 }
