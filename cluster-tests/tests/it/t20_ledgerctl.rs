@@ -426,8 +426,17 @@ async fn scenario() -> Result<()> {
         &["cluster", "transfer-leader", "--to", &removed.to_string()],
     )
     .await?;
-    ctl.expect(1, &["cluster", "transfer-leader", "--to", "0"])
+    let zero = ctl
+        .run(&["cluster", "transfer-leader", "--to", "0"])
         .await?;
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    ensure!(
+        zero.status.code() == Some(1)
+            && stderr.contains("400 VALIDATION_ERROR")
+            && stderr.contains("node_id"),
+        "transfer-leader --to 0: {:?} {stderr}",
+        zero.status.code()
+    );
     ctl.expect(
         4,
         &[
