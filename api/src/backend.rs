@@ -95,6 +95,15 @@ pub struct AddNode {
     pub http_addr: String,
 }
 
+/// A request to make a voter the leader (`POST /api/v1/cluster/leader`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeader {
+    /// The voter to make the leader.
+    #[schema(value_type = u64, minimum = 1)]
+    pub node_id: NodeId,
+}
+
 /// Membership after a change.
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipView {
@@ -130,6 +139,11 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         id: NodeId,
     ) -> impl Future<Output = Result<MembershipView, ApiError>> + Send;
+
+    /// Makes voter `to` the leader and returns once it leads (already leading: at once). Only
+    /// on the leader; others forward. 404 when `to` is not a member, 400 for a learner, 503
+    /// when it did not become the leader in time.
+    fn transfer_leader(&self, to: NodeId) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// This node's id.
     fn node_id(&self) -> NodeId;

@@ -65,6 +65,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/cluster", get(cluster_status::<B>))
         .route("/api/v1/cluster/nodes", post(add_node::<B>))
         .route("/api/v1/cluster/nodes/{id}", delete(remove_node::<B>))
+        .route("/api/v1/cluster/leader", post(transfer_leader::<B>))
         // Activity is immutable: any other method on these paths is 405.
         .route(
             "/api/v1/activity/report",
@@ -357,5 +358,49 @@ async fn remove_node<B: Backend>(
         removed: id,
         voters: view.voters,
         learners: view.learners,
+    }))
+}
+
+/// The answer to a leadership transfer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LeaderMoved {
+    #[schema(value_type = u64)]
+    pub leader_id: NodeId,
+    /// The leader before the transfer, as the answering node knew it.
+    #[schema(value_type = Option<u64>)]
+    pub previous_leader_id: Option<NodeId>,
+}
+
+/// `POST /api/v1/cluster/leader` `{"node_id": N}` (admin): makes voter N the leader.
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/leader",
+    tag = "cluster",
+    security(("api_key" = [])),
+    request_body = TransferLeader,
+    responses(
+        (status = 200, description = "Node `node_id` leads now.", body = LeaderMoved),
+        (status = 400, description = "VALIDATION_ERROR: node_id is not a positive integer, or names a learner.", body = openapi::ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid API key.", body = openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the key lacks the admin permission.", body = openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: node_id is not a member.", body = openapi::ErrorBody),
+    ),
+)]
+async fn transfer_leader<B: Backend>(
+    State(backend): State<Arc<B>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<LeaderMoved>, ApiError> {
+    auth::require_admin(backend.as_ref(), &headers).await?;
+    let body = events::read_body(body).await?;
+    let request: TransferLeader = events::parse_json(&body)?;
+    if request.node_id == 0 {
+        return Err(ApiError::validation("node_id: must be a positive integer"));
+    }
+    let previous = backend.node_status().leader_id;
+    backend.transfer_leader(request.node_id).await?;
+    Ok(Json(LeaderMoved {
+        leader_id: request.node_id,
+        previous_leader_id: previous,
     }))
 }

@@ -359,6 +359,7 @@ pub fn methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
         crate::cluster_status,
         crate::add_node,
         crate::remove_node,
+        crate::transfer_leader,
         crate::events::report,
         crate::events::report_batch,
         crate::events::agent_activity,

@@ -83,6 +83,9 @@ impl Backend for Probe {
     async fn remove_node(&self, _id: u64) -> Result<api::MembershipView, ApiError> {
         Err(ApiError::unavailable("probe"))
     }
+    async fn transfer_leader(&self, _to: u64) -> Result<(), ApiError> {
+        Err(ApiError::unavailable("probe"))
+    }
     fn node_id(&self) -> u64 {
         1
     }

@@ -157,6 +157,28 @@ pub fn ledgerd_bin() -> Result<PathBuf> {
     )
 }
 
+/// The `ledgerctl` binary next to `ledgerd` (`LEDGERCTL_BIN` overrides), refused when older
+/// than its sources. `cargo test --workspace` builds it first, because `ledgerctl` has
+/// integration tests; alone: `cargo build -p ledgerctl`.
+pub fn ledgerctl_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("LEDGERCTL_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => ledgerd_bin()?.with_file_name("ledgerctl"),
+    };
+    ensure!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p ledgerctl` (same profile and CARGO_TARGET_DIR as the \
+         tests), or set LEDGERCTL_BIN",
+        path.display()
+    );
+    ensure_fresh_of(
+        &path,
+        &["ledgerctl", "verifier"],
+        "cargo build -p ledgerctl",
+    )?;
+    Ok(path)
+}
+
 /// The newest modification time of the files under `dir`.
 fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     let mut newest = None;
@@ -176,13 +198,22 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 /// alone does not rebuild it, and testing a stale binary proves nothing. (`cargo test
 /// --workspace` builds it first, because `node` has integration tests.)
 fn ensure_fresh(binary: &Path) -> Result<()> {
+    ensure_fresh_of(
+        binary,
+        &["node", "api", "raft-store", "proto", "verifier"],
+        "cargo build -p node",
+    )
+}
+
+/// Refuses `binary` when a file under one of `crate_dirs` is newer.
+fn ensure_fresh_of(binary: &Path, crate_dirs: &[&str], build: &str) -> Result<()> {
     let built = std::fs::metadata(binary)?.modified()?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for crate_dir in ["node", "api", "raft-store", "proto"] {
+    for crate_dir in crate_dirs {
         if let Some(changed) = newest_mtime(&workspace.join(crate_dir)) {
             ensure!(
                 changed <= built,
-                "{} is older than the sources in {crate_dir}/: run `cargo build -p node` first \
+                "{} is older than the sources in {crate_dir}/: run `{build}` first \
                  (or `cargo test --workspace`, which builds it)",
                 binary.display()
             );

@@ -29,7 +29,7 @@ pub use api::{
     Consistency, Event, EventsPage, Fixture, Head, NodeStatus, Operator, Pagination,
     RemoveNodeResponse,
 };
-pub use cluster::{Cluster, Options, free_addr, ledgerd_bin, ledgerd_command};
+pub use cluster::{Cluster, Options, free_addr, ledgerctl_bin, ledgerd_bin, ledgerd_command};
 pub use proxy::LinkProxy;
 pub use workload::{Ack, History, Workload, WorkloadOptions};
 

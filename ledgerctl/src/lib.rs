@@ -5,8 +5,18 @@
 //! - [`Keys`]: the nodes' public keys, from `GET /api/v1/ledger/keys`.
 //! - [`Audit`]: walks events in `seq` order, checking each against the one before.
 //! - [`verify_receipt`], [`verify_bundle`]: offline checks of saved files.
-//! - [`trust`]: `ledgerctl trust-score`, the trust score recomputed from verified history.
+//!
+//! The rest of the command line (docs/LEDGERCTL.md): [`client`] (HTTP with fail-over across
+//! node URLs), [`config`] (flags, environment, config file), [`exit`] (exit codes), [`import`]
+//! (JSONL import in resumable batches), [`table`] (text tables), [`audit`] (`verify audit`,
+//! `export`), [`trust`] (`trust-score`, the trust score recomputed from verified history).
 
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod exit;
+pub mod import;
+pub mod table;
 pub mod trust;
 
 use std::collections::HashMap;

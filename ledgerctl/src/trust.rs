@@ -29,17 +29,15 @@ const ACTIVITY_PAGE_EVENTS: u64 = 50;
 /// while we read it, newest first, so later pages repeat events; they never skip any).
 const EXTRA_PAGES_MAX: u64 = 100;
 
-/// Arguments of `ledgerctl trust-score`.
-#[derive(Debug, clap::Args)]
+/// Arguments of `ledgerctl trust-score` (the node and key come from the global options).
+#[derive(Debug)]
 pub struct TrustScoreArgs {
     /// The agent's ASN.
     pub asn: String,
-    /// HTTP URL of a node.
-    #[arg(long, env = "LEDGER_URL")]
+    /// HTTP URL of the node to read from.
     pub url: String,
     /// The owner's API key (`read` or `write`): the full history. Without it only the public
     /// window of 50 events is readable, which is enough only for agents with at most 50 events.
-    #[arg(long, env = "LEDGER_API_KEY")]
     pub key: Option<String>,
 }
 

@@ -270,6 +270,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         raft: raft.clone(),
         peers: peers.clone(),
         deadline,
+        proposals: Default::default(),
     };
     let writer = Writer::start(
         router.clone(),

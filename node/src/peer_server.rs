@@ -316,4 +316,16 @@ impl proto::peer_server::Peer for PeerServer {
         };
         Ok(Response::new(reply))
     }
+
+    async fn campaign(
+        &self,
+        request: Request<proto::CampaignRequest>,
+    ) -> Result<Response<proto::CampaignReply>, Status> {
+        self.check(&request, true)?;
+        let error = match self.service.campaign().await {
+            Ok(()) => String::new(),
+            Err(error) => error,
+        };
+        Ok(Response::new(proto::CampaignReply { error }))
+    }
 }

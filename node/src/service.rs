@@ -39,6 +39,19 @@ const STATUS_TIMEOUT_MS: u64 = 500;
 const JOIN_TIMEOUT_MS: u64 = 5_000;
 /// How long a new node may take to catch up as a learner before it is made a voter.
 const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 120_000;
+/// How long a leadership transfer may take in all (the target catching up, then its election),
+/// in milliseconds; past it the transfer answers 503.
+pub const TRANSFER_LEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long the target of a transfer may take to catch up with the leader's log, in
+/// milliseconds; writes wait meanwhile, so a dead or far behind target fails fast (503).
+pub const TRANSFER_CATCH_UP_TIMEOUT_MS: u64 = 3_000;
+/// Least time between two campaign requests to the target of a transfer, in milliseconds: a
+/// new request restarts its election, so it must leave one round trip time to finish.
+const CAMPAIGN_RETRY_MS: u64 = 300;
+/// How often a transfer looks at the Raft metrics, in milliseconds.
+const TRANSFER_POLL_MS: u64 = 20;
+/// Timeout of a `Campaign` call, in milliseconds.
+const CAMPAIGN_TIMEOUT_MS: u64 = 2_000;
 
 pub struct LedgerService {
     pub raft: Raft,
@@ -299,6 +312,7 @@ impl LedgerService {
                     .await
             }
             "remove" => self.remove_node_here(request.node_id).await,
+            "transfer-leader" => self.transfer_leader_here(request.node_id).await,
             other => Err(ApiError::validation(format!(
                 "op: unknown membership operation {other}"
             ))),
@@ -452,6 +466,205 @@ impl LedgerService {
     }
 }
 
+/// Turns elections back on when a leadership transfer ends, however it ends (also when the
+/// request that started it is dropped).
+struct ElectionsResume<'a>(&'a Raft);
+
+impl Drop for ElectionsResume<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().elect(true);
+    }
+}
+
+impl LedgerService {
+    /// Starts an election on this node now, when the leader asks (`Campaign`, a leadership
+    /// transfer). Only a voter may campaign.
+    pub async fn campaign(&self) -> Result<(), String> {
+        let voter = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.node_id())
+        };
+        if !voter {
+            return Err(format!("node {} is not a voter", self.node_id()));
+        }
+        tracing::info!("campaigning for leadership at the leader's request");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|error| format!("raft stopped: {error}"))
+    }
+
+    async fn request_campaign(&self, to: NodeId, node: &LedgerNode) -> Result<(), String> {
+        let mut client = self
+            .peers
+            .client(&node.grpc_addr, Traffic::Client)
+            .map_err(|s| s.message().to_owned())?;
+        let timeout = Duration::from_millis(CAMPAIGN_TIMEOUT_MS);
+        let reply = tokio::time::timeout(
+            timeout,
+            client.campaign(
+                self.peers
+                    .request(to, proto::CampaignRequest {}, Some(timeout)),
+            ),
+        )
+        .await
+        .map_err(|_| format!("node {to} did not answer in time"))?
+        .map_err(|status| format!("node {to}: {}", status.message()))?
+        .into_inner();
+        if reply.error.is_empty() {
+            Ok(())
+        } else {
+            Err(reply.error)
+        }
+    }
+
+    /// Hands leadership to voter `to`, on the leader. openraft 0.9 has no leadership transfer
+    /// (it comes in 0.10), so it is built from what 0.9 offers:
+    /// 0. stop proposing: new writes on this node are refused (their writers retry them, as
+    ///    after any leader change) once those in flight are done, so the log stops growing;
+    /// 1. wait until `to` has this leader's whole log (so its vote requests can win), at most
+    ///    `TRANSFER_CATCH_UP_TIMEOUT_MS`;
+    /// 2. turn this node's elections off, so it cannot win back what it gives away;
+    /// 3. ask `to` to campaign (`Campaign` → `Raft::trigger().elect()`; if it cannot be asked,
+    ///    503 at once). Its vote request in the next term reaches this leader, which grants it
+    ///    (stepping down) unless it became leader less than a lease (`election_timeout_max`)
+    ///    ago; then `to` is refused, but this leader's next heartbeat meets `to`'s higher term
+    ///    and it steps down all the same, adopting that term (uncommitted, for `to`);
+    /// 4. once stepped down, ask `to` again if it has not won yet (a new term, at most every
+    ///    `CAMPAIGN_RETRY_MS`): this node, no longer bound by a lease, votes for it, which with
+    ///    `to`'s own vote is a majority of three (larger clusters also need the others, whose
+    ///    leases run out within an election timeout);
+    /// 5. answer once this node sees `to` lead; 503 if it does not within
+    ///    `TRANSFER_LEADER_TIMEOUT_MS` (leadership is then wherever the next election put it).
+    ///
+    /// Writes that arrive meanwhile wait and are retried by their writers (with their dedup
+    /// keys), so they land under the new leader; the transfer costs them the time it takes.
+    async fn transfer_leader_here(&self, to: NodeId) -> Result<MembershipView, ApiError> {
+        let me = self.node_id();
+        let (view, node) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                MembershipView {
+                    voters: membership.voter_ids().collect(),
+                    learners: membership.learner_ids().collect(),
+                },
+                membership.get_node(&to).cloned(),
+            )
+        };
+        if to == me {
+            return Ok(view);
+        }
+        if view.learners.contains(&to) {
+            return Err(ApiError::validation(format!(
+                "node_id: node {to} is a learner; only a voter can lead"
+            )));
+        }
+        let (true, Some(node)) = (view.voters.contains(&to), node) else {
+            return Err(ApiError::not_found(format!(
+                "node_id: node {to} is not a member"
+            )));
+        };
+        let started = Instant::now();
+        let deadline = Duration::from_millis(TRANSFER_LEADER_TIMEOUT_MS);
+        let poll = Duration::from_millis(TRANSFER_POLL_MS);
+        // No new local proposals from here on (they are retried, as after a leader change),
+        // once those in flight are done: the log to hand over stops growing.
+        let _no_proposals = tokio::time::timeout(deadline, self.router.proposals.write())
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(format!(
+                    "the writes in flight did not finish within {TRANSFER_LEADER_TIMEOUT_MS} ms"
+                ))
+            })?;
+        loop {
+            let (leading, last, matched) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&to).copied().flatten())
+                    .map(|log_id| log_id.index);
+                (
+                    metrics.state == ServerState::Leader,
+                    metrics.last_log_index,
+                    matched,
+                )
+            };
+            if !leading {
+                return Err(ApiError::unavailable(
+                    "leadership moved before the transfer started; retry",
+                ));
+            }
+            if matched >= last {
+                break;
+            }
+            if started.elapsed() >= Duration::from_millis(TRANSFER_CATCH_UP_TIMEOUT_MS) {
+                return Err(ApiError::unavailable(format!(
+                    "node_id: node {to} did not catch up with the leader's log within \
+                     {TRANSFER_CATCH_UP_TIMEOUT_MS} ms (it has {matched:?} of {last:?})"
+                )));
+            }
+            tokio::time::sleep(poll).await;
+        }
+        self.raft.runtime_config().elect(false);
+        let _resume = ElectionsResume(&self.raft);
+        tracing::info!(to, "transferring leadership");
+        let mut last_campaign: Option<Instant> = None;
+        loop {
+            let (stepped_down, leader) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.state != ServerState::Leader, metrics.current_leader)
+            };
+            if leader == Some(to) {
+                tracing::info!(to, "leadership transferred");
+                return Ok(membership_view(&self.raft));
+            }
+            if let Some(other) = leader.filter(|id| stepped_down && *id != me) {
+                return Err(ApiError::unavailable(format!(
+                    "node {other} won the election instead of node {to}; retry"
+                )));
+            }
+            let due = match last_campaign {
+                None => true,
+                Some(at) => {
+                    stepped_down && at.elapsed() >= Duration::from_millis(CAMPAIGN_RETRY_MS)
+                }
+            };
+            if due {
+                if let Err(error) = self.request_campaign(to, &node).await {
+                    // Still leading and the target cannot be asked: give up now (writes are
+                    // waiting). Once stepped down, keep asking until the deadline.
+                    if !stepped_down {
+                        return Err(ApiError::unavailable(format!(
+                            "node_id: node {to} could not be asked to campaign: {error}"
+                        )));
+                    }
+                    tracing::warn!(to, %error, "campaign request failed");
+                }
+                last_campaign = Some(Instant::now());
+            }
+            if started.elapsed() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "node {to} did not become the leader within {TRANSFER_LEADER_TIMEOUT_MS} ms; \
+                     the leader is now {}",
+                    leader.map_or("unknown".to_owned(), |id| format!("node {id}"))
+                )));
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
 fn client_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, LedgerNode>>) -> ApiError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
@@ -578,6 +791,16 @@ impl api::Backend for LedgerService {
             ..Default::default()
         })
         .await
+    }
+
+    async fn transfer_leader(&self, to: NodeId) -> Result<(), ApiError> {
+        self.change_membership(proto::MembershipRequest {
+            op: "transfer-leader".into(),
+            node_id: to,
+            ..Default::default()
+        })
+        .await?;
+        Ok(())
     }
 
     fn is_ready(&self) -> bool {

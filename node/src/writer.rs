@@ -73,6 +73,11 @@ pub struct Router {
     pub raft: Raft,
     pub peers: Peers,
     pub deadline: Duration,
+    /// Held for reading by every local proposal while it is in flight, and for writing by a
+    /// leadership transfer (`LedgerService::transfer_leader_here`): the transfer so waits for
+    /// the proposals in flight and refuses new ones (they are retried as after a leader change)
+    /// until it ends, so that the log it hands over stops growing.
+    pub proposals: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Router {
@@ -89,6 +94,11 @@ impl Router {
         Vec<CommandResult>,
         RaftError<NodeId, ClientWriteError<NodeId, raft_store::LedgerNode>>,
     > {
+        let Ok(_in_flight) = self.proposals.try_read() else {
+            return Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                openraft::error::ForwardToLeader::empty(),
+            )));
+        };
         let request = Request {
             proposed_at_ms: now_ms(),
             commands,

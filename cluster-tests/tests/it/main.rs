@@ -4,9 +4,10 @@
 //! `cluster_tests` library, runs a fault schedule, and checks the invariants of the reliability
 //! guide (no lost acknowledged append, exactly once, one order, dense `seq`, intact chain).
 //!
-//! They run in `cargo test --workspace` (which builds `ledgerd` first, because `node` has
-//! integration tests); `LEDGER_SKIP_CLUSTER_TESTS=1` skips them. One test alone:
-//! `cargo build -p node && cargo test -p cluster-tests --test it -- t04 --nocapture`.
+//! They run in `cargo test --workspace` (which builds `ledgerd` and `ledgerctl` first, because
+//! `node` and `ledgerctl` have integration tests); `LEDGER_SKIP_CLUSTER_TESTS=1` skips them. One
+//! test alone: `cargo build -p node && cargo test -p cluster-tests --test it -- t04 --nocapture`
+//! (t13 and t20 also need `cargo build -p ledgerctl`).
 
 mod t01_replication;
 mod t02_kill_leader;
@@ -27,6 +28,7 @@ mod t16_soak;
 mod t17_kill_loops;
 mod t18_membership_under_load;
 mod t19_disk_full;
+mod t20_ledgerctl;
 mod t21_trust_score;
 mod t22_explorer;
 mod t23_operations;

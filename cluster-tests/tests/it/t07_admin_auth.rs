@@ -2,9 +2,10 @@
 //! wrong one (401, nothing changes), on the leader and on a follower (guide §4.2, BFLA).
 //!
 //! Method: 3 nodes; for each of {no header, wrong key, key with an extra character, `Basic`
-//! scheme} send `POST /api/v1/cluster/nodes`, `DELETE /api/v1/cluster/nodes/3` and
-//! `POST /api/v1/activity/report` to the leader and to a follower; expect 401 with code
-//! `UNAUTHORIZED`; membership and ledger must be unchanged; the right key then works.
+//! scheme} send `POST /api/v1/cluster/nodes`, `DELETE /api/v1/cluster/nodes/3`,
+//! `POST /api/v1/cluster/leader` and `POST /api/v1/activity/report` to the leader and to a
+//! follower; expect 401 with code `UNAUTHORIZED`; membership, leader and ledger must be
+//! unchanged; the right key then works.
 
 use std::collections::BTreeSet;
 
@@ -67,6 +68,11 @@ async fn scenario() -> Result<()> {
                 (Method::DELETE, "/api/v1/cluster/nodes/3", None),
                 (
                     Method::POST,
+                    "/api/v1/cluster/leader",
+                    Some(json!({ "node_id": follower })),
+                ),
+                (
+                    Method::POST,
                     "/api/v1/activity/report",
                     Some(report_body.clone()),
                 ),
@@ -93,6 +99,10 @@ async fn scenario() -> Result<()> {
     ensure!(
         voters == BTreeSet::from([1, 2, 3]) && view.learners.is_empty(),
         "membership changed by unauthorized requests: {view:?}"
+    );
+    ensure!(
+        view.leader_id == Some(leader),
+        "the leader changed after unauthorized transfer requests: {view:?}"
     );
     let head = api.head(1, Consistency::Linearizable).await?;
     ensure!(
