@@ -17,13 +17,14 @@ use crate::ServedEvent;
 /// Events fetched per request while walking the ledger.
 const PAGE_EVENTS: u64 = 1000;
 
-struct Node {
+/// One node, read over HTTP (GETs that answer JSON), for the checks that trust nothing.
+pub(crate) struct Node {
     url: String,
     http: reqwest::blocking::Client,
 }
 
 impl Node {
-    fn new(url: &str) -> Result<Self> {
+    pub(crate) fn new(url: &str) -> Result<Self> {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
@@ -33,7 +34,8 @@ impl Node {
         })
     }
 
-    fn get(&self, path: &str, key: Option<&str>) -> Result<Value> {
+    /// GET `path` (with `key` as the bearer, if any); an answer other than 2xx is an error.
+    pub(crate) fn get(&self, path: &str, key: Option<&str>) -> Result<Value> {
         let mut request = self.http.get(format!("{}{path}", self.url));
         if let Some(key) = key {
             request = request.bearer_auth(key);

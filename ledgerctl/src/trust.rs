@@ -11,7 +11,6 @@
 //! error (exit 1).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::Result;
@@ -21,6 +20,7 @@ use serde_json::Value;
 
 use crate::Keys;
 use crate::ServedEvent;
+use crate::audit::Node;
 
 /// Largest page of the activity API.
 const ACTIVITY_PAGE_EVENTS: u64 = 50;
@@ -39,29 +39,6 @@ pub struct TrustScoreArgs {
     /// The owner's API key (`read` or `write`): the full history. Without it only the public
     /// window of 50 events is readable, which is enough only for agents with at most 50 events.
     pub key: Option<String>,
-}
-
-struct Client {
-    url: String,
-    http: reqwest::blocking::Client,
-}
-
-impl Client {
-    fn get(&self, path: &str, key: Option<&str>) -> Result<Value> {
-        let mut request = self.http.get(format!("{}{path}", self.url));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        let response = request
-            .send()
-            .with_context(|| format!("{}{path}", self.url))?;
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .with_context(|| format!("{}{path}: not JSON", self.url))?;
-        ensure!(status.is_success(), "{}{path}: {status} {body}", self.url);
-        Ok(body)
-    }
 }
 
 /// The served score's claims.
@@ -106,7 +83,7 @@ fn served(body: &Value) -> Result<Served> {
 
 /// Every event of `asn` the caller may read, by `seq`, each checked (hash, signature).
 fn history(
-    client: &Client,
+    client: &Node,
     keys: &Keys,
     asn: &str,
     key: Option<&str>,
@@ -148,12 +125,7 @@ fn history(
 
 /// Runs the command; the summary on success.
 pub fn run(args: &TrustScoreArgs) -> Result<String> {
-    let client = Client {
-        url: args.url.trim_end_matches('/').to_owned(),
-        http: reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
-    };
+    let client = Node::new(&args.url)?;
     let asn = args.asn.as_str();
     let key = args.key.as_deref();
     let keys = Keys::from_json(&client.get("/api/v1/ledger/keys", None)?)?;

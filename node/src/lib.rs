@@ -107,19 +107,6 @@ async fn force_single_voter(config: &Config) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Feeds every fsync of the store to `observe` (the fsync latency histogram).
-fn observe_fsyncs(
-    log_store: &raft_store::LogStore,
-    observe: impl Fn(Duration) + Send + Sync + 'static,
-) -> bool {
-    log_store
-        .durability()
-        .stats()
-        .observer
-        .set(Box::new(observe))
-        .is_ok()
-}
-
 fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on {flag} {addr}"))?;
@@ -280,17 +267,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             batch_commands_max: config.batch_commands_max,
         },
     );
-    let fsync_seconds =
-        prometheus_client::metrics::histogram::Histogram::new(metrics::fsync_buckets());
-    {
-        let fsync_seconds = fsync_seconds.clone();
-        let _ = observe_fsyncs(&log_store, move |elapsed| {
-            fsync_seconds.observe(elapsed.as_secs_f64());
-        });
-    }
     let metrics = metrics::NodeMetrics::new(
         data_dir.store_dir(),
-        fsync_seconds,
+        log_store.durability().stats(),
         writer.stats.batch_commands.clone(),
     );
     let service = Arc::new(LedgerService {

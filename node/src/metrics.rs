@@ -22,7 +22,7 @@ use prometheus_client::registry::Unit;
 use crate::service::LedgerService;
 
 /// fsync latency buckets, in seconds (50 µs to about 1.6 s).
-pub fn fsync_buckets() -> impl Iterator<Item = f64> {
+fn fsync_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 16)
 }
 
@@ -38,9 +38,26 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    /// Registers every metric; `fsync_seconds` and `batch_commands` are fed by the store and
-    /// the writer.
-    pub fn new(store_dir: PathBuf, fsync_seconds: Histogram, batch_commands: Histogram) -> Self {
+    /// Registers every metric. The fsync histogram is fed by the store's durability observer
+    /// (set here), `batch_commands` by the writer.
+    pub fn new(
+        store_dir: PathBuf,
+        syncs: &raft_store::durability::SyncStats,
+        batch_commands: Histogram,
+    ) -> Self {
+        let fsync_seconds = Histogram::new(fsync_buckets());
+        let observed = fsync_seconds.clone();
+        if syncs
+            .observer
+            .set(Box::new(move |elapsed| {
+                observed.observe(elapsed.as_secs_f64())
+            }))
+            .is_err()
+        {
+            tracing::warn!(
+                "the store's fsyncs are already observed; ledger_fsync_duration stays empty"
+            );
+        }
         let mut registry = Registry::default();
         registry.register_with_unit(
             "ledger_fsync_duration",
@@ -205,13 +222,12 @@ impl Collector for StateCollector {
         }
         if let Some(replication) = replication {
             let last = status.last_log_index.unwrap_or(0);
-            let family = e.encode_descriptor(
+            let mut family = e.encode_descriptor(
                 "ledger_raft_replication_lag_entries",
                 "On the leader: log entries each follower or learner is behind the leader",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            let mut family = family;
             for (follower, matched) in replication {
                 if follower == status.id {
                     continue;
@@ -221,7 +237,25 @@ impl Collector for StateCollector {
                 ConstGauge::new(index(Some(lag))).encode(family.encode_family(&labels)?)?;
             }
         }
-        let head = service.ledger.head().unwrap_or_default();
+        gauge(
+            e,
+            "ledger_store_size",
+            "Bytes on disk of this node's store (sled files and snapshots)",
+            Some(&Unit::Bytes),
+            i64::try_from(dir_bytes(&self.store_dir)).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "ledger_write_queue_commands",
+            "Writes queued on this node for group commit",
+            None,
+            i64::try_from(service.writer.queued()).unwrap_or(i64::MAX),
+        )?;
+        // Last: a storage error leaves the ledger's metrics out of this scrape rather than
+        // reporting 0.
+        let Ok(head) = service.ledger.head() else {
+            return Ok(());
+        };
         let events = ConstCounter::new(head.size);
         let metric_encoder = e.encode_descriptor(
             "ledger_events",
@@ -240,20 +274,6 @@ impl Collector for StateCollector {
                 age_ms.max(0) / 1000,
             )?;
         }
-        gauge(
-            e,
-            "ledger_store_size",
-            "Bytes on disk of this node's store (sled files and snapshots)",
-            Some(&Unit::Bytes),
-            i64::try_from(dir_bytes(&self.store_dir)).unwrap_or(i64::MAX),
-        )?;
-        gauge(
-            e,
-            "ledger_write_queue_commands",
-            "Writes queued on this node for group commit",
-            None,
-            i64::try_from(service.writer.queued()).unwrap_or(i64::MAX),
-        )?;
         Ok(())
     }
 }

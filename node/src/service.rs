@@ -584,36 +584,38 @@ impl LedgerService {
                     "the writes in flight did not finish within {TRANSFER_LEADER_TIMEOUT_MS} ms"
                 ))
             })?;
-        loop {
-            let (leading, last, matched) = {
-                let metrics = self.raft.metrics();
-                let metrics = metrics.borrow();
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|replication| replication.get(&to).copied().flatten())
-                    .map(|log_id| log_id.index);
-                (
-                    metrics.state == ServerState::Leader,
-                    metrics.last_log_index,
-                    matched,
-                )
-            };
-            if !leading {
-                return Err(ApiError::unavailable(
-                    "leadership moved before the transfer started; retry",
-                ));
-            }
-            if matched >= last {
-                break;
-            }
-            if started.elapsed() >= Duration::from_millis(TRANSFER_CATCH_UP_TIMEOUT_MS) {
-                return Err(ApiError::unavailable(format!(
-                    "node_id: node {to} did not catch up with the leader's log within \
-                     {TRANSFER_CATCH_UP_TIMEOUT_MS} ms (it has {matched:?} of {last:?})"
-                )));
-            }
-            tokio::time::sleep(poll).await;
+        // Woken by every change of the Raft metrics, not polled.
+        let matched_of = |metrics: &openraft::RaftMetrics<NodeId, LedgerNode>| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&to).copied().flatten())
+                .map(|log_id| log_id.index)
+        };
+        let caught_up = self
+            .raft
+            .wait(Some(Duration::from_millis(TRANSFER_CATCH_UP_TIMEOUT_MS)))
+            .metrics(
+                |metrics| {
+                    metrics.state != ServerState::Leader
+                        || matched_of(metrics) >= metrics.last_log_index
+                },
+                "the target of a leadership transfer to catch up",
+            )
+            .await;
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(ApiError::unavailable(
+                "leadership moved before the transfer started; retry",
+            ));
+        }
+        if caught_up.is_err() {
+            return Err(ApiError::unavailable(format!(
+                "node_id: node {to} did not catch up with the leader's log within \
+                 {TRANSFER_CATCH_UP_TIMEOUT_MS} ms (it has {:?} of {:?})",
+                matched_of(&metrics),
+                metrics.last_log_index
+            )));
         }
         self.raft.runtime_config().elect(false);
         let _resume = ElectionsResume(&self.raft);

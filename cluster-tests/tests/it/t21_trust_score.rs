@@ -162,26 +162,27 @@ async fn check(api: &Api, asn: &str, owner: &str, status: &str) -> Result<Value>
 /// Reports probe events for `probe` until one's `created_at` is at least `at_least_ms`: the
 /// offset took effect on the leader.
 async fn wait_clock(api: &Api, owner: &str, probe: &str, at_least_ms: i64) -> Result<()> {
-    let deadline = std::time::Instant::now() + CONDITION_TIMEOUT;
-    loop {
-        let event = api
-            .report_as(
-                NODE,
-                owner,
-                &json!({"asn": probe, "event_type": "probe"}),
-                None,
-            )
-            .await?;
-        if time::parse_ms(&event.created_at)? >= at_least_ms {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the clock offset never took effect (last created_at {})",
-            event.created_at
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    cluster_tests::wait_for(
+        CONDITION_TIMEOUT,
+        "the clock offset to take effect",
+        async || {
+            let event = api
+                .report_as(
+                    NODE,
+                    owner,
+                    &json!({"asn": probe, "event_type": "probe"}),
+                    None,
+                )
+                .await?;
+            ensure!(
+                time::parse_ms(&event.created_at)? >= at_least_ms,
+                "last created_at {}",
+                event.created_at
+            );
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn report(api: &Api, owner: &str, asn: &str, events: &[(&str, &str, usize)]) -> Result<()> {

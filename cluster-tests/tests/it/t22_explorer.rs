@@ -17,10 +17,9 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::{Cluster, free_addr, slow_test};
+use cluster_tests::{Cluster, free_addr, slow_test, wait_for};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,43 +85,36 @@ async fn browser() -> Result<(Driver, Client)> {
         }
     });
     let capabilities = capabilities.as_object().cloned().context("capabilities")?;
-    let deadline = Instant::now() + CONDITION_TIMEOUT;
-    loop {
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        match ClientBuilder::new(connector)
-            .capabilities(capabilities.clone())
-            .connect(&url)
-            .await
-        {
-            Ok(client) => return Ok((driver, client)),
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("t22: chromedriver not ready yet: {error}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(error) => bail!("cannot start a browser session through chromedriver: {error}"),
-        }
-    }
+    let client = wait_for(
+        CONDITION_TIMEOUT,
+        "a browser session through chromedriver",
+        async || {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            Ok(ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await?)
+        },
+    )
+    .await?;
+    Ok((driver, client))
 }
 
 /// Waits until the text of `css` satisfies `ready`; returns it.
 async fn wait_text(client: &Client, css: &str, ready: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + CONDITION_TIMEOUT;
-    let mut last = String::new();
-    loop {
-        if let Ok(element) = client.find(Locator::Css(css)).await
-            && let Ok(text) = element.text().await
-        {
-            if ready(&text) {
-                return Ok(text);
-            }
-            last = text;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{css} never got the expected text; last {last:?}; status {:?}",
-            status_text(client).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let found = wait_for(
+        CONDITION_TIMEOUT,
+        &format!("the expected text in {css}"),
+        async || {
+            let text = client.find(Locator::Css(css)).await?.text().await?;
+            ensure!(ready(&text), "last {text:?}");
+            Ok(text)
+        },
+    )
+    .await;
+    match found {
+        Ok(text) => Ok(text),
+        Err(error) => bail!("{error:#}; status {:?}", status_text(client).await),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::{Cluster, Options, Workload, free_addr, ledgerd_command, slow_test};
+use cluster_tests::{Cluster, Options, Workload, free_addr, ledgerd_command, slow_test, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -334,15 +334,16 @@ async fn rate_limit_scenario() -> Result<()> {
         "{total} burst events recorded, {created} + 1 accepted"
     );
     // The key is let through again once its budget refills.
-    let deadline = Instant::now() + CONDITION_TIMEOUT;
-    loop {
-        let answers = burst(&cluster, 2, &limited, &asn, 1).await?;
-        if answers[0].0 == 201 {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "the key stayed limited");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        CONDITION_TIMEOUT,
+        "the limited key to pass again",
+        async || {
+            let answers = burst(&cluster, 2, &limited, &asn, 1).await?;
+            ensure!(answers[0].0 == 201, "still {:?}", answers[0]);
+            Ok(())
+        },
+    )
+    .await?;
 
     // Without a key, one client address has a budget per node.
     let url = format!("{}/api/v1/ledger/head", api.base_url(3)?);
@@ -394,15 +395,18 @@ async fn rate_limit_scenario() -> Result<()> {
     ensure!(status == 200, "activity with x-request-id: {status}");
     let key_id = &other["asn_live_".len().."asn_live_".len() + 16];
     let log_path = cluster.data_dir(1)?.join("ledgerd.log");
-    let deadline = Instant::now() + CONDITION_TIMEOUT;
-    let line = loop {
-        let log = std::fs::read_to_string(&log_path)?;
-        if let Some(line) = log.lines().find(|l| l.contains(request_id)) {
-            break line.to_owned();
-        }
-        ensure!(Instant::now() < deadline, "no log line with the request id");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let line = wait_for(
+        CONDITION_TIMEOUT,
+        "a log line with the request id",
+        async || {
+            let log = std::fs::read_to_string(&log_path)?;
+            log.lines()
+                .find(|l| l.contains(request_id))
+                .map(str::to_owned)
+                .context("not logged yet")
+        },
+    )
+    .await?;
     let entry: Value = serde_json::from_str(&line).context("the log line is not JSON")?;
     ensure!(
         entry["span"]["request_id"] == request_id && entry["span"]["key_id"] == key_id,
@@ -463,18 +467,13 @@ async fn shedding_scenario() -> Result<()> {
         })
         .collect();
     // /metrics is exempt from shedding and counts itself: 3 in flight = both reports.
-    let deadline = Instant::now() + CONDITION_TIMEOUT;
-    loop {
+    wait_for(CONDITION_TIMEOUT, "both reports in flight", async || {
         let samples = scrape(&cluster, leader).await?;
-        if value(&samples, "ledger_http_requests_in_flight", &[])? >= 3.0 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the two reports never got in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let in_flight = value(&samples, "ledger_http_requests_in_flight", &[])?;
+        ensure!(in_flight >= 3.0, "{in_flight} in flight");
+        Ok(())
+    })
+    .await?;
     let answers = burst(&cluster, leader, &key, &asn, 1).await?;
     let (status, body, retry_after) = &answers[0];
     ensure!(*status == 503, "third report: {status} {body}");
@@ -589,21 +588,19 @@ async fn config_scenario() -> Result<()> {
             .stderr(std::process::Stdio::null());
         let mut child = command.spawn()?;
         let url = format!("http://{expected}/api/v1/node");
-        let deadline = Instant::now() + CONDITION_TIMEOUT;
-        let answered = loop {
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status() == 200
-            {
-                break response.json::<Value>().await?;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("env {env:?}, flag {flag:?}: nothing answered on {expected}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let answered = wait_for(
+            CONDITION_TIMEOUT,
+            &format!("env {env:?}, flag {flag:?}: an answer on {expected}"),
+            async || {
+                let response = reqwest::get(&url).await?;
+                ensure!(response.status() == 200, "{}", response.status());
+                Ok(response.json::<Value>().await?)
+            },
+        )
+        .await;
         let _ = child.kill();
         let _ = child.wait();
+        let answered = answered?;
         ensure!(answered["id"] == 1, "answer {answered}");
     }
     Ok(())
