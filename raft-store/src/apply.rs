@@ -10,21 +10,23 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 use openraft::EntryPayload;
-use sled::Transactional;
 
 use crate::StoreError;
 use crate::asn;
 use crate::chain;
 use crate::codec;
 use crate::codec::IndexScope;
+use crate::ledger::EVENT_CHUNK_EVENTS_MAX;
 use crate::ledger::Ledger;
+use crate::ledger::MERKLE_STORED_LEVEL_MIN;
 use crate::ledger::META_AGENTS_TOTAL;
 use crate::ledger::META_CLUSTER;
 use crate::ledger::META_HEAD;
 use crate::ledger::META_LAST_APPLIED;
 use crate::ledger::META_LAST_MEMBERSHIP;
 use crate::ledger::META_OPERATORS_TOTAL;
-use crate::ledger::SM_TREE_COUNT;
+use crate::ledger::META_STORE_FORMAT;
+use crate::ledger::STORE_FORMAT;
 use crate::ledger::TxRecord;
 use crate::types::AgentRecord;
 use crate::types::AgentStatus;
@@ -51,26 +53,33 @@ use crate::types::StoredMembership;
 /// The most events one `AppendEvents` command may carry (the API's batch limit is lower).
 pub const COMMAND_EVENTS_MAX: usize = 10_000;
 
-// Indexes into `Pending::batches`, in the order of `SM_TREES`.
+// Tags of the key spaces, in the order of `SM_TREES`.
 pub(crate) const T_META: usize = 0;
 const T_EVENTS: usize = 1;
 const T_IDX: usize = 2;
-const T_COUNTS: usize = 3;
-const T_TX: usize = 4;
-const T_NODES: usize = 5;
-const T_KEYS: usize = 6;
-const T_OPERATORS: usize = 7;
-const T_AGENTS: usize = 8;
-const T_MERKLE: usize = 9;
-const T_TRUST: usize = 10;
-
-pub(crate) type Batches = [sled::Batch; SM_TREE_COUNT];
+const T_TX: usize = 3;
+const T_NODES: usize = 4;
+const T_KEYS: usize = 5;
+const T_OPERATORS: usize = 6;
+const T_AGENTS: usize = 7;
+const T_MERKLE: usize = 8;
+const T_TRUST: usize = 9;
 
 fn rejected(code: RejectCode, message: impl Into<String>) -> CommandResult {
     CommandResult::Rejected {
         code,
         message: message.into(),
     }
+}
+
+/// Adds a write of `key` in the space tagged `tag` to `writes`.
+pub(crate) fn put(
+    writes: &mut sled::Batch,
+    tag: usize,
+    key: impl AsRef<[u8]>,
+    value: impl Into<sled::IVec>,
+) {
+    writes.insert(crate::space::tagged(tag as u8, key.as_ref()), value);
 }
 
 /// A refusal, carried through `?` inside a command.
@@ -93,9 +102,42 @@ fn derived_uuid(domain: &str, counter: u64, at_ms: i64) -> [u8; 16] {
         .as_bytes()
 }
 
+/// What the state machine remembers between `apply` calls of the indexes' tips, so that an
+/// apply does not look them up in sled (a reverse range lookup each): each index's length and
+/// each agent's last event hash. Only the state-machine worker uses it, and only after the
+/// sled transaction it learned from committed; a snapshot install empties it.
+#[derive(Default)]
+pub(crate) struct TipCache {
+    counts: HashMap<Vec<u8>, u64>,
+    heads: HashMap<String, Hash>,
+}
+
+impl TipCache {
+    /// Entries kept before the cache starts over (about 100 bytes each).
+    const ENTRIES_MAX: usize = 1 << 20;
+
+    pub(crate) fn clear(&mut self) {
+        self.counts.clear();
+        self.heads.clear();
+    }
+
+    /// Takes in what one committed batch changed.
+    pub(crate) fn absorb(&mut self, batch: TipCache) {
+        if self.counts.len() + batch.counts.len() > Self::ENTRIES_MAX
+            || self.heads.len() + batch.heads.len() > Self::ENTRIES_MAX
+        {
+            self.clear();
+        }
+        self.counts.extend(batch.counts);
+        self.heads.extend(batch.heads);
+    }
+}
+
 pub(crate) struct Pending<'a> {
     ledger: &'a Ledger,
-    batches: Batches,
+    tips: &'a TipCache,
+    /// Every write of this batch, keys tagged with their space: one atomic sled batch.
+    writes: sled::Batch,
     head: LedgerHead,
     cluster: Option<ClusterRecord>,
     last_applied: Option<LogId>,
@@ -103,7 +145,10 @@ pub(crate) struct Pending<'a> {
     agents_total: u64,
     operators_total: u64,
     new_events: BTreeMap<u64, Event>,
+    /// Index lengths as of this batch, by scope prefix.
     counts: HashMap<Vec<u8>, u64>,
+    /// The run each index gets in this batch, by scope prefix: its first ordinal and entries.
+    runs: HashMap<Vec<u8>, (u64, Vec<u8>)>,
     tx: HashMap<Hash, TxRecord>,
     nodes: HashMap<NodeId, NodeRecord>,
     keys: HashMap<String, ApiKeyRecord>,
@@ -130,10 +175,11 @@ impl verifier::merkle::Subtrees for Pending<'_> {
 }
 
 impl<'a> Pending<'a> {
-    pub(crate) fn new(ledger: &'a Ledger) -> Result<Self, StoreError> {
+    pub(crate) fn new(ledger: &'a Ledger, tips: &'a TipCache) -> Result<Self, StoreError> {
         Ok(Self {
             ledger,
-            batches: Default::default(),
+            tips,
+            writes: sled::Batch::default(),
             head: ledger.head()?,
             cluster: ledger.cluster()?,
             last_applied: ledger.last_applied()?,
@@ -142,6 +188,7 @@ impl<'a> Pending<'a> {
             operators_total: ledger.operators_total()?,
             new_events: BTreeMap::new(),
             counts: HashMap::new(),
+            runs: HashMap::new(),
             tx: HashMap::new(),
             nodes: HashMap::new(),
             keys: HashMap::new(),
@@ -169,8 +216,13 @@ impl<'a> Pending<'a> {
         }
     }
 
+    /// Adds a write of `key` in space `tag` to the batch.
+    fn put(&mut self, tag: usize, key: impl AsRef<[u8]>, value: impl Into<sled::IVec>) {
+        put(&mut self.writes, tag, key, value);
+    }
+
     fn put_tx(&mut self, key: Hash, record: TxRecord) {
-        self.batches[T_TX].insert(&key, codec::encode(&record));
+        self.put(T_TX, key, codec::encode(&record));
         self.tx.insert(key, record);
     }
 
@@ -259,7 +311,11 @@ impl<'a> Pending<'a> {
 
     /// Hash of the agent's last event, zeroes when it has none.
     fn agent_head(&self, asn: &str) -> Result<Hash, StoreError> {
-        if let Some(hash) = self.agent_heads.get(asn) {
+        if let Some(hash) = self
+            .agent_heads
+            .get(asn)
+            .or_else(|| self.tips.heads.get(asn))
+        {
             return Ok(*hash);
         }
         let scope = IndexScope::Agent(asn);
@@ -277,24 +333,29 @@ impl<'a> Pending<'a> {
     }
 
     fn count(&self, scope: IndexScope<'_>) -> Result<u64, StoreError> {
-        match self.counts.get(&scope.prefix()) {
+        let prefix = scope.prefix();
+        match self
+            .counts
+            .get(&prefix)
+            .or_else(|| self.tips.counts.get(&prefix))
+        {
             Some(count) => Ok(*count),
             None => self.ledger.index_count(scope),
         }
     }
 
     fn put_node(&mut self, node: NodeRecord) {
-        self.batches[T_NODES].insert(&codec::u64_key(node.id), codec::encode(&node));
+        self.put(T_NODES, codec::u64_key(node.id), codec::encode(&node));
         self.nodes.insert(node.id, node);
     }
 
     fn put_key(&mut self, key: ApiKeyRecord) {
-        self.batches[T_KEYS].insert(key.id.as_bytes(), codec::encode(&key));
+        self.put(T_KEYS, key.id.as_bytes(), codec::encode(&key));
         self.keys.insert(key.id.clone(), key);
     }
 
     fn put_agent(&mut self, agent: AgentRecord) {
-        self.batches[T_AGENTS].insert(agent.asn.as_bytes(), codec::encode(&agent));
+        self.put(T_AGENTS, agent.asn.as_bytes(), codec::encode(&agent));
         self.agents.insert(agent.asn.clone(), agent);
     }
 
@@ -306,9 +367,12 @@ impl<'a> Pending<'a> {
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
         let ordinal = self.count(scope)?;
-        self.batches[T_IDX].insert(scope.key(ordinal), &codec::index_value(seq, created_at_ms));
         let prefix = scope.prefix();
-        self.batches[T_COUNTS].insert(prefix.as_slice(), &codec::u64_key(ordinal + 1));
+        let (_, run) = self
+            .runs
+            .entry(prefix.clone())
+            .or_insert_with(|| (ordinal, Vec::new()));
+        codec::push_index_entry(run, seq, created_at_ms);
         self.counts.insert(prefix, ordinal + 1);
         Ok(())
     }
@@ -462,7 +526,7 @@ impl<'a> Pending<'a> {
                     name: name.clone(),
                     created_at_ms: now_ms,
                 };
-                self.batches[T_OPERATORS].insert(id.as_bytes(), codec::encode(&operator));
+                self.put(T_OPERATORS, id.as_bytes(), codec::encode(&operator));
                 self.operators.insert(id, operator.clone());
                 Ok(Ok(CommandResult::Operator(operator)))
             }
@@ -650,7 +714,6 @@ impl<'a> Pending<'a> {
                 seq,
                 created_at_ms,
             )?;
-            self.batches[T_EVENTS].insert(&codec::u64_key(seq), codec::encode(&event));
             self.head = LedgerHead {
                 size: seq,
                 head_hash: event.hash,
@@ -662,7 +725,9 @@ impl<'a> Pending<'a> {
             // completes (about one per event on average).
             let completed = verifier::merkle::append(&*self, seq - 1, chain::leaf_hash(&event))?;
             for (level, index, hash) in completed {
-                self.batches[T_MERKLE].insert(&crate::ledger::subtree_key(level, index), &hash);
+                if level >= MERKLE_STORED_LEVEL_MIN {
+                    self.put(T_MERKLE, crate::ledger::subtree_key(level, index), &hash);
+                }
                 self.subtrees.insert((level, index), hash);
             }
             self.new_events.insert(seq, event.clone());
@@ -703,41 +768,54 @@ impl<'a> Pending<'a> {
         Ok(())
     }
 
-    /// Writes everything in one transaction over all state-machine trees.
-    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+    /// Writes everything in one transaction over all state-machine trees. Returns the tips
+    /// this batch changed, for [`TipCache::absorb`].
+    pub(crate) fn commit(mut self) -> Result<TipCache, StoreError> {
+        let encoded: Vec<(u64, Vec<u8>)> = self
+            .new_events
+            .iter()
+            .map(|(seq, event)| (*seq, codec::encode(event)))
+            .collect();
+        for chunk in encoded.chunks(EVENT_CHUNK_EVENTS_MAX) {
+            let value = codec::encode_event_chunk(chunk.iter().map(|(_, bytes)| bytes.as_slice()));
+            self.put(T_EVENTS, codec::u64_key(chunk[0].0), value);
+        }
+        for (prefix, (first, run)) in &self.runs {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&first.to_be_bytes());
+            put(&mut self.writes, T_IDX, key, run.as_slice());
+        }
         for (asn, days) in &self.trust {
             for (day, counts) in days {
-                self.batches[T_TRUST]
-                    .insert(codec::trust_key(asn, *day), &codec::trust_value(counts));
+                put(
+                    &mut self.writes,
+                    T_TRUST,
+                    codec::trust_key(asn, *day),
+                    &codec::trust_value(counts),
+                );
             }
         }
-        let meta = &mut self.batches[T_META];
-        meta.insert(META_LAST_APPLIED, codec::encode(&self.last_applied));
-        meta.insert(META_LAST_MEMBERSHIP, codec::encode(&self.membership));
-        meta.insert(META_HEAD, codec::encode(&self.head));
-        meta.insert(META_AGENTS_TOTAL, codec::encode(&self.agents_total));
-        meta.insert(META_OPERATORS_TOTAL, codec::encode(&self.operators_total));
+        self.put(T_META, META_STORE_FORMAT, codec::encode(&STORE_FORMAT));
+        self.put(T_META, META_LAST_APPLIED, codec::encode(&self.last_applied));
+        self.put(
+            T_META,
+            META_LAST_MEMBERSHIP,
+            codec::encode(&self.membership),
+        );
+        self.put(T_META, META_HEAD, codec::encode(&self.head));
+        self.put(T_META, META_AGENTS_TOTAL, codec::encode(&self.agents_total));
+        self.put(
+            T_META,
+            META_OPERATORS_TOTAL,
+            codec::encode(&self.operators_total),
+        );
         if let Some(cluster) = &self.cluster {
-            meta.insert(META_CLUSTER, codec::encode(cluster));
+            self.put(T_META, META_CLUSTER, codec::encode(cluster));
         }
-        commit_batches(self.ledger, &self.batches)
+        self.ledger.apply_batch(self.writes)?;
+        Ok(TipCache {
+            counts: self.counts,
+            heads: self.agent_heads,
+        })
     }
-}
-
-pub(crate) fn commit_batches(ledger: &Ledger, batches: &Batches) -> Result<(), StoreError> {
-    let trees = ledger.trees();
-    trees
-        .as_slice()
-        .transaction(|views| {
-            for (view, batch) in views.iter().zip(batches.iter()) {
-                view.apply_batch(batch)?;
-            }
-            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-        })
-        .map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-            sled::transaction::TransactionError::Abort(()) => {
-                StoreError::Corrupt("transaction aborted".into())
-            }
-        })
 }

@@ -6,21 +6,27 @@
 //! | tree           | key                                   | value                        |
 //! |----------------|---------------------------------------|------------------------------|
 //! | `sm_meta`      | `last_applied`, `last_membership`, `head`, `cluster`, `agents_total` | postcard |
-//! | `sm_events`    | seq (u64 BE)                          | postcard([`Event`])          |
-//! | `sm_idx`       | [`IndexScope`] prefix, ordinal (u64 BE) | seq, created_at (2 × 8 BE) |
-//! | `sm_counts`    | [`IndexScope`] prefix                 | count (u64 BE)               |
+//! | `sm_events`    | seq of the chunk's first event (u64 BE) | a chunk: consecutive postcard([`Event`]s) ([`codec::encode_event_chunk`]) |
+//! | `sm_idx`       | [`IndexScope`] prefix, ordinal of the run's first entry (u64 BE) | a run: consecutive (seq, created_at) entries (2 × 8 BE each) |
 //! | `sm_tx`        | dedup key (32 bytes) of every applied proposal | postcard([`TxRecord`]) |
 //! | `sm_nodes`     | node id (u64 BE)                      | postcard([`NodeRecord`])     |
 //! | `sm_keys`      | key id                                | postcard([`ApiKeyRecord`])   |
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |
 //! | `sm_agents`    | asn                                   | postcard([`AgentRecord`])    |
-//! | `sm_merkle`    | level (u32 BE), index (u64 BE)        | hash of that complete subtree |
+//! | `sm_merkle`    | level (u32 BE, at least [`MERKLE_STORED_LEVEL_MIN`]), index (u64 BE) | hash of that complete subtree |
 //! | `sm_trust`     | asn 0x00 day (i64 BE, sign bit flipped) | events by severity (4 × u64 BE) |
 //!
 //! Two indexes list an agent's events in ledger order by ordinal: all of them, and those of
 //! one type. `created_at` never decreases in ledger order, so it never decreases along an
 //! index either: a date range is a range of ordinals found by binary search, and any page is
-//! a range scan of `per_page` keys, whatever its number.
+//! a short range scan, whatever its number.
+//!
+//! Values are packed because sled's cost is per insert (it copies the tree node on every
+//! write): one `apply` writes its events as chunks of up to [`EVENT_CHUNK_EVENTS_MAX`], and
+//! each index it touches as one run of consecutive ordinals, keyed by the first. An index's
+//! length is the end of its last run; an event or an index entry is found by a reverse range
+//! lookup of the key at or before it. Merkle subtrees below [`MERKLE_STORED_LEVEL_MIN`] are
+//! not stored: they are recomputed from at most `2^(MERKLE_STORED_LEVEL_MIN - 1)` events.
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -29,6 +35,7 @@ use crate::StoreError;
 use crate::chain;
 use crate::codec;
 use crate::codec::IndexScope;
+use crate::space::Space;
 use crate::types::AgentRecord;
 use crate::types::ApiKeyRecord;
 use crate::types::ClusterRecord;
@@ -50,14 +57,25 @@ pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
 
 /// How many state-machine trees there are.
-pub(crate) const SM_TREE_COUNT: usize = 11;
+pub(crate) const SM_TREE_COUNT: usize = 10;
+
+/// Meta key of the store format; a store of another format refuses to open.
+pub(crate) const META_STORE_FORMAT: &[u8] = b"store_format";
+
+/// 3: events in chunks, indexes in runs, Merkle subtrees from level 4 (no `sm_counts`).
+pub(crate) const STORE_FORMAT: u32 = 3;
+
+/// The most events one `sm_events` chunk holds.
+pub const EVENT_CHUNK_EVENTS_MAX: usize = 32;
+
+/// The lowest level of stored Merkle subtrees; lower ones are recomputed from the events.
+pub const MERKLE_STORED_LEVEL_MIN: u32 = 4;
 
 /// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
 pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_meta",
     "sm_events",
     "sm_idx",
-    "sm_counts",
     "sm_tx",
     "sm_nodes",
     "sm_keys",
@@ -122,6 +140,9 @@ impl verifier::merkle::Subtrees for Ledger {
     type Error = StoreError;
 
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        if level < MERKLE_STORED_LEVEL_MIN {
+            return self.computed_subtree(level, index);
+        }
         let value = self.merkle.get(subtree_key(level, index))?.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "Merkle subtree at level {level}, index {index} is missing"
@@ -132,6 +153,23 @@ impl verifier::merkle::Subtrees for Ledger {
                 "Merkle subtree at level {level}, index {index} is not 32 bytes"
             ))
         })
+    }
+}
+
+/// The ledger's subtrees, with the low ones completed lately taken from memory.
+struct RecentSubtrees<'a> {
+    ledger: &'a Ledger,
+    low: std::collections::HashMap<(u32, u64), Hash>,
+}
+
+impl verifier::merkle::Subtrees for RecentSubtrees<'_> {
+    type Error = StoreError;
+
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        match self.low.get(&(level, index)) {
+            Some(hash) => Ok(*hash),
+            None => verifier::merkle::Subtrees::subtree(self.ledger, level, index),
+        }
     }
 }
 
@@ -171,21 +209,21 @@ pub struct TrustInputs {
     pub days: Vec<verifier::trust::DayCounts>,
 }
 
-/// Read handle on the state-machine trees. Cheap to clone.
+/// Read handle on the state machine's key spaces. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    pub(crate) meta: sled::Tree,
-    pub(crate) events: sled::Tree,
-    pub(crate) idx: sled::Tree,
-    pub(crate) counts: sled::Tree,
-    pub(crate) tx: sled::Tree,
-    pub(crate) nodes: sled::Tree,
-    pub(crate) keys: sled::Tree,
-    pub(crate) operators: sled::Tree,
-    pub(crate) agents: sled::Tree,
-    pub(crate) merkle: sled::Tree,
+    tree: sled::Tree,
+    pub(crate) meta: Space,
+    pub(crate) events: Space,
+    pub(crate) idx: Space,
+    pub(crate) tx: Space,
+    pub(crate) nodes: Space,
+    pub(crate) keys: Space,
+    pub(crate) operators: Space,
+    pub(crate) agents: Space,
+    pub(crate) merkle: Space,
     /// Per agent and UTC day: how many events of each severity (the trust score's inputs).
-    pub(crate) trust: sled::Tree,
+    pub(crate) trust: Space,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -198,30 +236,54 @@ fn decode_opt<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The sled tree that holds every key space of the state machine.
+pub(crate) const SM_TREE: &str = "sm";
+
 impl Ledger {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        // Store formats up to 2 kept one sled tree per key space, under these names.
+        for name in SM_TREES {
+            if db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == name.as_bytes())
+                && !db.open_tree(name)?.is_empty()
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "the state machine has store format 2 or older (sled tree {name}), this \
+                     ledgerd reads format {STORE_FORMAT}: start this node from an empty data \
+                     directory (it catches up from the cluster)"
+                )));
+            }
+        }
+        let tree = db.open_tree(SM_TREE)?;
+        let space = |tag: usize| Space::new(tree.clone(), tag as u8);
         Ok(Self {
-            meta: db.open_tree(SM_TREES[0])?,
-            events: db.open_tree(SM_TREES[1])?,
-            idx: db.open_tree(SM_TREES[2])?,
-            counts: db.open_tree(SM_TREES[3])?,
-            tx: db.open_tree(SM_TREES[4])?,
-            nodes: db.open_tree(SM_TREES[5])?,
-            keys: db.open_tree(SM_TREES[6])?,
-            operators: db.open_tree(SM_TREES[7])?,
-            agents: db.open_tree(SM_TREES[8])?,
-            merkle: db.open_tree(SM_TREES[9])?,
-            trust: db.open_tree(SM_TREES[10])?,
+            tree: tree.clone(),
+            meta: space(0),
+            events: space(1),
+            idx: space(2),
+            tx: space(3),
+            nodes: space(4),
+            keys: space(5),
+            operators: space(6),
+            agents: space(7),
+            merkle: space(8),
+            trust: space(9),
         })
     }
 
-    /// The trees in the order of [`SM_TREES`].
-    pub(crate) fn trees(&self) -> [&sled::Tree; SM_TREE_COUNT] {
+    /// Applies `batch` (keys already tagged with their space) atomically.
+    pub(crate) fn apply_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    /// The key spaces in the order of [`SM_TREES`].
+    pub(crate) fn spaces(&self) -> [&Space; SM_TREE_COUNT] {
         [
             &self.meta,
             &self.events,
             &self.idx,
-            &self.counts,
             &self.tx,
             &self.nodes,
             &self.keys,
@@ -265,25 +327,109 @@ impl Ledger {
         Ok(self.meta_get(META_OPERATORS_TOTAL)?.unwrap_or(0))
     }
 
+    /// The store format written in `sm_meta` (`None`: an empty store, or one older than
+    /// format 3, which wrote none).
+    pub(crate) fn store_format(&self) -> Result<Option<u32>, StoreError> {
+        self.meta_get(META_STORE_FORMAT)
+    }
+
+    /// The chunk holding `seq`, if any: its first seq and value.
+    fn chunk_at(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        match self.events.range(..=codec::u64_key(seq)).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some((codec::u64_from_key(&key)?, value)))
+            }
+        }
+    }
+
+    /// Decodes the event at `offset` of a chunk starting at `first`, checking its seq.
+    fn chunk_event(first: u64, offset: usize, bytes: &[u8]) -> Result<Event, StoreError> {
+        let seq = first + offset as u64;
+        let event: Event = codec::decode(bytes, &format!("event {seq}"))?;
+        if event.seq != seq {
+            return Err(StoreError::Corrupt(format!(
+                "event {seq} is stored as event {}",
+                event.seq
+            )));
+        }
+        Ok(event)
+    }
+
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        decode_opt(self.events.get(codec::u64_key(seq))?, "event")
+        let Some((first, chunk)) = self.chunk_at(seq)? else {
+            return Ok(None);
+        };
+        let events = codec::event_chunk(&chunk)?;
+        let offset = (seq - first) as usize;
+        match events.get(offset) {
+            None => Ok(None),
+            Some(bytes) => Self::chunk_event(first, offset, bytes).map(Some),
+        }
     }
 
     /// Up to `limit` events from `from_seq` upwards, in ledger order.
     pub fn events_from(&self, from_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.events.range(codec::u64_key(from_seq)..).take(limit) {
-            let (_, value) = item?;
-            out.push(codec::decode(&value, "event")?);
+        let start = self
+            .chunk_at(from_seq)?
+            .map_or(from_seq, |(first, _)| first);
+        for item in self.events.range(codec::u64_key(start)..) {
+            let (key, chunk) = item?;
+            let first = codec::u64_from_key(&key)?;
+            for (offset, bytes) in codec::event_chunk(&chunk)?.into_iter().enumerate() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if first + offset as u64 >= from_seq {
+                    out.push(Self::chunk_event(first, offset, bytes)?);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
         }
         Ok(out)
     }
 
+    /// The hash of a complete Merkle subtree below the stored levels, from its leaves.
+    fn computed_subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        assert!(level < MERKLE_STORED_LEVEL_MIN);
+        let width = 1usize << level;
+        let first_seq = (index << level) + 1;
+        let events = self.events_from(first_seq, width)?;
+        if events.len() != width {
+            return Err(StoreError::Corrupt(format!(
+                "Merkle subtree at level {level}, index {index}: events {first_seq}.. are missing"
+            )));
+        }
+        let mut hashes: Vec<Hash> = events.iter().map(chain::leaf_hash).collect();
+        while hashes.len() > 1 {
+            hashes = hashes
+                .chunks_exact(2)
+                .map(|pair| verifier::merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(hashes[0])
+    }
+
+    /// The last run of an index: its first ordinal and value.
+    fn last_run(&self, scope: IndexScope<'_>) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        match self.idx.scan_prefix(scope.prefix()).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, run) = item?;
+                Ok(Some((codec::run_first_ordinal(&key)?, run)))
+            }
+        }
+    }
+
     /// How many events an index lists.
     pub fn index_count(&self, scope: IndexScope<'_>) -> Result<u64, StoreError> {
-        match self.counts.get(scope.prefix())? {
+        match self.last_run(scope)? {
             None => Ok(0),
-            Some(bytes) => codec::u64_from_key(&bytes),
+            Some((first, run)) => Ok(first + codec::index_run_len(&run)?),
         }
     }
 
@@ -297,10 +443,17 @@ impl Ledger {
         scope: IndexScope<'_>,
         ordinal: u64,
     ) -> Result<(u64, i64), StoreError> {
-        let value = self.idx.get(scope.key(ordinal))?.ok_or_else(|| {
-            StoreError::Corrupt(format!("index {scope:?} has no entry {ordinal}"))
-        })?;
-        codec::parse_index_value(&value)
+        let missing = || StoreError::Corrupt(format!("index {scope:?} has no entry {ordinal}"));
+        let (key, run) = self
+            .idx
+            .range(scope.key(0)..=scope.key(ordinal))
+            .next_back()
+            .ok_or_else(missing)??;
+        let offset = ordinal - codec::run_first_ordinal(&key)?;
+        if offset >= codec::index_run_len(&run)? {
+            return Err(missing());
+        }
+        codec::index_run_entry(&run, offset)
     }
 
     /// The first ordinal in `[0, count)` whose event's `created_at` satisfies `past`, where
@@ -353,18 +506,32 @@ impl Ledger {
         let take = (total - query.skip).min(query.limit as u64);
         let oldest = newest + 1 - take;
         let mut events = Vec::with_capacity(take as usize);
-        for item in self.idx.range(scope.key(oldest)..=scope.key(newest)).rev() {
-            let (_, value) = item?;
-            let (seq, _) = codec::parse_index_value(&value)?;
-            let event = self.event(seq)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("index {scope:?} points at missing event {seq}"))
-            })?;
-            assert_eq!(
-                event.asn, query.asn,
-                "index of {} points at event {seq} of {}",
-                query.asn, event.asn
-            );
-            events.push(event);
+        // Runs overlapping [oldest, newest], newest first: the one holding `newest`, then
+        // earlier ones until the one holding `oldest`.
+        for item in self.idx.range(scope.key(0)..=scope.key(newest)).rev() {
+            let (key, run) = item?;
+            let first = codec::run_first_ordinal(&key)?;
+            let last = first + codec::index_run_len(&run)? - 1;
+            let mut ordinal = last.min(newest);
+            while ordinal >= first.max(oldest) {
+                let (seq, _) = codec::index_run_entry(&run, ordinal - first)?;
+                let event = self.event(seq)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("index {scope:?} points at missing event {seq}"))
+                })?;
+                assert_eq!(
+                    event.asn, query.asn,
+                    "index of {} points at event {seq} of {}",
+                    query.asn, event.asn
+                );
+                events.push(event);
+                if ordinal == 0 {
+                    break;
+                }
+                ordinal -= 1;
+            }
+            if first <= oldest {
+                break;
+            }
         }
         assert_eq!(
             events.len() as u64,
@@ -477,72 +644,86 @@ impl Ledger {
         let mut prev_time = i64::MIN;
         let mut agent_last: std::collections::HashMap<String, Hash> =
             std::collections::HashMap::new();
+        // The Merkle subtrees below the stored levels completed lately, so the walk does not
+        // recompute them from events.
+        let mut merkle = RecentSubtrees {
+            ledger: self,
+            low: std::collections::HashMap::new(),
+        };
         // Only up to the head read above: while the node runs, later events may be committed
         // during the walk (each sled read sees a whole apply transaction or none of it).
         for item in self.events.range(..=codec::u64_key(head.size)) {
-            let (key, value) = item?;
-            let seq = codec::u64_from_key(&key)?;
-            let bad = |what: &str| StoreError::Corrupt(format!("event {seq} {what}"));
-            if seq != expected_seq {
+            let (key, chunk) = item?;
+            let first = codec::u64_from_key(&key)?;
+            if first != expected_seq {
                 return Err(StoreError::Corrupt(format!(
-                    "event {expected_seq} is missing (found {seq} next)"
+                    "event {expected_seq} is missing (found {first} next)"
                 )));
             }
-            let event: Event = codec::decode(&value, &format!("event {seq}"))?;
-            if event.seq != seq {
-                return Err(bad(&format!("is stored as event {}", event.seq)));
-            }
-            if chain::event_hash(&event) != event.hash {
-                return Err(bad("does not match its hash"));
-            }
-            if event.prev_hash != prev_hash {
-                return Err(bad("does not link to the event before it (prev_hash)"));
-            }
-            if event.created_at_ms < prev_time {
-                return Err(bad("is older than the event before it"));
-            }
-            let agent_prev = agent_last.get(&event.asn).copied().unwrap_or([0; 32]);
-            if event.agent_prev_hash != agent_prev {
-                return Err(bad(
-                    "does not link to its agent's event before it (agent_prev_hash)",
-                ));
-            }
-            // Recompute what this leaf completes (siblings come from subtrees already checked)
-            // and compare with what is stored.
-            for (level, index, hash) in
-                verifier::merkle::append(self, seq - 1, chain::leaf_hash(&event))?
-            {
-                if verifier::merkle::Subtrees::subtree(self, level, index)? != hash {
-                    return Err(bad(&format!(
-                        "makes Merkle subtree ({level}, {index}) differ from the stored one"
-                    )));
+            for (offset, bytes) in codec::event_chunk(&chunk)?.into_iter().enumerate() {
+                let seq = first + offset as u64;
+                let bad = |what: &str| StoreError::Corrupt(format!("event {seq} {what}"));
+                let event = Self::chunk_event(first, offset, bytes)?;
+                if chain::event_hash(&event) != event.hash {
+                    return Err(bad("does not match its hash"));
                 }
+                if event.prev_hash != prev_hash {
+                    return Err(bad("does not link to the event before it (prev_hash)"));
+                }
+                if event.created_at_ms < prev_time {
+                    return Err(bad("is older than the event before it"));
+                }
+                let agent_prev = agent_last.get(&event.asn).copied().unwrap_or([0; 32]);
+                if event.agent_prev_hash != agent_prev {
+                    return Err(bad(
+                        "does not link to its agent's event before it (agent_prev_hash)",
+                    ));
+                }
+                // Recompute what this leaf completes (siblings come from subtrees already checked)
+                // and compare with what is stored.
+                let completed =
+                    verifier::merkle::append(&merkle, seq - 1, chain::leaf_hash(&event))?;
+                if completed
+                    .iter()
+                    .any(|(level, _, _)| *level >= MERKLE_STORED_LEVEL_MIN)
+                {
+                    merkle.low.clear();
+                }
+                for (level, index, hash) in completed {
+                    if level < MERKLE_STORED_LEVEL_MIN {
+                        merkle.low.insert((level, index), hash);
+                    } else if verifier::merkle::Subtrees::subtree(self, level, index)? != hash {
+                        return Err(bad(&format!(
+                            "makes Merkle subtree ({level}, {index}) differ from the stored one"
+                        )));
+                    }
+                }
+                let day = verifier::trust::day_of(event.created_at_ms);
+                let slot = event.severity as usize;
+                match agent_day.get_mut(&event.asn) {
+                    Some((open_day, counts, last_seq)) if *open_day == day => {
+                        counts[slot] += 1;
+                        *last_seq = seq;
+                    }
+                    Some(open) => {
+                        let (closed_day, counts, last_seq) = *open;
+                        self.check_trust_day(&event.asn, closed_day, &counts, last_seq)?;
+                        days_checked += 1;
+                        let mut fresh = [0u64; 4];
+                        fresh[slot] = 1;
+                        *open = (day, fresh, seq);
+                    }
+                    None => {
+                        let mut fresh = [0u64; 4];
+                        fresh[slot] = 1;
+                        agent_day.insert(event.asn.clone(), (day, fresh, seq));
+                    }
+                }
+                agent_last.insert(event.asn.clone(), event.hash);
+                prev_hash = event.hash;
+                prev_time = event.created_at_ms;
+                expected_seq += 1;
             }
-            let day = verifier::trust::day_of(event.created_at_ms);
-            let slot = event.severity as usize;
-            match agent_day.get_mut(&event.asn) {
-                Some((open_day, counts, last_seq)) if *open_day == day => {
-                    counts[slot] += 1;
-                    *last_seq = seq;
-                }
-                Some(open) => {
-                    let (closed_day, counts, last_seq) = *open;
-                    self.check_trust_day(&event.asn, closed_day, &counts, last_seq)?;
-                    days_checked += 1;
-                    let mut fresh = [0u64; 4];
-                    fresh[slot] = 1;
-                    *open = (day, fresh, seq);
-                }
-                None => {
-                    let mut fresh = [0u64; 4];
-                    fresh[slot] = 1;
-                    agent_day.insert(event.asn.clone(), (day, fresh, seq));
-                }
-            }
-            agent_last.insert(event.asn.clone(), event.hash);
-            prev_hash = event.hash;
-            prev_time = event.created_at_ms;
-            expected_seq += 1;
         }
         let size = expected_seq - 1;
         if size < head.size {
@@ -565,7 +746,7 @@ impl Ledger {
                 self.check_trust_day(asn, *day, counts, *last_seq)?;
             }
             days_checked += open.len() as u64;
-            let stored = self.trust.len() as u64;
+            let stored = self.trust.iter().count() as u64;
             if self.head()? == head && stored != days_checked {
                 return Err(StoreError::Corrupt(format!(
                     "the trust day counts hold {stored} agent-days, the events make {days_checked}"

@@ -16,6 +16,7 @@ pub mod durability;
 pub mod ledger;
 pub mod log_store;
 pub mod mark;
+mod space;
 pub mod state_machine;
 pub mod types;
 
@@ -118,6 +119,14 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         Ok(Err(StoreError::Sled(error @ sled::Error::Corruption { .. }))) => {
             Err(StoreError::Corrupt(format!(
                 "sled found corrupted data in {} ({error}); replace this node under a new id",
+                dir.join("sled").display()
+            )))
+        }
+        // A damaged `conf` file reads as a sled from before 0.29.
+        Ok(Err(StoreError::Sled(error @ sled::Error::Unsupported(_)))) => {
+            Err(StoreError::Corrupt(format!(
+                "sled cannot read its files in {} ({error}): they are damaged or were written \
+                 by another sled version; replace this node under a new id",
                 dir.join("sled").display()
             )))
         }

@@ -43,8 +43,8 @@ use crate::types::StorageError;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
-/// 2: with `sm_trust`.
-const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// 2: with `sm_trust`. 3: store format 3 (event chunks, index runs, no `sm_counts`).
+const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -52,6 +52,8 @@ pub struct StateMachineStore {
     durability: Durability,
     snapshot_dir: PathBuf,
     current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// The indexes' tips, for `apply` (see [`crate::apply::TipCache`]).
+    tips: Arc<Mutex<crate::apply::TipCache>>,
 }
 
 /// The snapshot file: the meta, the payload and a checksum of the payload.
@@ -87,6 +89,16 @@ impl StateMachineStore {
         dir: &Path,
     ) -> Result<Self, StoreError> {
         let ledger = Ledger::open(db)?;
+        let format = ledger.store_format()?;
+        if ledger.last_applied()?.is_some() && format != Some(crate::ledger::STORE_FORMAT) {
+            return Err(StoreError::Corrupt(format!(
+                "the state machine in {} has store format {}, this ledgerd reads format {}: \
+                 start this node from an empty data directory (it catches up from the cluster)",
+                dir.display(),
+                format.map_or_else(|| "2 or older".to_owned(), |f| f.to_string()),
+                crate::ledger::STORE_FORMAT
+            )));
+        }
         let started = std::time::Instant::now();
         let size = ledger.verify_chain()?;
         // Nothing writes yet: nothing may lie past the head either.
@@ -118,6 +130,7 @@ impl StateMachineStore {
             durability,
             snapshot_dir,
             current_snapshot: Arc::new(Mutex::new(current)),
+            tips: Arc::default(),
         })
     }
 
@@ -143,9 +156,9 @@ impl StateMachineStore {
     /// interleaves: the copy is one consistent state.
     fn copy_state(&self) -> Result<(SnapshotPayload, Option<LogId>, StoredMembership), StoreError> {
         let mut trees = Vec::with_capacity(SM_TREES.len());
-        for (name, tree) in SM_TREES.iter().zip(self.ledger.trees()) {
-            let mut pairs = Vec::with_capacity(tree.len());
-            for item in tree.iter() {
+        for (name, space) in SM_TREES.iter().zip(self.ledger.spaces()) {
+            let mut pairs = Vec::new();
+            for item in space.iter() {
                 let (key, value) = item?;
                 pairs.push((key.to_vec(), value.to_vec()));
             }
@@ -202,26 +215,36 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
             payload.version
         )));
     }
-    let mut batches: crate::apply::Batches = Default::default();
-    for (index, ((name, pairs), tree)) in payload.trees.iter().zip(ledger.trees()).enumerate() {
+    let mut batch = sled::Batch::default();
+    for (index, ((name, pairs), space)) in payload.trees.iter().zip(ledger.spaces()).enumerate() {
         if name != SM_TREES[index] {
             return Err(StoreError::Corrupt(format!(
                 "snapshot tree {index} is {name}, expected {}",
                 SM_TREES[index]
             )));
         }
-        for item in tree.iter() {
+        for item in space.iter() {
             let (key, _) = item?;
-            batches[index].remove(key);
+            batch.remove(space.key(key));
         }
         for (key, value) in pairs {
-            batches[index].insert(key.as_slice(), value.as_slice());
+            crate::apply::put(&mut batch, index, key, value.as_slice());
         }
     }
-    batches[crate::apply::T_META].insert(META_LAST_APPLIED, codec::encode(&meta.last_log_id));
-    batches[crate::apply::T_META]
-        .insert(META_LAST_MEMBERSHIP, codec::encode(&meta.last_membership));
-    crate::apply::commit_batches(ledger, &batches)
+    let meta_tag = crate::apply::T_META;
+    crate::apply::put(
+        &mut batch,
+        meta_tag,
+        META_LAST_APPLIED,
+        codec::encode(&meta.last_log_id),
+    );
+    crate::apply::put(
+        &mut batch,
+        meta_tag,
+        META_LAST_MEMBERSHIP,
+        codec::encode(&meta.last_membership),
+    );
+    ledger.apply_batch(batch)
 }
 
 /// Builds a snapshot from a state copied on the state-machine worker.
@@ -282,12 +305,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut pending = crate::apply::Pending::new(&self.ledger).map_err(sm_read_err)?;
+        let tips = Arc::clone(&self.tips);
+        let mut tips = tips.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = crate::apply::Pending::new(&self.ledger, &tips).map_err(sm_read_err)?;
         let mut responses = Vec::new();
         for entry in entries {
             responses.push(pending.apply_entry(&entry).map_err(sm_write_err)?);
         }
-        pending.commit().map_err(sm_write_err)?;
+        let changed = pending.commit().map_err(sm_write_err)?;
+        tips.absorb(changed);
         // No fsync here: sled recovers a prefix of its one log, which holds every tree, so the
         // next log append's fsync makes these writes durable too. After a crash the state
         // machine may be behind the log, never ahead of it, and openraft re-applies from
@@ -315,7 +341,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let snapshot_err = |e: &StoreError| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), e).into()
         };
-        replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
+        {
+            let mut tips = self
+                .tips
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            tips.clear();
+            replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
+        }
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;
 

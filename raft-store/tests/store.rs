@@ -30,6 +30,9 @@ use raft_store::chain;
 
 const ADMIN: &str = "00000000000000a1";
 
+/// The sled key of the event chunk that starts at event 1: space tag 1 (events), then the seq.
+const EVENT_1: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 1];
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -547,11 +550,15 @@ fn a_damaged_store_refuses_to_open() {
             .await
             .expect("apply");
     });
-    // Remove the last event behind the store's back.
+    // Remove the last event behind the store's back: both are in the chunk of event 1.
     {
         let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
-        let events = db.open_tree("sm_events").expect("tree");
-        events.remove(2u64.to_be_bytes()).expect("remove");
+        let events = db.open_tree("sm").expect("tree");
+        let chunk = events.get(EVENT_1).expect("get").expect("chunk of event 1");
+        let stored = raft_store::codec::event_chunk(&chunk).expect("chunk");
+        assert_eq!(stored.len(), 2, "one chunk holds both events");
+        let shorter = raft_store::codec::encode_event_chunk(stored[..1].iter().copied());
+        events.insert(EVENT_1, shorter).expect("insert");
         db.flush().expect("flush");
     }
     let error = raft_store::open(dir.path()).err().expect("open must fail");
@@ -682,21 +689,25 @@ fn a_tampered_event_is_found_at_open_and_named() {
             .await
             .expect("apply");
     });
-    // Change one byte of event 2's metadata, keeping sled's own checksums valid.
+    // Change one byte of event 2's metadata (the second of the chunk of event 1), keeping
+    // sled's own checksums valid.
     {
         let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
-        let events = db.open_tree("sm_events").expect("tree");
+        let events = db.open_tree("sm").expect("tree");
         let mut value = events
-            .get(2u64.to_be_bytes())
+            .get(EVENT_1)
             .expect("get")
-            .expect("event 2")
+            .expect("chunk of event 1")
             .to_vec();
         let at = value
             .windows(7)
-            .position(|w| w == br#"{"k":1}"#)
-            .expect("metadata bytes");
+            .enumerate()
+            .filter(|(_, w)| *w == br#"{"k":1}"#)
+            .nth(1)
+            .expect("metadata bytes of event 2")
+            .0;
         value[at + 5] = b'2';
-        events.insert(2u64.to_be_bytes(), value).expect("insert");
+        events.insert(EVENT_1, value).expect("insert");
         db.flush().expect("flush");
     }
     let message = raft_store::open(dir.path())
@@ -918,15 +929,17 @@ fn tampered_trust_day_counts_are_found_at_open() {
         });
         {
             let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
-            let trust = db.open_tree("sm_trust").expect("tree");
-            let day0 = raft_store::codec::trust_key(&asn, 0);
+            let trust = db.open_tree("sm").expect("tree");
+            // Space tag 9: the trust day counts.
+            let tagged = |key: Vec<u8>| [vec![9u8], key].concat();
+            let day0 = tagged(raft_store::codec::trust_key(&asn, 0));
             let stored = trust.get(&day0).expect("get").expect("day 0");
             let counts = raft_store::codec::parse_trust_value(&stored).expect("value");
             assert_eq!(counts, [2, 0, 0, 0]);
             if extra {
                 let value = raft_store::codec::trust_value(&[0, 0, 0, 1]);
                 trust
-                    .insert(raft_store::codec::trust_key(&asn, 5), &value)
+                    .insert(tagged(raft_store::codec::trust_key(&asn, 5)), &value)
                     .expect("insert");
             } else {
                 let value = raft_store::codec::trust_value(&[1, 0, 0, 0]);
@@ -944,5 +957,129 @@ fn tampered_trust_day_counts_are_found_at_open() {
             "event 2: the trust day counts of"
         };
         assert!(message.contains(expected), "{message}");
+    }
+}
+
+/// Store format 3 packs an apply's events into chunks and each index's entries into one run:
+/// queries, proofs and the chain check must not care where chunks and runs begin. Events go in
+/// through 60 `apply` calls of 1 to 70 events (so chunks of the most events and runs of one
+/// entry both occur), then every query shape is compared with a recount of all events, Merkle
+/// roots with a reference tree, and the store is reopened (the chain is checked at open).
+#[test]
+fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let types = ["task_completed", "incident"];
+    let asns = runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["x", "y", "z"]).await;
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % bound
+        };
+        let mut time = 1_000i64;
+        for call in 0..60u64 {
+            let size = if call % 7 == 0 { 70 } else { 1 + next(12) };
+            let events = (0..size)
+                .map(|_| {
+                    let asn = &asns[next(3) as usize];
+                    new_event(asn, types[next(2) as usize])
+                })
+                .collect();
+            time += next(3) as i64 * 500;
+            let mut dedup_key = [0u8; 32];
+            dedup_key[..8].copy_from_slice(&(1_000 + call).to_be_bytes());
+            let proposal = Proposal {
+                tx: TxKey {
+                    dedup_key,
+                    body_hash: [0; 32],
+                },
+                command: Command::AppendEvents {
+                    by: ADMIN.into(),
+                    events,
+                },
+            };
+            sm.apply(vec![entry(3 + call, time, vec![proposal])])
+                .await
+                .expect("apply");
+        }
+        asns
+    });
+    let (_, sm) = raft_store::open(dir.path()).expect("reopen");
+    let ledger = sm.ledger();
+    let all = ledger.events_from(1, 100_000).expect("events");
+    let size = ledger.head().expect("head").size;
+    assert_eq!(all.len() as u64, size);
+    assert_eq!(seqs(&all), (1..=size).collect::<Vec<_>>());
+    assert_eq!(ledger.events_from(size - 2, 10).expect("tail").len(), 3);
+    assert_eq!(ledger.event(size + 1).expect("past the head"), None);
+    let (min_t, max_t) = (all[0].created_at_ms, all[all.len() - 1].created_at_ms);
+    for asn in &asns {
+        for event_type in [None, Some("incident")] {
+            for (from_ms, to_ms) in [
+                (None, None),
+                (Some(min_t + 1_000), None),
+                (None, Some(max_t - 2_000)),
+                (Some(min_t + 3_000), Some(max_t - 3_000)),
+            ] {
+                let matching: Vec<u64> = all
+                    .iter()
+                    .rev()
+                    .filter(|e| &e.asn == asn)
+                    .filter(|e| event_type.is_none_or(|t| e.event_type == t))
+                    .filter(|e| from_ms.is_none_or(|f| e.created_at_ms >= f))
+                    .filter(|e| to_ms.is_none_or(|t| e.created_at_ms <= t))
+                    .map(|e| e.seq)
+                    .collect();
+                for (skip, limit) in [(0, 50), (1, 7), (13, 20), (40, 50), (0, 1000)] {
+                    let page = ledger
+                        .agent_activity(ActivityQuery {
+                            asn,
+                            event_type,
+                            from_ms,
+                            to_ms,
+                            window: None,
+                            skip,
+                            limit,
+                        })
+                        .expect("query");
+                    assert_eq!(page.total, matching.len() as u64);
+                    let expected: Vec<u64> = matching
+                        .iter()
+                        .skip(skip as usize)
+                        .take(limit)
+                        .copied()
+                        .collect();
+                    assert_eq!(
+                        seqs(&page.events),
+                        expected,
+                        "{asn} {event_type:?} {from_ms:?}..{to_ms:?} skip {skip} limit {limit}"
+                    );
+                }
+            }
+        }
+    }
+    let reference =
+        verifier::merkle::MemoryTree::from_leaves(all.iter().map(chain::leaf_hash)).expect("tree");
+    for tree_size in 1..=size {
+        assert_eq!(
+            ledger.merkle_root(tree_size).expect("root"),
+            reference.root(tree_size).expect("reference root"),
+            "root of {tree_size}"
+        );
+    }
+    let root = ledger.merkle_root(size).expect("root");
+    for event in all.iter().step_by(7) {
+        let proof = ledger.inclusion_proof(event.seq, size).expect("proof");
+        verifier::merkle::verify_inclusion(
+            &chain::leaf_hash(event),
+            event.seq - 1,
+            size,
+            &proof,
+            &root,
+        )
+        .expect("inclusion verifies");
     }
 }

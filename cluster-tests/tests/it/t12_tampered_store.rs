@@ -120,13 +120,19 @@ fn tamper(sled_dir: &std::path::Path, marker: &str) -> Result<()> {
         .segment_size(8 << 20)
         .open()
         .context("open the node's sled")?;
-    let events = db.open_tree("sm_events")?;
-    let key = TAMPERED_SEQ.to_be_bytes();
-    let mut value = events.get(key)?.context("event 7 is not stored")?.to_vec();
+    // The state machine's tree: events are in the key space tagged 1, in chunks keyed by the
+    // seq of their first event (raft-store's ledger.rs): find the chunk holding event 7.
+    let events = db.open_tree("sm")?;
+    let tagged = |seq: u64| [&[1u8][..], &seq.to_be_bytes()].concat();
+    let (key, value) = events
+        .range(tagged(1)..=tagged(TAMPERED_SEQ))
+        .next_back()
+        .context("event 7 is not stored")??;
+    let mut value = value.to_vec();
     let at = value
         .windows(marker.len())
         .position(|w| w == marker.as_bytes())
-        .context("the marker is not in event 7's bytes")?;
+        .context("the marker is not in event 7's chunk")?;
     value[at] = if value[at] == b'm' { b'M' } else { b'm' };
     events.insert(key, value)?;
     db.flush()?;
