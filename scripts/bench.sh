@@ -3,9 +3,9 @@
 #
 #   scripts/bench.sh [--vs-etcd] [--quick]
 #
-# Builds release binaries, starts a fresh 3-node ledgerd cluster on 127.0.0.1 (HTTP 18081-18083,
-# gRPC 19081-19083, data in a temp dir; your data/ cluster is not touched), registers 100 agents,
-# and drives load over HTTP spread across all three nodes with `loadgen` (closed loop: each
+# Builds ledgerd (cargo profile production: release with LTO) and loadgen, starts a fresh
+# 3-node ledgerd cluster on 127.0.0.1 (HTTP 18081-18083, gRPC 19081-19083, data in a temp dir;
+# your data/ cluster is not touched), registers 100 agents, and drives load over HTTP spread across all three nodes with `loadgen` (closed loop: each
 # client sends a request, waits for the answer, sends the next):
 #   - single reports at concurrency 1, 16, 64, 256;
 #   - batches of 100 and of 1000 events (4 clients);
@@ -39,7 +39,7 @@ for arg in "$@"; do
 		QUERY_EVENTS=20000
 		;;
 	-h | --help)
-		sed -n '2,22p' "$0"
+		sed -n '2,23p' "$0"
 		exit 0
 		;;
 	*)
@@ -76,9 +76,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "building release binaries"
+say "building binaries (profile production: release with LTO, what operators deploy)"
 # Built one package at a time, as cluster.sh builds ledgerd (features unify per invocation).
-cargo build --release --locked -p node >&2
+export LEDGER_PROFILE=production
+cargo build --profile production --locked -p node >&2
 cargo build --release --locked -p cluster-tests --bin loadgen >&2
 LOADGEN="$TARGET_DIR/release/loadgen"
 

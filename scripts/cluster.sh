@@ -9,7 +9,8 @@
 # gRPC 127.0.0.1:$((LEDGER_GRPC_PORT_BASE + i - 1)) (default base 9081), data dir
 # ${LEDGER_DATA_DIR:-data}/n$i with ledgerd.log and ledgerd.pid in it. Node 1 bootstraps the
 # cluster on first start; later starts reuse the data (no re-bootstrap). The admin key is copied
-# to ${LEDGER_DATA_DIR:-data}/admin.key (mode 0600).
+# to ${LEDGER_DATA_DIR:-data}/admin.key (mode 0600). LEDGER_PROFILE picks the cargo profile
+# ledgerd is built with (default release; scripts/bench.sh uses production).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +29,8 @@ case "$TARGET_DIR" in
 /*) ;;
 *) TARGET_DIR="$ROOT/$TARGET_DIR" ;;
 esac
-BIN="$TARGET_DIR/release/ledgerd"
+PROFILE="${LEDGER_PROFILE:-release}"
+BIN="$TARGET_DIR/$PROFILE/ledgerd"
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
 
@@ -235,8 +237,8 @@ cmd_up() {
 			check_ports_free "$id"
 		fi
 	done
-	say "building ledgerd (release)"
-	cargo build --release -p node >&2
+	say "building ledgerd ($PROFILE)"
+	cargo build --profile "$PROFILE" -p node >&2
 	[[ -x "$BIN" ]] || die "$BIN is missing after the build"
 
 	if [[ -z "$(our_pid 1)" ]]; then
