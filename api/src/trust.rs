@@ -3,7 +3,7 @@
 //! a third party can recompute it from the verified history.
 //!
 //! The score is read from per-agent, per-day severity counts that the state machine keeps in
-//! the same apply transaction as the events (`sm_trust`): at most `WINDOW_DAYS` reads, whatever
+//! the same apply batch as the events (`sm_trust`): at most `WINDOW_DAYS` reads, whatever
 //! the agent's history.
 
 use std::sync::Arc;

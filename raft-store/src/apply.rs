@@ -1,6 +1,6 @@
 //! Applying committed entries: [`Pending`] gathers the writes of one `apply` call (and the state
 //! they lead to, so later commands see earlier ones), then [`Pending::commit`] writes them in
-//! one sled transaction over every state-machine tree.
+//! one atomic sled batch over every key space of the state machine.
 //!
 //! Authorization happens here, deterministically, against the replicated key, operator and
 //! agent records as of this point in the log: a key revoked or an agent deactivated between a
@@ -768,7 +768,7 @@ impl<'a> Pending<'a> {
         Ok(())
     }
 
-    /// Writes everything in one transaction over all state-machine trees. Returns the tips
+    /// Writes everything in one atomic batch over all key spaces. Returns the tips
     /// this batch changed, for [`TipCache::absorb`].
     pub(crate) fn commit(mut self) -> Result<TipCache, StoreError> {
         let encoded: Vec<(u64, Vec<u8>)> = self

@@ -1,9 +1,11 @@
-//! [`Ledger`]: the ledger's sled trees and the read-only queries over them.
+//! [`Ledger`]: the ledger's key spaces and the read-only queries over them.
 //!
-//! The trees are written only by the state machine ([`crate::StateMachineStore`]), in one
-//! transaction per `apply` call; everything else reads them through this handle.
+//! Every space lives in the one sled tree `sm`, keys prefixed with the space's tag (its position
+//! in [`SM_TREES`]; see [`crate::space`]). They are written only by the state machine
+//! ([`crate::StateMachineStore`]), in one atomic batch per `apply` call; everything else reads
+//! them through this handle.
 //!
-//! | tree           | key                                   | value                        |
+//! | space          | key                                   | value                        |
 //! |----------------|---------------------------------------|------------------------------|
 //! | `sm_meta`      | `last_applied`, `last_membership`, `head`, `cluster`, `agents_total` | postcard |
 //! | `sm_events`    | seq of the chunk's first event (u64 BE) | a chunk: consecutive postcard([`Event`]s) ([`codec::encode_event_chunk`]) |
@@ -56,7 +58,7 @@ pub(crate) const META_CLUSTER: &[u8] = b"cluster";
 pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
 
-/// How many state-machine trees there are.
+/// How many state-machine key spaces there are.
 pub(crate) const SM_TREE_COUNT: usize = 10;
 
 /// Meta key of the store format; a store of another format refuses to open.
@@ -71,7 +73,8 @@ pub const EVENT_CHUNK_EVENTS_MAX: usize = 32;
 /// The lowest level of stored Merkle subtrees; lower ones are recomputed from the events.
 pub const MERKLE_STORED_LEVEL_MIN: u32 = 4;
 
-/// Names of every state-machine tree, in a fixed order (snapshots list them in this order).
+/// Names of every state-machine key space, in a fixed order: a space's position is its tag
+/// byte, and snapshots list the spaces in this order.
 pub(crate) const SM_TREES: [&str; SM_TREE_COUNT] = [
     "sm_meta",
     "sm_events",

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - Applying is deterministic: it reads only the entries and the stored state (no clock, no
 //!   randomness), so every replica derives the same events, ids and hashes.
-//! - One `apply` call is one sled transaction over every state-machine tree, including
+//! - One `apply` call is one atomic sled batch over every key space, including
 //!   `last_applied`. It is not fsynced on its own: the next log fsync covers it (sled recovers
 //!   a prefix of one log for all trees), so after a crash the state is behind the log, never
 //!   ahead, and never behind the snapshot file (restored from it at open).
