@@ -74,6 +74,23 @@ struct SnapshotPayload {
     trees: Vec<TreeCopy>,
 }
 
+/// Bytes held by sled, serialised as postcard serialises a `Vec<u8>` (length, then bytes).
+struct SledBytes(sled::IVec);
+
+impl Serialize for SledBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+/// The state copied for a snapshot: [`SnapshotPayload`] with sled's reference-counted values,
+/// so the copy on the state-machine worker copies no value bytes; it encodes to the same bytes.
+#[derive(Serialize)]
+struct CopiedPayload {
+    version: u32,
+    trees: Vec<(String, Vec<(SledBytes, SledBytes)>)>,
+}
+
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_state_machine(&e).into()
 }
@@ -152,19 +169,20 @@ impl StateMachineStore {
         }
     }
 
-    /// Copies every state-machine tree. Runs on the state-machine worker, so no `apply`
-    /// interleaves: the copy is one consistent state.
-    fn copy_state(&self) -> Result<(SnapshotPayload, Option<LogId>, StoredMembership), StoreError> {
+    /// Copies every state-machine key space. Runs on the state-machine worker, so no `apply`
+    /// interleaves: the copy is one consistent state. It holds sled's values by reference;
+    /// encoding, hashing and writing happen off the worker, in [`SnapshotBuilder`].
+    fn copy_state(&self) -> Result<(CopiedPayload, Option<LogId>, StoredMembership), StoreError> {
         let mut trees = Vec::with_capacity(SM_TREES.len());
         for (name, space) in SM_TREES.iter().zip(self.ledger.spaces()) {
             let mut pairs = Vec::new();
             for item in space.iter() {
                 let (key, value) = item?;
-                pairs.push((key.to_vec(), value.to_vec()));
+                pairs.push((SledBytes(key), SledBytes(value)));
             }
             trees.push(((*name).to_owned(), pairs));
         }
-        let payload = SnapshotPayload {
+        let payload = CopiedPayload {
             version: SNAPSHOT_FORMAT_VERSION,
             trees,
         };
@@ -249,7 +267,7 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
 
 /// Builds a snapshot from a state copied on the state-machine worker.
 pub struct SnapshotBuilder {
-    copied: Result<(SnapshotPayload, Option<LogId>, StoredMembership), StoreError>,
+    copied: Result<(CopiedPayload, Option<LogId>, StoredMembership), StoreError>,
     store: StateMachineStore,
 }
 
@@ -261,32 +279,39 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         let (payload, last_applied, membership) =
             copied.map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let data = codec::encode(&payload);
-        let snapshot_id = match last_applied {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data_sha256: chain::sha256(&data),
-            data,
-        };
         let dir = self.store.snapshot_dir.clone();
-        let to_write = stored.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &to_write))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.store.set_current(stored.clone());
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        // Encoding, hashing and writing a large state take a while: not on an async worker.
+        let built = tokio::task::spawn_blocking(move || {
+            let data = codec::encode(&payload);
+            drop(payload);
+            let snapshot_id = match last_applied {
+                Some(log_id) => {
+                    format!("{}-{}-{}", log_id.leader_id.term, log_id.index, data.len())
+                }
+                None => format!("empty-{}", data.len()),
+            };
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                data_sha256: chain::sha256(&data),
+                data,
+            };
+            write_snapshot_file(&dir, &stored)?;
+            let served = stored.data.clone();
+            Ok::<_, std::io::Error>((stored, served))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let (stored, served) = built.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let meta = stored.meta.clone();
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = served.len(), "built snapshot");
+        self.store.set_current(stored);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(Cursor::new(served)),
         })
     }
 }
@@ -373,5 +398,43 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot copied by reference encodes to the bytes `SnapshotPayload` decodes.
+    #[test]
+    fn a_copied_payload_encodes_as_a_snapshot_payload() {
+        let pairs = [
+            (vec![1u8], vec![]),
+            (vec![2, 3], vec![7u8; 300]),
+            (vec![0u8; 40], vec![9u8; 3]),
+        ];
+        let copied = CopiedPayload {
+            version: 3,
+            trees: vec![(
+                "sm_meta".to_owned(),
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            SledBytes(sled::IVec::from(k.as_slice())),
+                            SledBytes(sled::IVec::from(v.as_slice())),
+                        )
+                    })
+                    .collect(),
+            )],
+        };
+        let expected = SnapshotPayload {
+            version: 3,
+            trees: vec![("sm_meta".to_owned(), pairs.to_vec())],
+        };
+        assert_eq!(codec::encode(&copied), codec::encode(&expected));
+        let decoded: SnapshotPayload =
+            codec::decode(&codec::encode(&copied), "payload").expect("decodes");
+        assert_eq!(decoded.trees, expected.trees);
     }
 }
