@@ -105,7 +105,7 @@ fn derived_uuid(domain: &str, counter: u64, at_ms: i64) -> [u8; 16] {
 /// What the state machine remembers between `apply` calls of the indexes' tips, so that an
 /// apply does not look them up in sled (a reverse range lookup each): each index's length and
 /// each agent's last event hash. Only the state-machine worker uses it, and only after the
-/// sled transaction it learned from committed; a snapshot install empties it.
+/// sled batch it learned from committed; a snapshot install empties it.
 #[derive(Default)]
 pub(crate) struct TipCache {
     counts: HashMap<Vec<u8>, u64>,
