@@ -244,24 +244,25 @@ pub(crate) const SM_TREE: &str = "sm";
 
 impl Ledger {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let other_format = |found: &str| {
+            StoreError::Corrupt(format!(
+                "the state machine has store format {found}; this ledgerd reads format \
+                 {STORE_FORMAT} only and never rewrites a store (no migration: see \
+                 docs/OPERATIONS.md, \"Upgrade\")"
+            ))
+        };
         // Store formats up to 2 kept one sled tree per key space, under these names.
+        let names = db.tree_names();
         for name in SM_TREES {
-            if db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == name.as_bytes())
+            if names.iter().any(|n| n.as_ref() == name.as_bytes())
                 && !db.open_tree(name)?.is_empty()
             {
-                return Err(StoreError::Corrupt(format!(
-                    "the state machine has store format 2 or older (sled tree {name}), this \
-                     ledgerd reads format {STORE_FORMAT}: start this node from an empty data \
-                     directory (it catches up from the cluster)"
-                )));
+                return Err(other_format(&format!("2 or older (sled tree {name})")));
             }
         }
         let tree = db.open_tree(SM_TREE)?;
         let space = |tag: usize| Space::new(tree.clone(), tag as u8);
-        Ok(Self {
+        let ledger = Self {
             tree: tree.clone(),
             meta: space(0),
             events: space(1),
@@ -273,7 +274,15 @@ impl Ledger {
             agents: space(7),
             merkle: space(8),
             trust: space(9),
-        })
+        };
+        // A store that applied anything has its format recorded (the first apply writes it).
+        let format = ledger.store_format()?;
+        if ledger.last_applied()?.is_some() && format != Some(STORE_FORMAT) {
+            return Err(other_format(
+                &format.map_or_else(|| "2 or older".to_owned(), |f| f.to_string()),
+            ));
+        }
+        Ok(ledger)
     }
 
     /// Applies `batch` (keys already tagged with their space) atomically.

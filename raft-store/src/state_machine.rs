@@ -106,16 +106,6 @@ impl StateMachineStore {
         dir: &Path,
     ) -> Result<Self, StoreError> {
         let ledger = Ledger::open(db)?;
-        let format = ledger.store_format()?;
-        if ledger.last_applied()?.is_some() && format != Some(crate::ledger::STORE_FORMAT) {
-            return Err(StoreError::Corrupt(format!(
-                "the state machine in {} has store format {}, this ledgerd reads format {}: \
-                 start this node from an empty data directory (it catches up from the cluster)",
-                dir.display(),
-                format.map_or_else(|| "2 or older".to_owned(), |f| f.to_string()),
-                crate::ledger::STORE_FORMAT
-            )));
-        }
         let started = std::time::Instant::now();
         let size = ledger.verify_chain()?;
         // Nothing writes yet: nothing may lie past the head either.

@@ -738,29 +738,8 @@ fn the_merkle_tree_matches_a_reference_tree_and_proves_inclusion_and_consistency
         let ledger = sm.ledger();
         let events = ledger.events_from(1, 1000).expect("events");
         let size = events.len() as u64;
-        let reference =
-            verifier::merkle::MemoryTree::from_leaves(events.iter().map(chain::leaf_hash))
-                .expect("tree");
-        for tree_size in 1..=size {
-            let root = ledger.merkle_root(tree_size).expect("root");
-            assert_eq!(
-                root,
-                reference.root(tree_size).expect("reference root"),
-                "root of {tree_size}"
-            );
-        }
+        assert_merkle_like_reference(ledger, &events, 1);
         let root = ledger.merkle_root(size).expect("root");
-        for event in &events {
-            let proof = ledger.inclusion_proof(event.seq, size).expect("proof");
-            verifier::merkle::verify_inclusion(
-                &chain::leaf_hash(event),
-                event.seq - 1,
-                size,
-                &proof,
-                &root,
-            )
-            .expect("inclusion verifies");
-        }
         let old_root = ledger.merkle_root(10).expect("old root");
         let proof = ledger.consistency_proof(10, size).expect("consistency");
         verifier::merkle::verify_consistency(10, size, &old_root, &root, &proof)
@@ -1061,8 +1040,15 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
             }
         }
     }
-    let reference =
-        verifier::merkle::MemoryTree::from_leaves(all.iter().map(chain::leaf_hash)).expect("tree");
+    assert_merkle_like_reference(ledger, &all, 7);
+}
+
+/// The store's Merkle root at every size equals a reference tree's over `events` (all the
+/// events, in order), and the inclusion proof of every `step`-th event verifies.
+fn assert_merkle_like_reference(ledger: &raft_store::Ledger, events: &[Event], step: usize) {
+    let size = events.len() as u64;
+    let reference = verifier::merkle::MemoryTree::from_leaves(events.iter().map(chain::leaf_hash))
+        .expect("tree");
     for tree_size in 1..=size {
         assert_eq!(
             ledger.merkle_root(tree_size).expect("root"),
@@ -1071,7 +1057,7 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
         );
     }
     let root = ledger.merkle_root(size).expect("root");
-    for event in all.iter().step_by(7) {
+    for event in events.iter().step_by(step) {
         let proof = ledger.inclusion_proof(event.seq, size).expect("proof");
         verifier::merkle::verify_inclusion(
             &chain::leaf_hash(event),
@@ -1081,5 +1067,43 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
             &root,
         )
         .expect("inclusion verifies");
+    }
+}
+
+/// A store of another format refuses to open and says so: one whose recorded format is not
+/// 3, and one that still has the per-space sled trees of format 2.
+#[test]
+fn a_store_of_another_format_refuses_to_open() {
+    for legacy_tree in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        runtime().block_on(async {
+            let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+            setup(&mut sm, &["f"]).await;
+        });
+        {
+            let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+            if legacy_tree {
+                let events = db.open_tree("sm_events").expect("tree");
+                events
+                    .insert(1u64.to_be_bytes(), &[0u8][..])
+                    .expect("insert");
+            } else {
+                // Space tag 0 (meta), key `store_format`, postcard of 2u32.
+                let sm = db.open_tree("sm").expect("tree");
+                sm.insert([&[0u8][..], b"store_format"].concat(), &[2u8][..])
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let message = raft_store::open(dir.path())
+            .err()
+            .expect("open must fail")
+            .to_string();
+        let expected = if legacy_tree {
+            "store format 2 or older (sled tree sm_events)"
+        } else {
+            "store format 2; this ledgerd reads format 3 only"
+        };
+        assert!(message.contains(expected), "{message}");
     }
 }
