@@ -269,7 +269,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     let metrics = metrics::NodeMetrics::new(
         data_dir.store_dir(),
-        log_store.durability().stats(),
+        log_store.sync_stats(),
         writer.stats.batch_commands.clone(),
     );
     let service = Arc::new(LedgerService {
@@ -363,9 +363,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let _ = raft.shutdown().await;
     if result.is_ok()
-        && let Err(error) = service.log_store.flush_mark()
+        && let Err(error) = service.log_store.close()
     {
-        tracing::warn!(%error, "cannot write the log mark at shutdown");
+        tracing::warn!(%error, "cannot sync the state machine or write the log mark at shutdown");
     }
     result
 }

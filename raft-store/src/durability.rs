@@ -31,7 +31,7 @@ pub struct SyncStats {
 }
 
 impl SyncStats {
-    fn record(&self, elapsed: std::time::Duration) {
+    pub(crate) fn record(&self, elapsed: std::time::Duration) {
         self.syncs_total.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.sync_micros_total.fetch_add(micros, Ordering::Relaxed);

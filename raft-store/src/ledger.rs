@@ -65,7 +65,8 @@ pub(crate) const SM_TREE_COUNT: usize = 10;
 pub(crate) const META_STORE_FORMAT: &[u8] = b"store_format";
 
 /// 3: events in chunks, indexes in runs, Merkle subtrees from level 4 (no `sm_counts`).
-pub(crate) const STORE_FORMAT: u32 = 3;
+/// 4: the Raft log in segment files of its own (`raft-log/`), no longer in sled.
+pub(crate) const STORE_FORMAT: u32 = 4;
 
 /// The most events one `sm_events` chunk holds.
 pub const EVENT_CHUNK_EVENTS_MAX: usize = 32;
@@ -259,6 +260,13 @@ impl Ledger {
             {
                 return Err(other_format(&format!("2 or older (sled tree {name})")));
             }
+        }
+        // Up to format 3 the Raft log was in sled.
+        if names.iter().any(|n| n.as_ref() == b"raft_log") && !db.open_tree("raft_log")?.is_empty()
+        {
+            return Err(other_format(
+                "3 or older (the Raft log in sled tree raft_log)",
+            ));
         }
         let tree = db.open_tree(SM_TREE)?;
         let space = |tag: usize| Space::new(tree.clone(), tag as u8);

@@ -1,11 +1,12 @@
-//! Durable storage for one ledger node: openraft 0.9's log storage ([`LogStore`]) and state
-//! machine ([`StateMachineStore`]) on one sled database, plus read access to the ledger
-//! ([`Ledger`]).
+//! Durable storage for one ledger node: openraft 0.9's log storage ([`LogStore`], segment
+//! files of our own, [`wal`]) and state machine ([`StateMachineStore`], on sled), plus read
+//! access to the ledger ([`Ledger`]).
 //!
 //! Invariants (see ARCHITECTURE.md):
 //! - This crate never opens a socket and knows nothing of gRPC or HTTP.
-//! - The vote, every log append and every applied batch are fsync-durable
-//!   ([`durability::Durability::sync`]) before openraft is told they are done.
+//! - The vote and every log append are fsync-durable before openraft is told they are done;
+//!   the state machine is fsynced ([`durability::Durability::sync`]) before the log entries
+//!   it applied are removed.
 //! - Applying entries is deterministic and never changes or removes an event.
 
 mod apply;
@@ -19,6 +20,7 @@ pub mod mark;
 mod space;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 use std::path::Path;
 
@@ -86,7 +88,8 @@ pub fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// Opens (or creates) the store in `dir`: sled in `dir/sled`, snapshots in `dir/snapshot`.
+/// Opens (or creates) the store in `dir`: the Raft log in `dir/raft-log`, sled in `dir/sled`,
+/// snapshots in `dir/snapshot`.
 /// Fails with [`StoreError::Corrupt`] when what is on disk does not hold together.
 ///
 /// sled 0.34 panics instead of returning an error on some damage (a truncated `db` file, a
@@ -151,7 +154,9 @@ fn open_unguarded(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
     std::fs::create_dir_all(&sled_dir)?;
     let db = open_sled(&sled_dir)?;
     let durability = durability::Durability::open(db.clone(), &sled_dir)?;
-    let log_store = LogStore::new(&db, durability.clone(), dir)?;
-    let state_machine = StateMachineStore::open(&db, durability, dir)?;
+    // The state machine first: it refuses a store of another format before the log is read.
+    let state_machine = StateMachineStore::open(&db, durability.clone(), dir)?;
+    let applied = state_machine.ledger().last_applied()?;
+    let log_store = LogStore::new(dir, durability, applied)?;
     Ok((log_store, state_machine))
 }

@@ -1,16 +1,23 @@
-//! [`LogStore`]: openraft's log storage on the sled trees `raft_log` (entries by index) and
-//! `raft_meta` (vote, last purged log id, committed log id).
+//! [`LogStore`]: openraft's log storage on the segment files of [`crate::wal`] (entries) and
+//! its `meta` file (vote, last purged log id, committed log id).
 //!
 //! Invariants: the log has no holes; the vote and every append are fsync-durable before openraft
-//! hears of them; `last_purged` is written before the entries it covers are removed; the log
-//! never ends before the durable mark ([`crate::mark`]) says it once reached.
+//! hears of them; a segment file is deleted only after the state machine and `last_purged` are
+//! durable past its entries; the log never ends before the durable mark ([`crate::mark`]) says
+//! it once reached.
 //!
-//! Appends are asynchronous, as openraft's `LogFlushed` allows: `append` writes the entries
-//! into sled (readable at once) and hands the callback to the log-sync thread, which fsyncs
-//! and only then calls back, in order, one fsync for every append queued meanwhile. openraft
-//! runs storage calls inside its core task, so an `append` that waited for its fsync would
-//! hold back everything else, replication to the followers first of all: with the fsync off
-//! the core task, the fsyncs of the leader and of the followers overlap.
+//! Appends are asynchronous, as openraft's `LogFlushed` allows: `append` writes the records
+//! into the last segment (readable at once) and hands the callback to the log-sync thread, which
+//! `fdatasync`s the segment and only then calls back, in order, one fsync for every append
+//! queued meanwhile. openraft runs storage calls inside its core task, so an `append` that
+//! waited for its fsync would hold back everything else, replication to the followers first of
+//! all: with the fsync off the core task, the fsyncs of the leader and of the followers overlap.
+//!
+//! The log lives outside sled because sled made every append cost a copy of the tree node that
+//! holds it, a hand-off to sled's I/O threads and two device waits (its flush, then ours).
+//! The state machine in sled is therefore no longer made durable by the log's fsync: it is
+//! fsynced before log entries are removed (a purge), when a snapshot is installed and at clean
+//! shutdown; after a crash it is behind the log, and openraft applies the difference again.
 
 // openraft's `StorageError` is the error type of the traits implemented here; it is large.
 #![allow(clippy::result_large_err)]
@@ -19,7 +26,9 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
@@ -33,6 +42,7 @@ use openraft::storage::RaftLogStorage;
 
 use crate::codec;
 use crate::durability::Durability;
+use crate::durability::SyncStats;
 use crate::mark::{Mark, MarkValue};
 use crate::types::Entry;
 use crate::types::LogId;
@@ -41,41 +51,33 @@ use crate::types::StorageError;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::wal::{self, MetaFile, RecordId, Wal};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_COMMITTED: &[u8] = b"committed";
+/// The log directory inside a store directory.
+pub const LOG_DIR: &str = "raft-log";
 
 #[derive(Clone)]
 pub struct LogStore {
-    log: sled::Tree,
-    meta: sled::Tree,
-    durability: Durability,
-    /// The committed log index openraft last reported, plus one (0: none), for metrics.
+    wal: Arc<Mutex<Wal>>,
+    meta: Arc<MetaFile>,
+    /// The last purged log id openraft gave (the durable one, in `meta`, may lag behind).
+    last_purged: Arc<Mutex<Option<LogId>>>,
+    /// The committed log id openraft last reported; written to `meta` with its other changes.
+    committed: Arc<Mutex<Option<LogId>>>,
+    /// The committed log index plus one (0: none), for metrics.
     committed_plus_one: Arc<AtomicU64>,
+    /// The state machine's sled: made durable before log entries are removed, and at shutdown.
+    state_machine: Durability,
+    stats: Arc<SyncStats>,
     mark: Mark,
     /// To the log-sync thread (see the module documentation).
     syncer: std_mpsc::Sender<SyncRequest>,
-}
-
-fn meta_value<T: serde::de::DeserializeOwned>(
-    meta: &sled::Tree,
-    key: &[u8],
-) -> Result<Option<T>, StorageError> {
-    match meta.get(key).map_err(read_err)? {
-        None => Ok(None),
-        Some(bytes) => {
-            let what = String::from_utf8_lossy(key).into_owned();
-            codec::decode(&bytes, &what).map(Some).map_err(read_err)
-        }
-    }
-}
-
-fn last_log_index(log: &sled::Tree) -> Result<Option<u64>, StorageError> {
-    match log.last().map_err(read_err)? {
-        None => Ok(None),
-        Some((key, _)) => codec::u64_from_key(&key).map(Some).map_err(read_err),
-    }
+    /// To the purge thread.
+    purger: std_mpsc::Sender<LogId>,
+    /// Set when the purge thread failed: every later append fails (fail-stop).
+    purge_failed: Arc<Mutex<Option<String>>>,
+    /// Whether a vote was saved since the store was opened (see `read_vote`).
+    vote_saved: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Work for the log-sync thread.
@@ -85,15 +87,32 @@ enum SyncRequest {
         last_index: Option<u64>,
         callback: LogFlushed<TypeConfig>,
     },
-    /// fsync everything written so far (an append, a vote, a truncation), then answer; every
-    /// earlier request is answered first.
+    /// fsync everything written so far, then answer; every earlier request is answered first.
     Barrier(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+/// fsyncs the segment files written since the last call.
+fn sync_dirty(dirty: &Mutex<Vec<Arc<std::fs::File>>>, stats: &SyncStats) -> io::Result<()> {
+    let files = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
+    if files.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    for file in files {
+        file.sync_data()?;
+    }
+    stats.record(started.elapsed());
+    Ok(())
 }
 
 /// The log-sync thread: takes every request queued, fsyncs once, answers them in order. After
 /// a failed fsync every later request fails too: the node is stopping (openraft treats a log
 /// I/O error as fatal), and nothing written after it may be called durable.
-fn spawn_syncer(durability: Durability, mark: Mark) -> std_mpsc::Sender<SyncRequest> {
+fn spawn_syncer(
+    dirty: Arc<Mutex<Vec<Arc<std::fs::File>>>>,
+    stats: Arc<SyncStats>,
+    mark: Mark,
+) -> std_mpsc::Sender<SyncRequest> {
     let (sender, receiver) = std_mpsc::channel::<SyncRequest>();
     let spawned = std::thread::Builder::new()
         .name("log-sync".to_owned())
@@ -105,7 +124,7 @@ fn spawn_syncer(durability: Durability, mark: Mark) -> std_mpsc::Sender<SyncRequ
                     requests.push(next);
                 }
                 if failed.is_none()
-                    && let Err(error) = durability.sync_blocking()
+                    && let Err(error) = sync_dirty(&dirty, &stats)
                 {
                     failed = Some((error.kind(), error.to_string()));
                 }
@@ -140,6 +159,65 @@ fn spawn_syncer(durability: Durability, mark: Mark) -> std_mpsc::Sender<SyncRequ
     sender
 }
 
+/// Everything a purge needs, shared by the purge thread and [`LogStore::purge`].
+#[derive(Clone)]
+struct Purge {
+    wal: Arc<Mutex<Wal>>,
+    meta: Arc<MetaFile>,
+    committed: Arc<Mutex<Option<LogId>>>,
+    state_machine: Durability,
+}
+
+impl Purge {
+    /// Makes the purge up to `log_id` durable, then deletes the segments it emptied: first
+    /// the state machine (whose entries these were) is fsynced, then `meta` records the purge.
+    fn run(&self, log_id: LogId) -> io::Result<()> {
+        self.state_machine.sync_blocking()?;
+        let committed = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        self.meta.update(|meta| {
+            meta.last_purged = meta.last_purged.max(Some(log_id));
+            meta.committed = meta.committed.max(committed);
+        })?;
+        let (paths, dir) = {
+            let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+            (wal.take_purged_segments(log_id.index), wal.dir().to_owned())
+        };
+        for path in &paths {
+            std::fs::remove_file(path)?;
+        }
+        if !paths.is_empty() {
+            wal::sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The purge thread: runs the purges handed to it, the newest only when several wait. A purge
+/// fsyncs the state machine's sled, which may take a while: not on openraft's core task.
+fn spawn_purger(purge: Purge, failed: Arc<Mutex<Option<String>>>) -> std_mpsc::Sender<LogId> {
+    let (sender, receiver) = std_mpsc::channel::<LogId>();
+    let spawned = std::thread::Builder::new()
+        .name("log-purge".to_owned())
+        .spawn(move || {
+            while let Ok(mut log_id) = receiver.recv() {
+                while let Ok(next) = receiver.try_recv() {
+                    log_id = log_id.max(next);
+                }
+                if let Err(error) = purge.run(log_id) {
+                    tracing::error!(%error, %log_id, "cannot purge the Raft log");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                        "purging the Raft log up to {log_id} failed: {error}"
+                    ));
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the log-purge thread");
+    }
+    sender
+}
+
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(&e).into()
 }
@@ -157,38 +235,60 @@ pub struct ForcedMembership {
 }
 
 impl LogStore {
-    /// Opens the log trees of `db` and checks them against the durable mark in `dir`.
+    /// Opens the log in `<dir>/raft-log` and checks it against the durable mark in `dir`.
+    /// `state_machine` is the sled database of the state machine, made durable before a purge;
+    /// `applied` is its last applied log id (everything applied was committed).
     pub(crate) fn new(
-        db: &sled::Db,
-        durability: Durability,
-        dir: &std::path::Path,
+        dir: &Path,
+        state_machine: Durability,
+        applied: Option<LogId>,
     ) -> Result<Self, crate::StoreError> {
-        let log = db.open_tree("raft_log")?;
-        let meta = db.open_tree("raft_meta")?;
-        let corrupt = |e: StorageError| crate::StoreError::Corrupt(e.to_string());
-        let last_entry = last_log_index(&log).map_err(corrupt)?;
-        let last_purged: Option<LogId> = meta_value(&meta, KEY_LAST_PURGED).map_err(corrupt)?;
-        let vote: Option<Vote> = meta_value(&meta, KEY_VOTE).map_err(corrupt)?;
-        let last_index = last_entry.max(last_purged.map(|id| id.index));
+        let opened = Wal::open(&dir.join(LOG_DIR))?;
+        if opened.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.torn_bytes,
+                "cut an incomplete record from the end of the Raft log (a write the crash \
+                 interrupted; it was never acknowledged)"
+            );
+        }
+        let wal = opened.wal;
+        let stored = opened.meta.get();
+        let last_index = wal.last_index().max(stored.last_purged.map(|id| id.index));
         let actual = MarkValue {
             log_end: last_index.map_or(0, |index| index + 1),
-            vote_term: vote.map_or(0, |vote| vote.leader_id.term),
+            vote_term: stored.vote.map_or(0, |vote| vote.leader_id.term),
         };
         let mark = Mark::open(dir, actual).map_err(crate::StoreError::Corrupt)?;
-        let syncer = spawn_syncer(durability.clone(), mark.clone());
+        let stats = Arc::new(SyncStats::default());
+        let syncer = spawn_syncer(wal.dirty(), Arc::clone(&stats), mark.clone());
+        let wal = Arc::new(Mutex::new(wal));
+        let meta = Arc::new(opened.meta);
+        let committed = Arc::new(Mutex::new(stored.committed.max(applied)));
+        let purge_failed = Arc::default();
+        let purger = spawn_purger(
+            Purge {
+                wal: Arc::clone(&wal),
+                meta: Arc::clone(&meta),
+                committed: Arc::clone(&committed),
+                state_machine: state_machine.clone(),
+            },
+            Arc::clone(&purge_failed),
+        );
         let store = Self {
-            log,
+            wal,
             meta,
-            durability,
+            last_purged: Arc::new(Mutex::new(stored.last_purged)),
+            committed,
             committed_plus_one: Arc::default(),
+            state_machine,
+            stats,
             mark,
             syncer,
+            purger,
+            purge_failed,
+            vote_saved: Arc::default(),
         };
-        let committed = store
-            .meta_get::<Option<LogId>>(KEY_COMMITTED)
-            .map_err(corrupt)?
-            .flatten();
-        store.note_committed(committed);
+        store.note_committed(stored.committed.max(applied));
         Ok(store)
     }
 
@@ -204,19 +304,27 @@ impl LogStore {
             .checked_sub(1)
     }
 
-    /// fsync counters of the store.
-    pub fn durability(&self) -> &Durability {
-        &self.durability
+    /// fsync counters of the log (every `fdatasync` of its segments).
+    pub fn sync_stats(&self) -> &SyncStats {
+        &self.stats
     }
 
-    /// Writes the durable mark now (clean shutdown).
-    pub fn flush_mark(&self) -> io::Result<()> {
+    /// At clean shutdown: makes the state machine durable (so the next start has nothing to
+    /// apply again) and writes the durable mark.
+    pub fn close(&self) -> io::Result<()> {
+        self.state_machine.sync_blocking()?;
         self.mark.flush()
     }
 
-    /// Makes everything written to sled so far durable, through the log-sync thread, after
-    /// every append handed to it before. The vote and truncations use it too, so all of the
-    /// log store's fsyncs happen in one place and in order.
+    fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn purged(&self) -> Option<LogId> {
+        *self.last_purged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every append handed to the log-sync thread so far durable, in order.
     async fn sync_barrier(&self) -> io::Result<()> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.syncer
@@ -227,15 +335,31 @@ impl LogStore {
             .map_err(|_| io::Error::other("the log-sync thread is gone"))?
     }
 
-    fn meta_get<T: serde::de::DeserializeOwned>(
+    /// Writes `entries` into the log (not yet durable), returning the last index written.
+    fn write_entries(
         &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
-        meta_value(&self.meta, key)
-    }
-
-    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.meta_get(KEY_LAST_PURGED)
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut records = Vec::new();
+        let mut ids = Vec::new();
+        for entry in entries {
+            let start = records.len();
+            records.resize(start + wal::RECORD_HEADER_BYTES, 0);
+            records = postcard::to_extend(&entry, records).map_err(write_err)?;
+            let payload = records.len() - start - wal::RECORD_HEADER_BYTES;
+            if payload > wal::record_payload_bytes_max() {
+                return Err(write_err(io::Error::other(format!(
+                    "log entry {} is {payload} bytes, more than a record may hold",
+                    entry.log_id
+                ))));
+            }
+            let id = RecordId::of(&entry.log_id);
+            wal::seal_record(&mut records[start..], id);
+            ids.push((id, records.len() - start));
+        }
+        let last = ids.last().map(|(id, _)| id.index);
+        self.wal().append(&records, &ids).map_err(write_err)?;
+        Ok(last)
     }
 
     /// Disaster recovery after the loss of a majority (`ledgerd --force-single-voter`): appends,
@@ -261,13 +385,12 @@ impl LogStore {
         let vote = self.read_vote().await.map_err(io)?;
         // The newest membership: the last membership entry of the log, else the applied one.
         let mut membership = applied_membership.membership().clone();
-        for item in self.log.iter().rev() {
-            let (_, value) = item.map_err(crate::StoreError::Sled)?;
-            let entry: Entry = codec::decode(&value, "log entry")?;
-            if let openraft::EntryPayload::Membership(found) = entry.payload {
-                membership = found;
-                break;
-            }
+        let all = self.try_get_log_entries(..).await.map_err(io)?;
+        if let Some(found) = all.into_iter().rev().find_map(|entry| match entry.payload {
+            openraft::EntryPayload::Membership(found) => Some(found),
+            _ => None,
+        }) {
+            membership = found;
         }
         let self_node = membership.get_node(&node).cloned().ok_or_else(|| {
             crate::StoreError::Io(io::Error::other(format!(
@@ -288,12 +411,10 @@ impl LogStore {
             log_id: LogId::new(openraft::CommittedLeaderId::new(term, node), index),
             payload: openraft::EntryPayload::Membership(forced),
         };
-        self.log
-            .insert(codec::u64_key(index), codec::encode(&entry))
-            .map_err(crate::StoreError::Sled)?;
-        self.save_vote(&Vote::new(term, node)).await.map_err(io)?;
-        // The vote's barrier made the entry durable too.
+        self.write_entries([entry]).map_err(io)?;
+        self.sync_barrier().await?;
         self.mark.log_durable(index);
+        self.save_vote(&Vote::new(term, node)).await.map_err(io)?;
         self.mark.flush()?;
         Ok(ForcedMembership {
             previous_voters,
@@ -303,8 +424,8 @@ impl LogStore {
     }
 
     /// The index of the last entry present, for tests and metrics.
-    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        last_log_index(&self.log)
+    pub fn last_index(&self) -> Option<u64> {
+        self.wal().last_index()
     }
 }
 
@@ -319,29 +440,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&n) => Bound::Included(codec::u64_key(n)),
-            Bound::Excluded(&n) => Bound::Excluded(codec::u64_key(n)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(&n) => n.saturating_add(1),
+            Bound::Excluded(&n) => n,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut entries = Vec::new();
-        let mut expected = start;
-        for item in self
-            .log
-            .range((Bound::Included(codec::u64_key(start)), end))
-        {
-            let (key, value) = item.map_err(read_err)?;
-            let index = codec::u64_from_key(&key).map_err(read_err)?;
-            let entry: Entry = codec::decode(&value, "log entry").map_err(read_err)?;
-            // A stored entry's key and its log id must agree, and the log has no holes.
+        let records = self.wal().read(start, end).map_err(read_err)?;
+        let mut entries = Vec::with_capacity(records.len());
+        for (id, payload) in records {
+            let entry: Entry = codec::decode(&payload, "log entry").map_err(read_err)?;
+            // A record's header and its entry must agree.
             assert_eq!(
-                entry.log_id.index, index,
-                "raft_log key {index} holds entry {}",
+                RecordId::of(&entry.log_id),
+                id,
+                "the Raft log record of index {} holds entry {}",
+                id.index,
                 entry.log_id
             );
-            if !entries.is_empty() {
-                assert_eq!(index, expected, "raft_log has a hole before index {index}");
-            }
-            expected = index + 1;
             entries.push(entry);
         }
         Ok(entries)
@@ -352,14 +466,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.last_purged()?;
-        let last_log_id = match self.log.last().map_err(read_err)? {
-            None => last_purged_log_id,
-            Some((_, value)) => {
-                let entry: Entry = codec::decode(&value, "log entry").map_err(read_err)?;
-                Some(entry.log_id)
-            }
-        };
+        let last_purged_log_id = self.purged();
+        let last_log_id = self
+            .wal()
+            .last_id()
+            .map(|id| id.log_id())
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -374,30 +486,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
             StorageIOError::write_vote(&e).into()
         }
-        self.meta
-            .insert(KEY_VOTE, codec::encode(vote))
-            .map_err(vote_err)?;
-        self.sync_barrier().await.map_err(vote_err)?;
+        let meta = Arc::clone(&self.meta);
+        let committed = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let to_save = *vote;
+        tokio::task::spawn_blocking(move || {
+            meta.update(|stored| {
+                stored.vote = Some(to_save);
+                stored.committed = stored.committed.max(committed);
+            })
+        })
+        .await
+        .map_err(vote_err)?
+        .map_err(vote_err)?;
         self.mark.vote_durable(vote.leader_id.term);
+        self.vote_saved.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.meta_get(KEY_VOTE)
+        let mut vote = self.meta.get().vote;
+        if !self.vote_saved.load(Ordering::SeqCst)
+            && let Some(vote) = &mut vote
+        {
+            // Read back after a restart, a vote is never committed: openraft 0.9 would otherwise
+            // resume leadership at once, without an election and so without a blank entry of a
+            // new term. Such a leader only knows the commit index it persisted, and `committed`
+            // is not fsynced on every change (see `save_committed`): its read index could lie
+            // below writes it acknowledged before the restart, and a linearizable read would
+            // miss them (seen in t18). With an uncommitted vote the node campaigns in a new
+            // term, and a leader's read index is always at least its blank entry.
+            vote.committed = false;
+        }
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced on its own: losing it only means re-applying less at start-up; the next
-        // append's fsync makes it durable anyway.
-        self.meta
-            .insert(KEY_COMMITTED, codec::encode(&committed))
-            .map_err(write_err)?;
+        // Kept in memory and written with the next change of `meta` (a vote, a purge): losing
+        // it only means applying less at start-up, before the leader says more is committed.
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
         self.note_committed(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.meta_get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(*self.committed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     async fn append<I>(
@@ -409,13 +541,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut last_index = None;
-        for entry in entries {
-            batch.insert(&codec::u64_key(entry.log_id.index), codec::encode(&entry));
-            last_index = Some(entry.log_id.index);
+        if let Some(failure) = self
+            .purge_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(write_err(io::Error::other(failure)));
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        let last_index = self.write_entries(entries)?;
         // Readable now; durable once the log-sync thread's fsync returns, and only then is
         // openraft told (through the callback).
         self.syncer
@@ -433,39 +567,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync_barrier().await.map_err(write_err)?;
         // The mark must not claim the entries about to go, even if we crash halfway.
         let mark = self.mark.clone();
+        let wal = Arc::clone(&self.wal);
         let index = log_id.index;
-        tokio::task::spawn_blocking(move || mark.before_truncate(index))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(codec::u64_key(log_id.index)..) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        self.sync_barrier().await.map_err(write_err)?;
+        tokio::task::spawn_blocking(move || {
+            mark.before_truncate(index)?;
+            wal.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .truncate(index)
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        if let Some(previous) = self.last_purged()? {
-            assert!(
-                previous <= log_id,
-                "purge went backwards: {previous} then {log_id}"
-            );
+        {
+            let mut purged = self.last_purged.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(previous) = *purged {
+                assert!(
+                    previous <= log_id,
+                    "purge went backwards: {previous} then {log_id}"
+                );
+            }
+            *purged = Some(log_id);
         }
-        // sled recovers a prefix of its writes in order, so `last_purged` is durable whenever
-        // any of the removals below is.
-        self.meta
-            .insert(KEY_LAST_PURGED, codec::encode(&log_id))
-            .map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=codec::u64_key(log_id.index)) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
+        let gap = self.wal().forget_upto(log_id.index);
+        let purge = Purge {
+            wal: Arc::clone(&self.wal),
+            meta: Arc::clone(&self.meta),
+            committed: Arc::clone(&self.committed),
+            state_machine: self.state_machine.clone(),
+        };
+        if gap {
+            // The next append starts past the end of the log (a snapshot was installed, or the
+            // state machine is ahead of the log at start-up): `meta` must cover the gap on disk
+            // before anything is written after it.
+            tokio::task::spawn_blocking(move || purge.run(log_id))
+                .await
+                .map_err(write_err)?
+                .map_err(write_err)?;
+        } else {
+            self.purger
+                .send(log_id)
+                .map_err(|_| write_err(io::Error::other("the log-purge thread is gone")))?;
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
         Ok(())
     }
 }

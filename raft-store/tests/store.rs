@@ -599,8 +599,7 @@ fn every_append_is_fsynced_before_it_is_acknowledged() {
     runtime().block_on(async {
         let (log, _) = raft_store::open(dir.path()).expect("open");
         let syncs = || {
-            log.durability()
-                .stats()
+            log.sync_stats()
                 .syncs_total
                 .load(std::sync::atomic::Ordering::SeqCst)
         };
@@ -629,15 +628,15 @@ fn a_log_that_lost_its_tail_refuses_to_open() {
         log.save_vote(&Vote::new(7, 1)).await.expect("vote");
         let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, vec![])).collect();
         log.blocking_append(entries).await.expect("append");
-        log.flush_mark().expect("mark");
+        log.close().expect("close");
     });
     {
-        let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
-        let tree = db.open_tree("raft_log").expect("tree");
-        for index in 8..=10u64 {
-            tree.remove(index.to_be_bytes()).expect("remove");
-        }
-        db.flush().expect("flush");
+        // Cut the last three records off the segment, as a lost tail would.
+        let segment = dir.path().join("raft-log/00000000000000000001.seg");
+        let bytes = std::fs::read(&segment).expect("read");
+        let record = bytes.len() / 10;
+        assert_eq!(record * 10, bytes.len(), "ten records of the same size");
+        std::fs::write(&segment, &bytes[..record * 7]).expect("write");
     }
     let message = raft_store::open(dir.path())
         .err()
@@ -1071,10 +1070,11 @@ fn assert_merkle_like_reference(ledger: &raft_store::Ledger, events: &[Event], s
 }
 
 /// A store of another format refuses to open and says so: one whose recorded format is not
-/// 3, and one that still has the per-space sled trees of format 2.
+/// 4, one that still has the per-space sled trees of format 2, and one whose Raft log is in
+/// sled (format 3).
 #[test]
 fn a_store_of_another_format_refuses_to_open() {
-    for legacy_tree in [false, true] {
+    for legacy in ["format", "sm_events", "raft_log"] {
         let dir = tempfile::tempdir().expect("tempdir");
         runtime().block_on(async {
             let (_, mut sm) = raft_store::open(dir.path()).expect("open");
@@ -1082,16 +1082,14 @@ fn a_store_of_another_format_refuses_to_open() {
         });
         {
             let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
-            if legacy_tree {
-                let events = db.open_tree("sm_events").expect("tree");
-                events
-                    .insert(1u64.to_be_bytes(), &[0u8][..])
+            if legacy == "format" {
+                // Space tag 0 (meta), key `store_format`, postcard of 3u32.
+                let sm = db.open_tree("sm").expect("tree");
+                sm.insert([&[0u8][..], b"store_format"].concat(), &[3u8][..])
                     .expect("insert");
             } else {
-                // Space tag 0 (meta), key `store_format`, postcard of 2u32.
-                let sm = db.open_tree("sm").expect("tree");
-                sm.insert([&[0u8][..], b"store_format"].concat(), &[2u8][..])
-                    .expect("insert");
+                let tree = db.open_tree(legacy).expect("tree");
+                tree.insert(1u64.to_be_bytes(), &[0u8][..]).expect("insert");
             }
             db.flush().expect("flush");
         }
@@ -1099,10 +1097,10 @@ fn a_store_of_another_format_refuses_to_open() {
             .err()
             .expect("open must fail")
             .to_string();
-        let expected = if legacy_tree {
-            "store format 2 or older (sled tree sm_events)"
-        } else {
-            "store format 2; this ledgerd reads format 3 only"
+        let expected = match legacy {
+            "format" => "store format 3; this ledgerd reads format 4 only",
+            "sm_events" => "store format 2 or older (sled tree sm_events)",
+            _ => "store format 3 or older (the Raft log in sled tree raft_log)",
         };
         assert!(message.contains(expected), "{message}");
     }
