@@ -61,7 +61,7 @@ impl NodeMetrics {
         let mut registry = Registry::default();
         registry.register_with_unit(
             "ledger_fsync_duration",
-            "Durable syncs of the store (sled flush + fdatasync): count and latency",
+            "Durable syncs of the Raft log (fdatasync of its segments): count and latency",
             Unit::Seconds,
             fsync_seconds,
         );
@@ -112,7 +112,7 @@ impl std::fmt::Debug for StateCollector {
     }
 }
 
-/// Bytes of every file under `dir` (sled's files and the snapshots); unreadable entries count 0.
+/// Bytes of every file under `dir` (log segments, sled files, snapshots); unreadable entries count 0.
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -240,7 +240,7 @@ impl Collector for StateCollector {
         gauge(
             e,
             "ledger_store_size",
-            "Bytes on disk of this node's store (sled files and snapshots)",
+            "Bytes on disk of this node's store (log segments, sled files and snapshots)",
             Some(&Unit::Bytes),
             i64::try_from(dir_bytes(&self.store_dir)).unwrap_or(i64::MAX),
         )?;

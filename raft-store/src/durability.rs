@@ -2,9 +2,10 @@
 //!
 //! sled 0.34's `flush`/`flush_async` write its buffers and call `sync_file_range`, which does
 //! not flush the device cache or file metadata: it is not an fsync. [`Durability::sync`] follows
-//! every flush with `fdatasync` of sled's single data file `<dir>/db`, which is where the log,
-//! the vote and the state machine all live. Values stay below sled's blob threshold (see
-//! `MAX_VALUE_BYTES` in `lib.rs`), so no data ever lives in sled's never-fsynced `blobs/`.
+//! every flush with `fdatasync` of sled's single data file `<dir>/db`, where the state machine
+//! lives (the Raft log has files of its own, [`crate::wal`]). Values stay below sled's blob
+//! threshold (see `ENTRY_BYTES_MAX` in `lib.rs`), so no data ever lives in sled's never-fsynced
+//! `blobs/`.
 
 use std::fs::File;
 use std::io;

@@ -1,14 +1,15 @@
-//! The durable mark: a tiny file (`<store>/log.mark`) outside sled that records how far the
+//! The durable mark: a tiny file (`<store>/log.mark`) outside the log that records how far the
 //! Raft log and the vote were once fsync-durable, so a store that lost its tail is found.
 //!
-//! sled recovers "a prefix of its writes": after damage (a truncated or bit-flipped `db` file)
-//! it can open happily with a shorter log. A node that restarts with a log shorter than what it
-//! acknowledged breaks Raft: it may vote for a candidate missing committed entries, and a
-//! leader that sees a follower's matched index go backwards panics (seen in
-//! `t12_random_damage`). The mark makes that damage visible at open.
+//! A log can come back shorter than it was: a segment cut short, or a damaged last record that
+//! the log takes for a write a crash interrupted and cuts away ([`crate::wal`]); the log of
+//! store format 3 lived in sled, which recovers "a prefix of its writes" after damage. A node
+//! that restarts with a log shorter than what it acknowledged breaks Raft: it may vote for a
+//! candidate missing committed entries, and a leader that sees a follower's matched index go
+//! backwards panics (seen in `t12_random_damage`). The mark makes that damage visible at open.
 //!
 //! Invariants:
-//! - The mark never claims more than is durable in sled: it is written only from values that
+//! - The mark never claims more than is durable in the log: it is written only from values that
 //!   an fsync already covered, and lowered (and fsynced) *before* a truncation of the log.
 //! - At open, the log's last index (or last purged index) and the vote's term are at least
 //!   the mark's; otherwise the store is damaged and the node refuses to start.

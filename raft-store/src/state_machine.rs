@@ -4,9 +4,10 @@
 //! - Applying is deterministic: it reads only the entries and the stored state (no clock, no
 //!   randomness), so every replica derives the same events, ids and hashes.
 //! - One `apply` call is one atomic sled batch over every key space, including
-//!   `last_applied`. It is not fsynced on its own: the next log fsync covers it (sled recovers
-//!   a prefix of one log for all trees), so after a crash the state is behind the log, never
-//!   ahead, and never behind the snapshot file (restored from it at open).
+//!   `last_applied`. It is not fsynced on its own: the log store fsyncs sled before it removes
+//!   entries (a purge), and at clean shutdown. sled recovers a prefix of its writes, so after a
+//!   crash the state is behind the log (openraft applies the difference again), and never
+//!   behind the snapshot file (restored from it at open).
 //! - No code path changes or removes a stored event, except replacing the whole state from a
 //!   snapshot of the same cluster.
 //! - Snapshots are files (`<dir>/snapshot/current`), never sled values: tmp file, fsync,
@@ -329,10 +330,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let changed = pending.commit().map_err(sm_write_err)?;
         tips.absorb(changed);
-        // No fsync here: sled recovers a prefix of its one log, which holds every tree, so the
-        // next log append's fsync makes these writes durable too. After a crash the state
-        // machine may be behind the log, never ahead of it, and openraft re-applies from
-        // `last_applied` (written in the same transaction). See `open` for the snapshot case.
+        // No fsync here: the log is the record. sled recovers a prefix of its writes, so after
+        // a crash the state machine is behind the log and openraft applies again from
+        // `last_applied` (written in the same batch); the log store fsyncs sled before it
+        // removes entries. See `open` for the snapshot case.
         Ok(responses)
     }
 

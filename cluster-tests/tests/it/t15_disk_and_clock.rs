@@ -7,8 +7,9 @@
 //!
 //! - `fsync_eio_follower` / `fsync_eio_leader` (S13): one node runs under
 //!   `strace -f --seccomp-bpf -qq -o /dev/null -e trace=fdatasync -e inject=fdatasync:error=EIO:when=N+`,
-//!   so every `fdatasync` from the N-th on fails with EIO (ledgerd makes its log and vote durable
-//!   with `fdatasync` of sled's data file). N is drawn from the seed, large enough for the node
+//!   so every `fdatasync` from the N-th on fails with EIO (ledgerd makes its Raft log durable
+//!   with `fdatasync` of the log's segment files, and its state machine with `fdatasync` of
+//!   sled's data file). N is drawn from the seed, large enough for the node
 //!   to join and apply the fixture first. Under load, the node must exit by itself with code 70
 //!   and a log line naming the I/O error; the other two keep acknowledging appends (a new
 //!   leader takes over when the faulty node led) and hold every acknowledged append exactly
