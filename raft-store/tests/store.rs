@@ -1105,3 +1105,68 @@ fn a_store_of_another_format_refuses_to_open() {
         assert!(message.contains(expected), "{message}");
     }
 }
+
+/// After a restart a node never resumes leadership on its own: the vote it reads back is not
+/// committed (openraft would otherwise lead at once with the commit index it persisted, which
+/// is not fsynced on every change). The commit index it reads back is at least what its state
+/// machine applied, and the state machine never runs ahead of what the log store says.
+#[test]
+fn a_reopened_store_reads_back_an_uncommitted_vote_and_a_commit_index_covering_the_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (mut log, mut sm) = raft_store::open(dir.path()).expect("open");
+        let mut vote = Vote::new(3, 1);
+        vote.commit();
+        log.save_vote(&vote).await.expect("vote");
+        assert_eq!(log.read_vote().await.expect("read"), Some(vote));
+        let entries: Vec<Entry> = (1..=4).map(|i| entry(i, 1, vec![])).collect();
+        log.blocking_append(entries.clone()).await.expect("append");
+        // Committed and applied, but the commit index is only in memory (not fsynced).
+        log.save_committed(Some(log_id(4)))
+            .await
+            .expect("committed");
+        sm.apply(entries).await.expect("apply");
+        log.close().expect("close");
+    });
+    runtime().block_on(async {
+        let (mut log, _) = raft_store::open(dir.path()).expect("reopen");
+        let vote = log.read_vote().await.expect("read").expect("a vote");
+        assert_eq!((vote.leader_id.term, vote.leader_id.node_id), (3, 1));
+        assert!(!vote.is_committed(), "{vote} came back committed");
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(log_id(4))
+        );
+        // A vote saved after the restart reads back as saved.
+        let mut next = Vote::new(4, 1);
+        next.commit();
+        log.save_vote(&next).await.expect("vote");
+        assert_eq!(log.read_vote().await.expect("read"), Some(next));
+    });
+}
+
+/// A Raft log record damaged in the middle of the log stops the store at open, naming the
+/// segment; a record cut off at the very end (a write a crash interrupted) is cut away, and the
+/// durable mark then says whether acknowledged entries went missing.
+#[test]
+fn a_damaged_log_record_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (log, _) = raft_store::open(dir.path()).expect("open");
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, vec![])).collect();
+        log.clone().blocking_append(entries).await.expect("append");
+        log.close().expect("close");
+    });
+    let segment = dir.path().join("raft-log/00000000000000000001.seg");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let record = bytes.len() / 10;
+    bytes[record * 3 + raft_store::wal::RECORD_HEADER_BYTES] ^= 0x01;
+    std::fs::write(&segment, &bytes).expect("write");
+    let message = raft_store::open(dir.path())
+        .err()
+        .expect("open must fail")
+        .to_string();
+    assert!(message.contains("corrupt data"), "{message}");
+    assert!(message.contains("00000000000000000001.seg"), "{message}");
+    assert!(message.contains("checksum does not match"), "{message}");
+}
