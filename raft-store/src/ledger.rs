@@ -2,8 +2,9 @@
 //!
 //! Every space lives in the one sled tree `sm`, keys prefixed with the space's tag (its position
 //! in [`SM_TREES`]; see [`crate::space`]). They are written only by the state machine
-//! ([`crate::StateMachineStore`]), in one atomic batch per `apply` call; everything else reads
-//! them through this handle.
+//! ([`crate::StateMachineStore`]), one insert after the other, `applying` first and
+//! `last_applied` last (see [`Ledger::apply_mark`]); everything else reads them through this
+//! handle.
 //!
 //! | space          | key                                   | value                        |
 //! |----------------|---------------------------------------|------------------------------|
@@ -52,6 +53,9 @@ use crate::types::OperatorRecord;
 use crate::types::StoredMembership;
 
 pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
+/// The log id an apply is writing, written before any of its writes (`last_applied` is written
+/// after all of them): a store where it is ahead of `last_applied` holds a partial apply.
+pub(crate) const META_APPLYING: &[u8] = b"applying";
 pub(crate) const META_LAST_MEMBERSHIP: &[u8] = b"last_membership";
 pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_CLUSTER: &[u8] = b"cluster";
@@ -293,7 +297,43 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Applies `batch` (keys already tagged with their space) atomically.
+    /// Writes `writes` (keys tagged with their space) one after the other, in order. Not atomic:
+    /// see [`Pending::commit`](crate::apply::Pending::commit) for how a partial apply is found.
+    pub(crate) fn insert_all(&self, writes: Vec<(Vec<u8>, sled::IVec)>) -> Result<(), StoreError> {
+        for (key, value) in writes {
+            self.tree.insert(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Where the applies stand: `applying`, then `last_applied` (read in that order). Readers
+    /// that need several reads to agree take a mark before and check [`Ledger::quiet_since`]
+    /// after: an apply writes `applying` first and `last_applied` last, one insert after the
+    /// other, so a reader between the two sees part of it.
+    pub(crate) fn apply_mark(&self) -> Result<(Option<LogId>, Option<LogId>), StoreError> {
+        let applying = self.meta_get::<Option<LogId>>(META_APPLYING)?.flatten();
+        Ok((applying, self.last_applied()?))
+    }
+
+    /// Whether no apply wrote anything since `mark` was taken, and none was under way then.
+    pub(crate) fn quiet_since(
+        &self,
+        mark: (Option<LogId>, Option<LogId>),
+    ) -> Result<bool, StoreError> {
+        let partial = mark.0 > mark.1;
+        Ok(!partial && self.apply_mark()? == mark)
+    }
+
+    /// The log id of an apply that began but never finished writing (a crash in the middle of
+    /// an apply), if any.
+    pub fn partial_apply(&self) -> Result<Option<LogId>, StoreError> {
+        let applying = self.meta_get::<Option<LogId>>(META_APPLYING)?.flatten();
+        let applied = self.last_applied()?;
+        Ok(applying.filter(|applying| Some(*applying) > applied))
+    }
+
+    /// Applies `batch` (keys already tagged with their space) atomically: installing or
+    /// clearing a whole state.
     pub(crate) fn apply_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
         Ok(self.tree.apply_batch(batch)?)
     }
@@ -618,12 +658,12 @@ impl Ledger {
     /// The inputs of an agent's trust score at one ledger position, read consistently: the
     /// head and the agent's day counts in the window ending on the head's day. Costs one head
     /// read, two count reads and at most `WINDOW_DAYS` day reads, whatever the history's
-    /// length. `None` if the agent's events kept changing under [`TRUST_READ_ATTEMPTS_MAX`]
-    /// attempts (each sled read sees a whole apply transaction or none of it, but several
-    /// reads may straddle one).
+    /// length. `None` if applies kept landing during [`TRUST_READ_ATTEMPTS_MAX`] attempts
+    /// (an apply is many inserts: see [`Ledger::apply_mark`]).
     pub fn trust_inputs(&self, asn: &str) -> Result<Option<TrustInputs>, StoreError> {
         for _ in 0..TRUST_READ_ATTEMPTS_MAX {
-            let before = self.agent_event_count(asn)?;
+            let mark = self.apply_mark()?;
+            let agent_events = self.agent_event_count(asn)?;
             let head = self.head()?;
             let as_of_day = verifier::trust::day_of(head.last_created_at_ms);
             let days = self.trust_days(
@@ -631,16 +671,16 @@ impl Ledger {
                 as_of_day.saturating_sub(verifier::trust::WINDOW_DAYS - 1),
                 as_of_day,
             )?;
-            // The agent's count is written in the same transaction as its day counts: if it
-            // did not change, no event of this agent was applied between the two reads, so
-            // the day counts are exactly those of its events up to `head`.
-            if self.agent_event_count(asn)? == before {
+            // No apply wrote during these reads: the count, the head and the day counts are
+            // those of one ledger position.
+            if self.quiet_since(mark)? {
                 return Ok(Some(TrustInputs {
                     head,
-                    agent_events: before,
+                    agent_events,
                     days,
                 }));
             }
+            std::thread::yield_now();
         }
         Ok(None)
     }
@@ -652,6 +692,7 @@ impl Ledger {
     /// and the recorded head is the last event. Names the first bad `seq`. O(events) time,
     /// O(agents) memory: run at start-up and on request.
     pub fn verify_chain(&self) -> Result<u64, StoreError> {
+        let mark = self.apply_mark()?;
         let head = self.head()?;
         // Per agent: the day of its last event walked, that day's counts and the seq that
         // closed it. An agent's days never decrease along the chain (`created_at` does not), so
@@ -670,8 +711,8 @@ impl Ledger {
             ledger: self,
             low: std::collections::HashMap::new(),
         };
-        // Only up to the head read above: while the node runs, later events may be committed
-        // during the walk (each sled read sees a whole apply transaction or none of it).
+        // Only up to the head read above: while the node runs, later events may be applied
+        // during the walk (an apply writes its events before the head that counts them).
         for item in self.events.range(..=codec::u64_key(head.size)) {
             let (key, chunk) = item?;
             let first = codec::u64_from_key(&key)?;
@@ -759,24 +800,23 @@ impl Ledger {
         }
         // Each agent's last day may still grow while the node runs: check those, and that no
         // other day counts exist, only if nothing was applied during the walk.
-        if self.head()? == head {
+        if self.quiet_since(mark)? {
             let mut open: Vec<_> = agent_day.into_iter().collect();
             open.sort_by_key(|(_, (_, _, last_seq))| *last_seq);
             let checked = open.iter().try_for_each(|(asn, (day, counts, last_seq))| {
                 self.check_trust_day(asn, *day, counts, *last_seq)
             });
             if let Err(error) = checked {
-                // An apply between the head read above and a day's read adds to that day: a
-                // difference counts only if no event was applied meanwhile (every apply that
-                // appends events moves the head).
-                if self.head()? == head {
+                // An apply between the mark taken above and a day's read adds to that day: a
+                // difference counts only if no apply wrote meanwhile.
+                if self.quiet_since(mark)? {
                     return Err(error);
                 }
                 return Ok(size);
             }
             days_checked += open.len() as u64;
             let stored = self.trust.iter().count() as u64;
-            if self.head()? == head && stored != days_checked {
+            if stored != days_checked && self.quiet_since(mark)? {
                 return Err(StoreError::Corrupt(format!(
                     "the trust day counts hold {stored} agent-days, the events make {days_checked}"
                 )));

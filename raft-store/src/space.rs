@@ -1,6 +1,7 @@
 //! [`Space`]: one of the state machine's key spaces inside its single sled tree (`sm`), keys
-//! prefixed with the space's tag byte. One tree, so that an `apply` is one atomic
-//! `Tree::apply_batch` (sled's multi-tree transactions read every key they write first).
+//! prefixed with the space's tag byte. One tree, so that a snapshot install is one atomic
+//! `Tree::apply_batch` and an apply's inserts are ordered in one sled log (sled's multi-tree
+//! transactions read every key they write first).
 
 use std::ops::Bound;
 use std::ops::RangeBounds;

@@ -3,11 +3,14 @@
 //! Invariants:
 //! - Applying is deterministic: it reads only the entries and the stored state (no clock, no
 //!   randomness), so every replica derives the same events, ids and hashes.
-//! - One `apply` call is one atomic sled batch over every key space, including
-//!   `last_applied`. It is not fsynced on its own: the log store fsyncs sled before it removes
+//! - One `apply` call writes its inserts in order, `applying` (its last log id) first and
+//!   `last_applied` last (not one sled batch: sled writes and `sync_file_range`s its buffer on
+//!   every batch). It is not fsynced on its own: the log store fsyncs sled before it removes
 //!   entries (a purge), and at clean shutdown. sled recovers a prefix of its writes, so after a
-//!   crash the state is behind the log (openraft applies the difference again), and never
-//!   behind the snapshot file (restored from it at open).
+//!   crash the state is behind the log (openraft applies the difference again), never behind
+//!   the snapshot file (restored from it at open), and an apply the crash cut short is found
+//!   (`applying` ahead of `last_applied`) and undone at open by restoring the snapshot file, or
+//!   emptying the state machine without one.
 //! - No code path changes or removes a stored event, except replacing the whole state from a
 //!   snapshot of the same cluster.
 //! - Snapshots are files (`<dir>/snapshot/current`), never sled values: tmp file, fsync,
@@ -107,6 +110,27 @@ impl StateMachineStore {
         dir: &Path,
     ) -> Result<Self, StoreError> {
         let ledger = Ledger::open(db)?;
+        let snapshot_dir = dir.join("snapshot");
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let current = read_snapshot_file(&snapshot_dir.join("current"))?;
+        if let Some(partial) = ledger.partial_apply()? {
+            // A crash in the middle of an apply (see `Pending::commit`): start again from the
+            // snapshot file, or from nothing, and let openraft apply the log again. The log
+            // holds every entry after the snapshot: it is purged only up to a snapshot, after
+            // the state machine was fsynced past it.
+            tracing::warn!(
+                applying = %partial,
+                applied = ?ledger.last_applied()?,
+                snapshot = ?current.as_ref().map(|s| s.meta.last_log_id),
+                "the state machine holds an apply a crash interrupted; restoring it from its \
+                 snapshot file (or from nothing) and applying the log again"
+            );
+            match &current {
+                Some(snapshot) => replace_state(&ledger, &snapshot.meta, &snapshot.data)?,
+                None => clear_state(&ledger)?,
+            }
+            durability.sync_blocking()?;
+        }
         let started = std::time::Instant::now();
         let size = ledger.verify_chain()?;
         // Nothing writes yet: nothing may lie past the head either.
@@ -116,9 +140,6 @@ impl StateMachineStore {
             millis = started.elapsed().as_millis() as u64,
             "verified the stored chain"
         );
-        let snapshot_dir = dir.join("snapshot");
-        std::fs::create_dir_all(&snapshot_dir)?;
-        let current = read_snapshot_file(&snapshot_dir.join("current"))?;
         if let Some(snapshot) = &current {
             // The state machine is not fsynced on its own (see `apply`): after a crash it may be
             // behind the snapshot file, whose log entries may be purged. Catch up from the file.
@@ -237,22 +258,30 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
             batch.remove(space.key(key));
         }
         for (key, value) in pairs {
-            crate::apply::put(&mut batch, index, key, value.as_slice());
+            batch.insert(crate::space::tagged(index as u8, key), value.as_slice());
         }
     }
     let meta_tag = crate::apply::T_META;
-    crate::apply::put(
-        &mut batch,
-        meta_tag,
-        META_LAST_APPLIED,
+    batch.insert(
+        crate::space::tagged(meta_tag as u8, META_LAST_APPLIED),
         codec::encode(&meta.last_log_id),
     );
-    crate::apply::put(
-        &mut batch,
-        meta_tag,
-        META_LAST_MEMBERSHIP,
+    batch.insert(
+        crate::space::tagged(meta_tag as u8, META_LAST_MEMBERSHIP),
         codec::encode(&meta.last_membership),
     );
+    ledger.apply_batch(batch)
+}
+
+/// Empties the state machine (every key space), atomically.
+fn clear_state(ledger: &Ledger) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for space in ledger.spaces() {
+        for item in space.iter() {
+            let (key, _) = item?;
+            batch.remove(space.key(key));
+        }
+    }
     ledger.apply_batch(batch)
 }
 

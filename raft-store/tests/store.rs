@@ -1170,3 +1170,55 @@ fn a_damaged_log_record_refuses_to_open() {
     assert!(message.contains("00000000000000000001.seg"), "{message}");
     assert!(message.contains("checksum does not match"), "{message}");
 }
+
+/// An apply is many sled inserts, not one batch: `applying` is written first and `last_applied`
+/// last. A store where a crash cut an apply short (here: `applying` ahead, and an event chunk
+/// past the head) restores its state machine at open from its snapshot file, or empties it
+/// without one, so openraft applies the log again; it never serves the partial apply.
+#[test]
+fn a_partial_apply_is_found_at_open_and_undone() {
+    for with_snapshot in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let applied = runtime().block_on(async {
+            let (log, mut sm) = raft_store::open(dir.path()).expect("open");
+            let (_, asns) = setup(&mut sm, &["p"]).await;
+            sm.apply(vec![entry(3, 1, vec![append(1, 0, &[asns[0].as_str()])])])
+                .await
+                .expect("apply");
+            if with_snapshot {
+                sm.get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+                    .expect("build");
+            }
+            log.close().expect("close");
+            sm.ledger().last_applied().expect("applied")
+        });
+        assert_eq!(applied, Some(log_id(3)));
+        {
+            let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+            let sm = db.open_tree("sm").expect("tree");
+            let applying = raft_store::codec::encode(&Some(log_id(4)));
+            sm.insert([&[0u8][..], b"applying"].concat(), applying)
+                .expect("insert");
+            // Event 2's chunk, written before the crash; the head still says 1 event.
+            let mut key = EVENT_1;
+            key[8] = 2;
+            let chunk = sm.get(EVENT_1).expect("get").expect("chunk of event 1");
+            sm.insert(key, chunk).expect("insert");
+            db.flush().expect("flush");
+        }
+        let (_, sm) = raft_store::open(dir.path()).expect("open restores");
+        let ledger = sm.ledger();
+        assert_eq!(ledger.partial_apply().expect("partial"), None);
+        if with_snapshot {
+            assert_eq!(ledger.last_applied().expect("applied"), Some(log_id(3)));
+            assert_eq!(ledger.head().expect("head").size, 1);
+        } else {
+            assert_eq!(ledger.last_applied().expect("applied"), None);
+            assert_eq!(ledger.head().expect("head").size, 0);
+        }
+        assert!(ledger.event(2).expect("event 2").is_none());
+    }
+}
