@@ -327,8 +327,7 @@ impl Ledger {
     /// The log id of an apply that began but never finished writing (a crash in the middle of
     /// an apply), if any.
     pub fn partial_apply(&self) -> Result<Option<LogId>, StoreError> {
-        let applying = self.meta_get::<Option<LogId>>(META_APPLYING)?.flatten();
-        let applied = self.last_applied()?;
+        let (applying, applied) = self.apply_mark()?;
         Ok(applying.filter(|applying| Some(*applying) > applied))
     }
 

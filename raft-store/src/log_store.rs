@@ -29,7 +29,6 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 
@@ -58,16 +57,9 @@ pub const LOG_DIR: &str = "raft-log";
 
 #[derive(Clone)]
 pub struct LogStore {
-    wal: Arc<Mutex<Wal>>,
-    meta: Arc<MetaFile>,
+    files: Files,
     /// The last purged log id openraft gave (the durable one, in `meta`, may lag behind).
     last_purged: Arc<Mutex<Option<LogId>>>,
-    /// The committed log id openraft last reported; written to `meta` with its other changes.
-    committed: Arc<Mutex<Option<LogId>>>,
-    /// The committed log index plus one (0: none), for metrics.
-    committed_plus_one: Arc<AtomicU64>,
-    /// The state machine's sled: made durable before log entries are removed, and at shutdown.
-    state_machine: Durability,
     stats: Arc<SyncStats>,
     mark: Mark,
     /// To the log-sync thread (see the module documentation).
@@ -159,21 +151,27 @@ fn spawn_syncer(
     sender
 }
 
-/// Everything a purge needs, shared by the purge thread and [`LogStore::purge`].
+/// The log's files and what a purge needs, shared by the log store and the purge thread.
 #[derive(Clone)]
-struct Purge {
+struct Files {
     wal: Arc<Mutex<Wal>>,
     meta: Arc<MetaFile>,
+    /// The committed log id openraft last reported; written to `meta` with its other changes.
     committed: Arc<Mutex<Option<LogId>>>,
+    /// The state machine's sled: made durable before log entries are removed, and at shutdown.
     state_machine: Durability,
 }
 
-impl Purge {
+impl Files {
+    fn committed(&self) -> Option<LogId> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Makes the purge up to `log_id` durable, then deletes the segments it emptied: first
     /// the state machine (whose entries these were) is fsynced, then `meta` records the purge.
     fn run(&self, log_id: LogId) -> io::Result<()> {
         self.state_machine.sync_blocking()?;
-        let committed = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = self.committed();
         self.meta.update(|meta| {
             meta.last_purged = meta.last_purged.max(Some(log_id));
             meta.committed = meta.committed.max(committed);
@@ -194,7 +192,7 @@ impl Purge {
 
 /// The purge thread: runs the purges handed to it, the newest only when several wait. A purge
 /// fsyncs the state machine's sled, which may take a while: not on openraft's core task.
-fn spawn_purger(purge: Purge, failed: Arc<Mutex<Option<String>>>) -> std_mpsc::Sender<LogId> {
+fn spawn_purger(purge: Files, failed: Arc<Mutex<Option<String>>>) -> std_mpsc::Sender<LogId> {
     let (sender, receiver) = std_mpsc::channel::<LogId>();
     let spawned = std::thread::Builder::new()
         .name("log-purge".to_owned())
@@ -261,47 +259,30 @@ impl LogStore {
         let mark = Mark::open(dir, actual).map_err(crate::StoreError::Corrupt)?;
         let stats = Arc::new(SyncStats::default());
         let syncer = spawn_syncer(wal.dirty(), Arc::clone(&stats), mark.clone());
-        let wal = Arc::new(Mutex::new(wal));
-        let meta = Arc::new(opened.meta);
-        let committed = Arc::new(Mutex::new(stored.committed.max(applied)));
-        let purge_failed = Arc::default();
-        let purger = spawn_purger(
-            Purge {
-                wal: Arc::clone(&wal),
-                meta: Arc::clone(&meta),
-                committed: Arc::clone(&committed),
-                state_machine: state_machine.clone(),
-            },
-            Arc::clone(&purge_failed),
-        );
-        let store = Self {
-            wal,
-            meta,
-            last_purged: Arc::new(Mutex::new(stored.last_purged)),
-            committed,
-            committed_plus_one: Arc::default(),
+        let files = Files {
+            wal: Arc::new(Mutex::new(wal)),
+            meta: Arc::new(opened.meta),
+            // Everything applied was committed.
+            committed: Arc::new(Mutex::new(stored.committed.max(applied))),
             state_machine,
+        };
+        let purge_failed = Arc::default();
+        let purger = spawn_purger(files.clone(), Arc::clone(&purge_failed));
+        Ok(Self {
+            files,
+            last_purged: Arc::new(Mutex::new(stored.last_purged)),
             stats,
             mark,
             syncer,
             purger,
             purge_failed,
             vote_saved: Arc::default(),
-        };
-        store.note_committed(stored.committed.max(applied));
-        Ok(store)
-    }
-
-    fn note_committed(&self, committed: Option<LogId>) {
-        let value = committed.map_or(0, |log_id| log_id.index + 1);
-        self.committed_plus_one.store(value, Ordering::Relaxed);
+        })
     }
 
     /// The last committed log index this node knows of.
     pub fn committed_index(&self) -> Option<u64> {
-        self.committed_plus_one
-            .load(Ordering::Relaxed)
-            .checked_sub(1)
+        self.files.committed().map(|log_id| log_id.index)
     }
 
     /// fsync counters of the log (every `fdatasync` of its segments).
@@ -312,12 +293,12 @@ impl LogStore {
     /// At clean shutdown: makes the state machine durable (so the next start has nothing to
     /// apply again) and writes the durable mark.
     pub fn close(&self) -> io::Result<()> {
-        self.state_machine.sync_blocking()?;
+        self.files.state_machine.sync_blocking()?;
         self.mark.flush()
     }
 
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
-        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+        self.files.wal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn purged(&self) -> Option<LogId> {
@@ -347,7 +328,7 @@ impl LogStore {
             records.resize(start + wal::RECORD_HEADER_BYTES, 0);
             records = postcard::to_extend(&entry, records).map_err(write_err)?;
             let payload = records.len() - start - wal::RECORD_HEADER_BYTES;
-            if payload > wal::record_payload_bytes_max() {
+            if payload > wal::RECORD_PAYLOAD_BYTES_MAX {
                 return Err(write_err(io::Error::other(format!(
                     "log entry {} is {payload} bytes, more than a record may hold",
                     entry.log_id
@@ -422,11 +403,6 @@ impl LogStore {
             index,
         })
     }
-
-    /// The index of the last entry present, for tests and metrics.
-    pub fn last_index(&self) -> Option<u64> {
-        self.wal().last_index()
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -486,8 +462,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         fn vote_err(e: impl std::error::Error + 'static) -> StorageError {
             StorageIOError::write_vote(&e).into()
         }
-        let meta = Arc::clone(&self.meta);
-        let committed = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = Arc::clone(&self.files.meta);
+        let committed = self.files.committed();
         let to_save = *vote;
         tokio::task::spawn_blocking(move || {
             meta.update(|stored| {
@@ -504,7 +480,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let mut vote = self.meta.get().vote;
+        let mut vote = self.files.meta.get().vote;
         if !self.vote_saved.load(Ordering::SeqCst)
             && let Some(vote) = &mut vote
         {
@@ -523,13 +499,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Kept in memory and written with the next change of `meta` (a vote, a purge): losing
         // it only means applying less at start-up, before the leader says more is committed.
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
-        self.note_committed(committed);
+        *self
+            .files
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(*self.committed.lock().unwrap_or_else(|p| p.into_inner()))
+        Ok(self.files.committed())
     }
 
     async fn append<I>(
@@ -567,7 +546,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync_barrier().await.map_err(write_err)?;
         // The mark must not claim the entries about to go, even if we crash halfway.
         let mark = self.mark.clone();
-        let wal = Arc::clone(&self.wal);
+        let wal = Arc::clone(&self.files.wal);
         let index = log_id.index;
         tokio::task::spawn_blocking(move || {
             mark.before_truncate(index)?;
@@ -593,12 +572,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *purged = Some(log_id);
         }
         let gap = self.wal().forget_upto(log_id.index);
-        let purge = Purge {
-            wal: Arc::clone(&self.wal),
-            meta: Arc::clone(&self.meta),
-            committed: Arc::clone(&self.committed),
-            state_machine: self.state_machine.clone(),
-        };
+        let purge = self.files.clone();
         if gap {
             // The next append starts past the end of the log (a snapshot was installed, or the
             // state machine is ahead of the log at start-up): `meta` must cover the gap on disk

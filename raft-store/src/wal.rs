@@ -50,7 +50,7 @@ pub const WAL_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// The largest record payload accepted when reading, in bytes: an entry is at most
 /// [`crate::ENTRY_BYTES_MAX`]; a larger length field is damage (or a cut-off write).
-const RECORD_PAYLOAD_BYTES_MAX: usize = crate::ENTRY_BYTES_MAX + (64 << 10);
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = crate::ENTRY_BYTES_MAX + (64 << 10);
 
 /// Bytes of a record before its payload.
 pub const RECORD_HEADER_BYTES: usize = 32;
@@ -103,18 +103,13 @@ pub fn seal_record(record: &mut [u8], id: RecordId) {
     record[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The largest payload a record may carry, in bytes.
-pub const fn record_payload_bytes_max() -> usize {
-    RECORD_PAYLOAD_BYTES_MAX
-}
-
 /// Why a record could not be read.
 #[derive(Debug)]
 enum BadRecord {
     /// The bytes end before the record does.
     CutOff,
-    /// The record is complete but does not hold together.
-    Damaged(String),
+    /// The record does not hold together; `end` is where it claims to end.
+    Damaged { what: String, end: usize },
 }
 
 /// Parses the record at the start of `bytes`: its id, payload and total length.
@@ -133,19 +128,21 @@ fn parse_record(bytes: &[u8]) -> Result<(RecordId, &[u8], usize), BadRecord> {
         u64::from_le_bytes(w)
     };
     let len = word32(0) as usize;
-    if len > RECORD_PAYLOAD_BYTES_MAX {
-        return Err(BadRecord::Damaged(format!(
-            "a record claims {len} bytes, more than an entry can hold"
-        )));
-    }
     let total = RECORD_HEADER_BYTES + len;
+    if len > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(BadRecord::Damaged {
+            what: format!("a record claims {len} bytes, more than an entry can hold"),
+            end: total,
+        });
+    }
     if bytes.len() < total {
         return Err(BadRecord::CutOff);
     }
     if crc32fast::hash(&bytes[8..total]) != word32(4) {
-        return Err(BadRecord::Damaged(
-            "a record's checksum does not match".to_owned(),
-        ));
+        return Err(BadRecord::Damaged {
+            what: "a record's checksum does not match".to_owned(),
+            end: total,
+        });
     }
     let id = RecordId {
         index: word64(8),
@@ -404,13 +401,12 @@ impl Wal {
                         let torn = is_last
                             && match &bad {
                                 BadRecord::CutOff => true,
-                                BadRecord::Damaged(_) => record_end(&bytes[at..])
-                                    .is_none_or(|end| at + end >= bytes.len()),
+                                BadRecord::Damaged { end, .. } => at + end >= bytes.len(),
                             };
                         if !torn {
                             let what = match bad {
                                 BadRecord::CutOff => "a record is cut off".to_owned(),
-                                BadRecord::Damaged(what) => what,
+                                BadRecord::Damaged { what, .. } => what,
                             };
                             return Err(corrupt(&path, format!("{what} (at byte {at})")));
                         }
@@ -622,7 +618,7 @@ impl Wal {
                 let (id, payload, total) =
                     parse_record(&bytes[pos..]).map_err(|bad| match bad {
                         BadRecord::CutOff => damaged("a record is cut off".to_owned()),
-                        BadRecord::Damaged(what) => damaged(what),
+                        BadRecord::Damaged { what, .. } => damaged(what),
                     })?;
                 if id.index != index {
                     return Err(damaged(format!("the record holds index {}", id.index)));
@@ -716,14 +712,6 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-/// Where the record at the start of `bytes` claims to end (`None`: not even a length).
-fn record_end(bytes: &[u8]) -> Option<usize> {
-    let len = bytes.get(..4)?;
-    let mut w = [0u8; 4];
-    w.copy_from_slice(len);
-    Some(RECORD_HEADER_BYTES + u32::from_le_bytes(w) as usize)
 }
 
 #[cfg(test)]
