@@ -31,6 +31,10 @@
 //! lookup of the key at or before it. Merkle subtrees below [`MERKLE_STORED_LEVEL_MIN`] are
 //! not stored: they are recomputed from at most `2^(MERKLE_STORED_LEVEL_MIN - 1)` events.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -232,6 +236,28 @@ pub struct Ledger {
     pub(crate) merkle: Space,
     /// Per agent and UTC day: how many events of each severity (the trust score's inputs).
     pub(crate) trust: Space,
+    /// The journals of the snapshot copies under way (see [`Ledger::begin_copy`]).
+    copies: Arc<Mutex<Copies>>,
+}
+
+/// For each snapshot copy under way: the value every key written since it began had then
+/// (`None`: the key did not exist).
+#[derive(Default)]
+struct Copies {
+    next_id: u64,
+    journals: Vec<(u64, Journal)>,
+}
+
+/// Keys written since a copy began, each with the value it had then (`None`: it did not exist).
+type Journal = HashMap<Vec<u8>, Option<sled::IVec>>;
+
+/// A snapshot copy of the state machine under way: reads the whole state at the log id it began
+/// at while applies go on (see [`Ledger::begin_copy`]). Dropping it ends the copy.
+pub(crate) struct StateCopy {
+    ledger: Ledger,
+    id: u64,
+    /// `last_applied` when the copy began: the state it reads.
+    pub(crate) last_applied: Option<LogId>,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -241,6 +267,79 @@ fn decode_opt<T: serde::de::DeserializeOwned>(
     match bytes {
         None => Ok(None),
         Some(bytes) => codec::decode(&bytes, what).map(Some),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StateCopy {
+    /// Every key and value of the state machine (keys tagged with their space), in key order,
+    /// as they were when the copy began: sled's iterator sees some writes made since and not
+    /// others, so every key written since is put back to the value it had then (or left out).
+    pub(crate) fn read(self) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        let mut pairs = Vec::new();
+        for item in self.ledger.tree.iter() {
+            pairs.push(item?);
+        }
+        // Writes from now on come after the iteration: the copy did not see them.
+        let journal = {
+            let mut copies = lock(&self.ledger.copies);
+            let at = copies.journals.iter().position(|(id, _)| *id == self.id);
+            at.map(|at| copies.journals.swap_remove(at).1)
+                .unwrap_or_default()
+        };
+        if journal.is_empty() {
+            return Ok(pairs);
+        }
+        let mut seen = std::collections::HashSet::new();
+        pairs.retain_mut(|(key, value)| match journal.get(key.as_ref()) {
+            None => true,
+            Some(before) => {
+                seen.insert(key.to_vec());
+                match before {
+                    Some(before) => {
+                        *value = before.clone();
+                        true
+                    }
+                    None => false,
+                }
+            }
+        });
+        // A key that existed when the copy began and that the iteration missed (applies never
+        // remove keys, but the copy does not depend on it).
+        let missed = journal.into_iter().filter_map(|(key, before)| {
+            before
+                .filter(|_| !seen.contains(&key))
+                .map(|before| (sled::IVec::from(key), before))
+        });
+        let missed: Vec<_> = missed.collect();
+        if !missed.is_empty() {
+            pairs.extend(missed);
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let last_applied_key = crate::space::tagged(crate::apply::T_META as u8, META_LAST_APPLIED);
+        let applied = pairs
+            .iter()
+            .find(|(key, _)| key.as_ref() == last_applied_key)
+            .map(|(_, value)| codec::decode::<Option<LogId>>(value, "last_applied"))
+            .transpose()?
+            .flatten();
+        assert_eq!(
+            applied, self.last_applied,
+            "a snapshot copy must read the state at the log id it began at"
+        );
+        Ok(pairs)
+    }
+}
+
+impl Drop for StateCopy {
+    fn drop(&mut self) {
+        let mut copies = lock(&self.ledger.copies);
+        copies.journals.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -286,6 +385,7 @@ impl Ledger {
             agents: space(7),
             merkle: space(8),
             trust: space(9),
+            copies: Arc::default(),
         };
         // A store that applied anything has its format recorded (the first apply writes it).
         let format = ledger.store_format()?;
@@ -299,11 +399,46 @@ impl Ledger {
 
     /// Writes `writes` (keys tagged with their space) one after the other, in order. Not atomic:
     /// see [`Pending::commit`](crate::apply::Pending::commit) for how a partial apply is found.
+    ///
+    /// While a snapshot copy is under way, the value each key had before its first write since
+    /// the copy began is kept for it first ([`StateCopy::read`]).
     pub(crate) fn insert_all(&self, writes: Vec<(Vec<u8>, sled::IVec)>) -> Result<(), StoreError> {
+        {
+            let mut copies = lock(&self.copies);
+            if !copies.journals.is_empty() {
+                for (key, _) in &writes {
+                    let mut before = None;
+                    for (_, journal) in &mut copies.journals {
+                        if !journal.contains_key(key) {
+                            if before.is_none() {
+                                before = Some(self.tree.get(key)?);
+                            }
+                            journal.insert(key.clone(), before.clone().flatten());
+                        }
+                    }
+                }
+            }
+        }
         for (key, value) in writes {
             self.tree.insert(key, value)?;
         }
         Ok(())
+    }
+
+    /// Begins a copy of the whole state as it is now, to be read by [`StateCopy::read`] on
+    /// another thread while applies go on. Call it between applies (on the state-machine
+    /// worker); nothing but [`Ledger::insert_all`] may write while the copy is under way.
+    pub(crate) fn begin_copy(&self) -> Result<StateCopy, StoreError> {
+        let last_applied = self.last_applied()?;
+        let mut copies = lock(&self.copies);
+        let id = copies.next_id;
+        copies.next_id += 1;
+        copies.journals.push((id, HashMap::new()));
+        Ok(StateCopy {
+            ledger: self.clone(),
+            id,
+            last_applied,
+        })
     }
 
     /// Where the applies stand: `applying`, then `last_applied` (read in that order). Readers

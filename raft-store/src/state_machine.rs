@@ -37,6 +37,7 @@ use crate::ledger::Ledger;
 use crate::ledger::META_LAST_APPLIED;
 use crate::ledger::META_LAST_MEMBERSHIP;
 use crate::ledger::SM_TREES;
+use crate::ledger::StateCopy;
 use crate::types::Entry;
 use crate::types::Hash;
 use crate::types::LogId;
@@ -58,6 +59,9 @@ pub struct StateMachineStore {
     current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     /// The indexes' tips, for `apply` (see [`crate::apply::TipCache`]).
     tips: Arc<Mutex<crate::apply::TipCache>>,
+    /// Held (read) by a snapshot copy under way, taken (write) to replace the whole state:
+    /// a copy reads the state at its log id only while nothing but applies write.
+    copy_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// The snapshot file: the meta, the payload and a checksum of the payload.
@@ -78,7 +82,17 @@ struct SnapshotPayload {
     trees: Vec<TreeCopy>,
 }
 
-/// Bytes held by sled, serialised as postcard serialises a `Vec<u8>` (length, then bytes).
+/// A state-machine key held by sled, serialised without its space tag as postcard serialises a
+/// `Vec<u8>` (length, then bytes).
+struct SledKey(sled::IVec);
+
+impl Serialize for SledKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0.get(1..).unwrap_or_default())
+    }
+}
+
+/// A value held by sled, serialised as postcard serialises a `Vec<u8>`.
 struct SledBytes(sled::IVec);
 
 impl Serialize for SledBytes {
@@ -87,12 +101,35 @@ impl Serialize for SledBytes {
     }
 }
 
-/// The state copied for a snapshot: [`SnapshotPayload`] with sled's reference-counted values,
-/// so the copy on the state-machine worker copies no value bytes; it encodes to the same bytes.
+/// The state copied for a snapshot: [`SnapshotPayload`] with sled's reference-counted keys and
+/// values, so the copy copies no bytes; it encodes to the same bytes.
 #[derive(Serialize)]
 struct CopiedPayload {
     version: u32,
-    trees: Vec<(String, Vec<(SledBytes, SledBytes)>)>,
+    trees: Vec<(String, Vec<(SledKey, SledBytes)>)>,
+}
+
+impl CopiedPayload {
+    /// Splits a copy of the state machine's one sled tree into its key spaces.
+    fn new(pairs: Vec<(sled::IVec, sled::IVec)>) -> Result<Self, StoreError> {
+        let mut trees: Vec<_> = SM_TREES
+            .iter()
+            .map(|name| ((*name).to_owned(), Vec::new()))
+            .collect();
+        for (key, value) in pairs {
+            let tag = key.first().copied().unwrap_or(u8::MAX);
+            let Some((_, space)) = trees.get_mut(usize::from(tag)) else {
+                return Err(StoreError::Corrupt(format!(
+                    "state-machine key {key:?} has no known key space tag"
+                )));
+            };
+            space.push((SledKey(key), SledBytes(value)));
+        }
+        Ok(Self {
+            version: SNAPSHOT_FORMAT_VERSION,
+            trees,
+        })
+    }
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -160,6 +197,7 @@ impl StateMachineStore {
             snapshot_dir,
             current_snapshot: Arc::new(Mutex::new(current)),
             tips: Arc::default(),
+            copy_gate: Arc::default(),
         })
     }
 
@@ -179,30 +217,6 @@ impl StateMachineStore {
             Ok(mut guard) => *guard = Some(snapshot),
             Err(poisoned) => *poisoned.into_inner() = Some(snapshot),
         }
-    }
-
-    /// Copies every state-machine key space. Runs on the state-machine worker, so no `apply`
-    /// interleaves: the copy is one consistent state. It holds sled's values by reference;
-    /// encoding, hashing and writing happen off the worker, in [`SnapshotBuilder`].
-    fn copy_state(&self) -> Result<(CopiedPayload, Option<LogId>, StoredMembership), StoreError> {
-        let mut trees = Vec::with_capacity(SM_TREES.len());
-        for (name, space) in SM_TREES.iter().zip(self.ledger.spaces()) {
-            let mut pairs = Vec::new();
-            for item in space.iter() {
-                let (key, value) = item?;
-                pairs.push((SledBytes(key), SledBytes(value)));
-            }
-            trees.push(((*name).to_owned(), pairs));
-        }
-        let payload = CopiedPayload {
-            version: SNAPSHOT_FORMAT_VERSION,
-            trees,
-        };
-        Ok((
-            payload,
-            self.ledger.last_applied()?,
-            self.ledger.last_membership()?,
-        ))
     }
 }
 
@@ -285,23 +299,43 @@ fn clear_state(ledger: &Ledger) -> Result<(), StoreError> {
     ledger.apply_batch(batch)
 }
 
-/// Builds a snapshot from a state copied on the state-machine worker.
+/// A copy of the state begun on the state-machine worker, to be read off it while applies go
+/// on.
+struct BegunCopy {
+    copy: StateCopy,
+    membership: StoredMembership,
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// Builds a snapshot: reads the state at the log id the copy began at, off the state-machine
+/// worker (applies go on meanwhile), then encodes, hashes and writes it.
 pub struct SnapshotBuilder {
-    copied: Result<(CopiedPayload, Option<LogId>, StoredMembership), StoreError>,
+    begun: Result<BegunCopy, StoreError>,
     store: StateMachineStore,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let copied = std::mem::replace(
-            &mut self.copied,
+        let begun = std::mem::replace(
+            &mut self.begun,
             Err(StoreError::Corrupt("snapshot built twice".into())),
         );
-        let (payload, last_applied, membership) =
-            copied.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let begun = begun.map_err(|e| StorageIOError::read_state_machine(&e))?;
         let dir = self.store.snapshot_dir.clone();
-        // Encoding, hashing and writing a large state take a while: not on an async worker.
+        // Reading, encoding, hashing and writing a large state take a while: not on an async
+        // worker.
         let built = tokio::task::spawn_blocking(move || {
+            let BegunCopy {
+                copy,
+                membership,
+                _gate,
+            } = begun;
+            let last_applied = copy.last_applied;
+            let payload = copy
+                .read()
+                .and_then(CopiedPayload::new)
+                .map_err(std::io::Error::other)?;
+            drop(_gate);
             let data = codec::encode(&payload);
             drop(payload);
             let snapshot_id = match last_applied {
@@ -367,8 +401,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let gate = Arc::clone(&self.copy_gate).read_owned().await;
+        let begun = self.ledger.begin_copy().and_then(|copy| {
+            Ok(BegunCopy {
+                copy,
+                membership: self.ledger.last_membership()?,
+                _gate: gate,
+            })
+        });
         SnapshotBuilder {
-            copied: self.copy_state(),
+            begun,
             store: self.clone(),
         }
     }
@@ -387,6 +429,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             StorageIOError::read_snapshot(Some(meta.signature()), e).into()
         };
         {
+            // Not while a snapshot copy reads the state (it reads the state it began at).
+            let _gate = self.copy_gate.write().await;
             let mut tips = self
                 .tips
                 .lock()
@@ -425,36 +469,43 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 mod tests {
     use super::*;
 
-    /// A snapshot copied by reference encodes to the bytes `SnapshotPayload` decodes.
+    /// A snapshot copied by reference encodes to the bytes `SnapshotPayload` decodes: keys
+    /// split by their space tag, the tag left out.
     #[test]
     fn a_copied_payload_encodes_as_a_snapshot_payload() {
         let pairs = [
-            (vec![1u8], vec![]),
-            (vec![2, 3], vec![7u8; 300]),
-            (vec![0u8; 40], vec![9u8; 3]),
+            (vec![0u8, 1], vec![]),
+            (vec![0u8, 2, 3], vec![7u8; 300]),
+            (vec![2u8; 40], vec![9u8; 3]),
         ];
-        let copied = CopiedPayload {
-            version: 3,
-            trees: vec![(
-                "sm_meta".to_owned(),
-                pairs
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            SledBytes(sled::IVec::from(k.as_slice())),
-                            SledBytes(sled::IVec::from(v.as_slice())),
-                        )
-                    })
-                    .collect(),
-            )],
-        };
+        let copied = CopiedPayload::new(
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        sled::IVec::from(k.as_slice()),
+                        sled::IVec::from(v.as_slice()),
+                    )
+                })
+                .collect(),
+        )
+        .expect("known tags");
+        let mut trees: Vec<TreeCopy> = SM_TREES
+            .iter()
+            .map(|name| ((*name).to_owned(), Vec::new()))
+            .collect();
+        trees[0].1 = vec![(vec![1], vec![]), (vec![2, 3], vec![7u8; 300])];
+        trees[2].1 = vec![(vec![2u8; 39], vec![9u8; 3])];
         let expected = SnapshotPayload {
-            version: 3,
-            trees: vec![("sm_meta".to_owned(), pairs.to_vec())],
+            version: SNAPSHOT_FORMAT_VERSION,
+            trees,
         };
         assert_eq!(codec::encode(&copied), codec::encode(&expected));
         let decoded: SnapshotPayload =
             codec::decode(&codec::encode(&copied), "payload").expect("decodes");
         assert_eq!(decoded.trees, expected.trees);
+
+        let unknown = vec![(sled::IVec::from(&[200u8, 1][..]), sled::IVec::from(&[][..]))];
+        assert!(CopiedPayload::new(unknown).is_err());
     }
 }

@@ -503,6 +503,111 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
     });
 }
 
+/// Entries `first..=last`, each appending one event for each of `asns` (same UTC day, so
+/// the agents' day counts are rewritten), every fourth also creating an agent.
+fn busy_entries(first: u64, last: u64, asns: &[String], operator: &str) -> Vec<Entry> {
+    (first..=last)
+        .map(|i| {
+            let mut dedup_key = [0xee; 32];
+            dedup_key[..8].copy_from_slice(&i.to_be_bytes());
+            let mut commands = vec![Proposal {
+                tx: TxKey {
+                    dedup_key,
+                    body_hash: [1; 32],
+                },
+                command: Command::AppendEvents {
+                    by: ADMIN.into(),
+                    events: asns
+                        .iter()
+                        .map(|asn| new_event(asn, "task_completed"))
+                        .collect(),
+                },
+            }];
+            if i % 4 == 0 {
+                commands.push(once(Command::CreateAgent {
+                    by: ADMIN.into(),
+                    name: format!("a{i}"),
+                    owner_id: operator.to_owned(),
+                }));
+            }
+            entry(i, 1_000 + i as i64, commands)
+        })
+        .collect()
+}
+
+/// A snapshot holds the state at the log id its copy began at, whatever is applied while it is
+/// read: the same bytes as a snapshot built with nothing applied after that log id. First with
+/// every later apply done before the copy reads (each key it reads is a later value, put back),
+/// then with applies running while it reads.
+#[test]
+fn a_snapshot_holds_the_state_its_copy_began_at_while_applies_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (operator, asns) = setup(&mut sm, &["s", "t", "u"]).await;
+        sm.apply(busy_entries(3, 40, &asns, &operator))
+            .await
+            .expect("apply");
+        let data = |snapshot: openraft::storage::Snapshot<raft_store::TypeConfig>| {
+            (snapshot.meta, snapshot.snapshot.into_inner())
+        };
+        let quiet = data(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .expect("build"),
+        );
+        assert_eq!(quiet.0.last_log_id, Some(log_id(40)));
+
+        let mut builder = sm.get_snapshot_builder().await;
+        sm.apply(busy_entries(41, 80, &asns, &operator))
+            .await
+            .expect("apply");
+        let busy = data(builder.build_snapshot().await.expect("build"));
+        assert_eq!(busy.0, quiet.0);
+        assert!(
+            busy.1 == quiet.1,
+            "the snapshot differs from the state at 40"
+        );
+
+        let quiet = data(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .expect("build"),
+        );
+        assert_eq!(quiet.0.last_log_id, Some(log_id(80)));
+        let mut builder = sm.get_snapshot_builder().await;
+        let applies = async {
+            for i in 81..=400 {
+                sm.apply(busy_entries(i, i, &asns, &operator))
+                    .await
+                    .expect("apply");
+                tokio::task::yield_now().await;
+            }
+        };
+        let (built, ()) = tokio::join!(builder.build_snapshot(), applies);
+        let busy = data(built.expect("build"));
+        assert_eq!(busy.0, quiet.0);
+        assert!(
+            busy.1 == quiet.1,
+            "the snapshot differs from the state at 80"
+        );
+
+        // And a store that installs it holds the state at 80.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let (_, mut other) = raft_store::open(other_dir.path()).expect("open other");
+        other
+            .install_snapshot(&busy.0, Box::new(std::io::Cursor::new(busy.1)))
+            .await
+            .expect("install");
+        assert_eq!(other.ledger().head().expect("head").size, 80 * 3 - 2 * 3);
+        assert_chain(&other.ledger().events_from(1, 1_000).expect("events"));
+    });
+}
+
 #[test]
 fn a_state_machine_behind_its_snapshot_file_is_restored_at_open() {
     let source_dir = tempfile::tempdir().expect("tempdir");
