@@ -203,7 +203,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         election_timeout_max: config.election_timeout_max_ms,
         install_snapshot_timeout: network::SNAPSHOT_SEND_TIMEOUT_MS,
         max_payload_entries: APPEND_ENTRIES_MAX,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        // Our own policy triggers snapshots: see `snapshot_policy`.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
         ..Default::default()
     }
@@ -216,10 +217,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             peers: peers.clone(),
         },
         log_store.clone(),
-        state_machine,
+        state_machine.clone(),
     )
     .await
     .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
+    tokio::spawn(snapshot_policy(
+        raft.clone(),
+        log_store.clone(),
+        state_machine,
+        config.snapshot_logs,
+    ));
 
     // Bootstrap a new cluster: only on a data directory that never joined one.
     let initialized = raft
@@ -448,5 +455,81 @@ async fn record_cluster(
             }
         }
         tokio::time::sleep(Duration::from_millis(INIT_RETRY_MS)).await;
+    }
+}
+
+/// Whether a snapshot is due, `since` entries applied and `log_bytes` of log written after the
+/// last one, whose payload is `snapshot_bytes` (0 without one).
+fn snapshot_due(since: u64, snapshot_logs: u64, log_bytes: u64, snapshot_bytes: u64) -> bool {
+    since >= snapshot_logs && log_bytes >= snapshot_bytes
+}
+
+/// How often [`snapshot_policy`] looks at the log.
+const SNAPSHOT_POLICY_INTERVAL_MS: u64 = 500;
+
+/// Builds a snapshot once at least `snapshot_logs` entries were applied since the last one
+/// *and* the log written since is at least as large as that snapshot. A snapshot is the whole
+/// state (read, encoded, hashed, written, on every node), so taking one every so many entries
+/// whatever the state's size would make its cost grow with the ledger; this way a snapshot
+/// costs at most about as much as the log it replaces, and the log on disk stays under about
+/// the state's size (plus the entries kept and a partly purged segment).
+async fn snapshot_policy(
+    raft: raft_store::Raft,
+    log_store: raft_store::LogStore,
+    state_machine: raft_store::StateMachineStore,
+    snapshot_logs: u64,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(SNAPSHOT_POLICY_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (applied, snapshot) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.running_state.is_err() {
+                return;
+            }
+            (
+                metrics.last_applied.map(|id| id.index),
+                metrics.snapshot.map(|id| id.index),
+            )
+        };
+        let Some(applied) = applied else { continue };
+        let since = applied.saturating_sub(snapshot.unwrap_or(0));
+        if since < snapshot_logs {
+            continue;
+        }
+        let log_bytes = log_store.bytes_after(snapshot);
+        let snapshot_bytes = state_machine.snapshot_bytes().unwrap_or(0);
+        if !snapshot_due(since, snapshot_logs, log_bytes, snapshot_bytes) {
+            continue;
+        }
+        tracing::debug!(
+            applied,
+            ?snapshot,
+            log_bytes,
+            snapshot_bytes,
+            "triggering a snapshot"
+        );
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn a_snapshot_is_due_after_enough_entries_and_as_much_log_as_the_last_snapshot() {
+        // No snapshot yet: entries decide.
+        assert!(!snapshot_due(4_999, 5_000, 10, 0));
+        assert!(snapshot_due(5_000, 5_000, 10, 0));
+        // A large state: the log since must be as large as the last snapshot.
+        assert!(!snapshot_due(80_000, 5_000, 99_999_999, 100_000_000));
+        assert!(snapshot_due(80_000, 5_000, 100_000_000, 100_000_000));
+        // A small state: entries decide.
+        assert!(!snapshot_due(4_999, 5_000, 100_000_000, 1_000));
     }
 }

@@ -285,6 +285,13 @@ impl LogStore {
         self.files.committed().map(|log_id| log_id.index)
     }
 
+    /// Bytes of the log's records after `index` (all of them with `None`): what a snapshot at
+    /// `index` made redundant since.
+    pub fn bytes_after(&self, index: Option<u64>) -> u64 {
+        self.wal()
+            .bytes_from(index.map_or(0, |index| index.saturating_add(1)))
+    }
+
     /// fsync counters of the log (every `fdatasync` of its segments).
     pub fn sync_stats(&self) -> &SyncStats {
         &self.stats

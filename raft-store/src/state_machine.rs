@@ -205,6 +205,15 @@ impl StateMachineStore {
         &self.ledger
     }
 
+    /// The size of the current snapshot's payload (`None`: no snapshot yet).
+    pub fn snapshot_bytes(&self) -> Option<u64> {
+        let current = self
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.as_ref().map(|snapshot| snapshot.data.len() as u64)
+    }
+
     fn current(&self) -> Option<StoredSnapshot> {
         match self.current_snapshot.lock() {
             Ok(guard) => guard.clone(),

@@ -279,6 +279,9 @@ struct Location {
     offset: u64,
     len: u32,
     id: RecordId,
+    /// Bytes of the records kept in memory up to and including this one, counted from an
+    /// arbitrary origin (differences give the bytes of a range).
+    end: u64,
 }
 
 /// The segments and where each present entry is. Not thread-safe on its own: the log store
@@ -483,6 +486,7 @@ impl Wal {
             offset,
             len: total as u32,
             id,
+            end: self.bytes_end() + total as u64,
         });
         Ok(())
     }
@@ -498,6 +502,19 @@ impl Wal {
 
     pub fn last_id(&self) -> Option<RecordId> {
         self.locations.back().map(|l| l.id)
+    }
+
+    /// Bytes of the present records from index `first` on.
+    pub fn bytes_from(&self, first: u64) -> u64 {
+        let skip = usize::try_from(first.saturating_sub(self.first_index)).unwrap_or(usize::MAX);
+        match self.locations.get(skip) {
+            Some(from) => self.bytes_end() - (from.end - u64::from(from.len)),
+            None => 0,
+        }
+    }
+
+    fn bytes_end(&self) -> u64 {
+        self.locations.back().map_or(0, |last| last.end)
     }
 
     /// The present index range (`None`: no entry present).
@@ -558,6 +575,7 @@ impl Wal {
             self.first_index = first_id.index;
         }
         let number = self.segments_dropped + self.segments.len() as u64 - 1;
+        let mut end = self.bytes_end();
         let segment = self
             .segments
             .back_mut()
@@ -565,11 +583,13 @@ impl Wal {
         segment.file.write_all_at(records, segment.len)?;
         let mut offset = segment.len;
         for (id, total) in ids {
+            end += *total as u64;
             self.locations.push_back(Location {
                 segment: number,
                 offset,
                 len: *total as u32,
                 id: *id,
+                end,
             });
             offset += *total as u64;
         }
@@ -756,6 +776,9 @@ mod tests {
             assert_eq!(payloads(&wal, 3, 5), ["entry 3", "entry 4"]);
             wal.truncate(7).expect("truncate");
             assert_eq!(wal.range(), Some((1, 6)));
+            // A record of "entry N" (N < 10) is a header and 7 bytes.
+            let record = RECORD_HEADER_BYTES as u64 + 7;
+            assert_eq!(wal.bytes_from(1), 6 * record);
             append(&mut wal, 7..=8);
         }
         let opened = Wal::open(&log).expect("reopen");
@@ -763,6 +786,10 @@ mod tests {
         let mut wal = opened.wal;
         assert_eq!(wal.range(), Some((1, 8)));
         assert_eq!(payloads(&wal, 6, 100).len(), 3);
+        let record = RECORD_HEADER_BYTES as u64 + 7;
+        assert_eq!(wal.bytes_from(0), 8 * record);
+        assert_eq!(wal.bytes_from(6), 3 * record);
+        assert_eq!(wal.bytes_from(9), 0);
         // A purge past the end starts a new segment after the gap, once `meta` covers it.
         assert!(wal.forget_upto(20));
         opened
@@ -770,6 +797,8 @@ mod tests {
             .update(|m| m.last_purged = Some(id(20).log_id()))
             .expect("meta");
         append(&mut wal, 21..=22);
+        assert_eq!(wal.bytes_from(0), 2 * (RECORD_HEADER_BYTES as u64 + 8));
+        assert_eq!(wal.bytes_from(22), RECORD_HEADER_BYTES as u64 + 8);
         assert_eq!(wal.take_purged_segments(20).len(), 1);
         drop(wal);
         let wal = Wal::open(&log).expect("reopen").wal;
