@@ -1,7 +1,7 @@
 //! What the store costs per event on one node, without the network: log appends (with their
 //! fsync) and applies of batches of events, as a ledger node does them.
 //!
-//!     cargo run --release -p raft-store --example store_cost -- [EVENTS_PER_ENTRY] [ENTRIES]
+//!     cargo run --release -p raft-store --example store_cost -- [EVENTS_PER_ENTRY] [ENTRIES] [EVENTS_PER_REQUEST]
 
 use std::time::Instant;
 
@@ -60,6 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let per_entry = args.first().copied().unwrap_or(1000);
     let entries = args.get(1).copied().unwrap_or(50);
+    // Events per proposal (per request): all of an entry's by default, 1 for single reports.
+    let per_proposal = args.get(2).copied().unwrap_or(per_entry).max(1);
     let dir = tempfile::tempdir()?;
     let (log, mut sm) = raft_store::open(dir.path())?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -123,23 +125,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut n = 1000u64;
         for index in 3..3 + entries {
             let mut proposals = Vec::new();
-            let mut events = Vec::new();
-            for i in 0..per_entry {
-                events.push(NewEvent {
+            let events: Vec<NewEvent> = (0..per_entry)
+                .map(|i| NewEvent {
                     asn: asns[((index * per_entry + i) % 100) as usize].clone(),
                     event_type: "task_completed".into(),
                     severity: Severity::Info,
                     metadata_json: metadata.clone(),
-                });
+                })
+                .collect();
+            for events in events.chunks(per_proposal as usize) {
+                n += 1;
+                proposals.push(proposal(
+                    n,
+                    Command::AppendEvents {
+                        by: ADMIN.into(),
+                        events: events.to_vec(),
+                    },
+                ));
             }
-            n += 1;
-            proposals.push(proposal(
-                n,
-                Command::AppendEvents {
-                    by: ADMIN.into(),
-                    events,
-                },
-            ));
             built.push(entry(index, proposals));
         }
         let total = (per_entry * entries) as f64;

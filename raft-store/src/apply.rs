@@ -145,6 +145,8 @@ pub(crate) struct Pending<'a> {
     membership: StoredMembership,
     agents_total: u64,
     operators_total: u64,
+    /// The meta values as read when the batch began: commit writes only those that changed.
+    before: MetaBefore,
     new_events: BTreeMap<u64, Event>,
     /// Index lengths as of this batch, by scope prefix.
     counts: HashMap<Vec<u8>, u64>,
@@ -164,6 +166,16 @@ pub(crate) struct Pending<'a> {
     trust: HashMap<String, Vec<(i64, [u64; 4])>>,
 }
 
+/// The meta values an apply may change, as they were when it began.
+struct MetaBefore {
+    format_recorded: bool,
+    head: LedgerHead,
+    cluster: Option<ClusterRecord>,
+    membership: StoredMembership,
+    agents_total: u64,
+    operators_total: u64,
+}
+
 impl verifier::merkle::Subtrees for Pending<'_> {
     type Error = StoreError;
 
@@ -177,16 +189,25 @@ impl verifier::merkle::Subtrees for Pending<'_> {
 
 impl<'a> Pending<'a> {
     pub(crate) fn new(ledger: &'a Ledger, tips: &'a TipCache) -> Result<Self, StoreError> {
+        let before = MetaBefore {
+            format_recorded: ledger.store_format()? == Some(STORE_FORMAT),
+            head: ledger.head()?,
+            cluster: ledger.cluster()?,
+            membership: ledger.last_membership()?,
+            agents_total: ledger.agents_total()?,
+            operators_total: ledger.operators_total()?,
+        };
         Ok(Self {
             ledger,
             tips,
             writes: Vec::new(),
-            head: ledger.head()?,
-            cluster: ledger.cluster()?,
+            head: before.head,
+            cluster: before.cluster.clone(),
             last_applied: ledger.last_applied()?,
-            membership: ledger.last_membership()?,
-            agents_total: ledger.agents_total()?,
-            operators_total: ledger.operators_total()?,
+            membership: before.membership.clone(),
+            agents_total: before.agents_total,
+            operators_total: before.operators_total,
+            before,
             new_events: BTreeMap::new(),
             counts: HashMap::new(),
             runs: HashMap::new(),
@@ -811,20 +832,27 @@ impl<'a> Pending<'a> {
                 );
             }
         }
-        self.put(T_META, META_STORE_FORMAT, codec::encode(&STORE_FORMAT));
-        self.put(
-            T_META,
-            META_LAST_MEMBERSHIP,
-            codec::encode(&self.membership),
-        );
-        self.put(T_META, META_HEAD, codec::encode(&self.head));
-        self.put(T_META, META_AGENTS_TOTAL, codec::encode(&self.agents_total));
-        self.put(
-            T_META,
-            META_OPERATORS_TOTAL,
-            codec::encode(&self.operators_total),
-        );
-        if let Some(cluster) = &self.cluster {
+        // The meta values that changed (an apply of events changes only the head).
+        if !self.before.format_recorded {
+            self.put(T_META, META_STORE_FORMAT, codec::encode(&STORE_FORMAT));
+        }
+        if self.membership != self.before.membership {
+            let value = codec::encode(&self.membership);
+            self.put(T_META, META_LAST_MEMBERSHIP, value);
+        }
+        if self.head != self.before.head {
+            self.put(T_META, META_HEAD, codec::encode(&self.head));
+        }
+        if self.agents_total != self.before.agents_total {
+            self.put(T_META, META_AGENTS_TOTAL, codec::encode(&self.agents_total));
+        }
+        if self.operators_total != self.before.operators_total {
+            let value = codec::encode(&self.operators_total);
+            self.put(T_META, META_OPERATORS_TOTAL, value);
+        }
+        if self.cluster != self.before.cluster
+            && let Some(cluster) = &self.cluster
+        {
             self.put(T_META, META_CLUSTER, codec::encode(cluster));
         }
         // Last: the apply is complete once this is written.
