@@ -37,6 +37,8 @@ pub struct SoakOptions {
     pub replacements_max: u64,
     /// Guide L1: after a heal, the cluster must acknowledge an append within this.
     pub recovery_timeout: Duration,
+    /// `--snapshot-logs` of every node (`None`: ledgerd's default).
+    pub snapshot_logs: Option<u64>,
 }
 
 impl SoakOptions {
@@ -50,6 +52,7 @@ impl SoakOptions {
             clean_phase: Duration::from_secs(10),
             replacements_max: 8,
             recovery_timeout: Duration::from_secs(30),
+            snapshot_logs: None,
         }
     }
 }
@@ -120,6 +123,8 @@ pub struct SoakReport {
     /// applied <= last log.
     pub state_violations: Vec<String>,
     pub state_samples: u64,
+    /// New snapshots (built or installed) the samples saw, over all nodes: a lower bound.
+    pub snapshots_seen: u64,
     /// Per leader kill: from the SIGKILL to the first acknowledgement of an append sent after it.
     pub kill_unavailability: Vec<Duration>,
     /// Guide L1: the longest time from a heal to the next acknowledgement.
@@ -157,8 +162,9 @@ impl SoakReport {
             "soak seed={} over {:.0} s of faults: {} acknowledged appends ({} acknowledged after \
              a resend with the same Idempotency-Key, {} unresolved) under {faults}: {} lost, {} \
              duplicated, {} reordered, {} chain breaks ({} phantoms, {} divergent nodes, {} stale \
-             reads, {} node-state regressions in {} samples); {unavailability}; longest \
-             heal-to-acknowledgement {:.2} s; clean-phase {:.0} appends/s vs baseline {:.0}/s",
+             reads, {} node-state regressions in {} samples, {} new snapshots seen); \
+             {unavailability}; longest heal-to-acknowledgement {:.2} s; clean-phase {:.0} \
+             appends/s vs baseline {:.0}/s",
             self.seed,
             self.fault_phase.as_secs_f64(),
             self.history.acked.len(),
@@ -173,6 +179,7 @@ impl SoakReport {
             v.stale_reads,
             self.state_violations.len(),
             self.state_samples,
+            self.snapshots_seen,
             self.recovery_max.as_secs_f64(),
             self.clean_per_s,
             self.baseline_per_s,
@@ -188,6 +195,7 @@ pub async fn run(options: SoakOptions) -> Result<SoakReport> {
             proxied: true,
             proxied_clients: true,
             spare_nodes: options.replacements_max,
+            snapshot_logs: options.snapshot_logs,
             ..Options::default()
         },
     )
@@ -362,7 +370,7 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
     recovery_max = recovery_max.max(healed_at.elapsed());
     let clean_per_s = clean_rate(&workload, options.clean_phase).await;
     let history = workload.stop().await?;
-    let (state_violations, state_samples) = monitor.stop().await;
+    let (state_violations, state_samples, snapshots_seen) = monitor.stop().await;
     eprintln!("soak: {}", history.summary());
 
     let members: Vec<u64> = members.into_iter().collect();
@@ -394,6 +402,7 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
         violations,
         state_violations,
         state_samples,
+        snapshots_seen,
         kill_unavailability,
         recovery_max,
         baseline_per_s,
@@ -466,6 +475,9 @@ struct MonitorState {
     generations: BTreeMap<u64, u64>,
     violations: Vec<String>,
     samples: u64,
+    /// Node → the highest snapshot index + 1 sampled, and how many times one rose.
+    snapshot: BTreeMap<u64, u64>,
+    snapshots_seen: u64,
 }
 
 const MONITOR_INTERVAL_MS: u64 = 250;
@@ -529,6 +541,10 @@ impl StateMonitor {
                         ));
                     }
                     state.last.insert(node, sample);
+                    if snapshot > state.snapshot.get(&node).copied().unwrap_or(0) {
+                        state.snapshot.insert(node, snapshot);
+                        state.snapshots_seen += 1;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(MONITOR_INTERVAL_MS)).await;
             }
@@ -543,11 +559,17 @@ impl StateMonitor {
         *state.generations.entry(id).or_insert(0) += 1;
     }
 
-    async fn stop(self) -> (Vec<String>, u64) {
+    /// The violations, the number of samples, and how many new snapshots (built or installed)
+    /// the samples saw.
+    async fn stop(self) -> (Vec<String>, u64, u64) {
         lock(&self.shared).stop = true;
         let _ = self.task.await;
         let state = lock(&self.shared);
-        (state.violations.clone(), state.samples)
+        (
+            state.violations.clone(),
+            state.samples,
+            state.snapshots_seen,
+        )
     }
 }
 

@@ -26,6 +26,10 @@ struct Args {
     /// Most node replacements (each takes a fresh node id).
     #[arg(long, default_value_t = 8)]
     replacements_max: u64,
+    /// `--snapshot-logs` of every node (default: ledgerd's): small values build snapshots,
+    /// copied while applies go on, and install them on replaced nodes all through the run.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -67,6 +71,7 @@ async fn main() {
         writers: args.writers,
         clean_phase: Duration::from_secs(args.clean_phase_secs),
         replacements_max: args.replacements_max,
+        snapshot_logs: args.snapshot_logs,
         ..SoakOptions::new(args.duration, seed)
     };
     match run(options).await {
