@@ -15,6 +15,9 @@
 //!   snapshot of the same cluster.
 //! - Snapshots are files (`<dir>/snapshot/current`), never sled values: tmp file, fsync,
 //!   rename, fsync the directory.
+//! - A snapshot is the state at one log id, read off the state-machine worker while applies go
+//!   on ([`Ledger::begin_copy`](crate::ledger::Ledger::begin_copy)); installing a snapshot waits
+//!   for a copy under way, the only other writer of the state.
 
 use std::io::Cursor;
 use std::path::Path;
