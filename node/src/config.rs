@@ -68,8 +68,8 @@ pub struct Config {
     #[arg(long, env = "LEDGER_ELECTION_TIMEOUT_MAX_MS", default_value_t = 3000)]
     pub election_timeout_max_ms: u64,
 
-    /// Build a snapshot once this many Raft log entries were applied since the last one and
-    /// the log written since is at least as large as the last snapshot.
+    /// Build a snapshot once this many Raft log entries were applied since the last one and,
+    /// for snapshots over 16 MiB, the log written since is at least as large as the last one.
     #[arg(long, env = "LEDGER_SNAPSHOT_LOGS", default_value_t = 5000)]
     pub snapshot_logs: u64,
 

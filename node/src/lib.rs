@@ -458,17 +458,23 @@ async fn record_cluster(
     }
 }
 
+/// Snapshots up to this size are cheap (a fraction of a second on every node): for them the
+/// entry count alone decides. In bytes.
+const SNAPSHOT_SMALL_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Whether a snapshot is due, `since` entries applied and `log_bytes` of log written after the
 /// last one, whose payload is `snapshot_bytes` (0 without one).
 fn snapshot_due(since: u64, snapshot_logs: u64, log_bytes: u64, snapshot_bytes: u64) -> bool {
-    since >= snapshot_logs && log_bytes >= snapshot_bytes
+    since >= snapshot_logs
+        && (snapshot_bytes <= SNAPSHOT_SMALL_BYTES || log_bytes >= snapshot_bytes)
 }
 
 /// How often [`snapshot_policy`] looks at the log.
 const SNAPSHOT_POLICY_INTERVAL_MS: u64 = 500;
 
 /// Builds a snapshot once at least `snapshot_logs` entries were applied since the last one
-/// *and* the log written since is at least as large as that snapshot. A snapshot is the whole
+/// *and* the log written since is at least as large as that snapshot (when it is larger than
+/// [`SNAPSHOT_SMALL_BYTES`]). A snapshot is the whole
 /// state (read, encoded, hashed, written, on every node), so taking one every so many entries
 /// whatever the state's size would make its cost grow with the ledger; this way a snapshot
 /// costs at most about as much as the log it replaces, and the log on disk stays under about
@@ -529,7 +535,11 @@ mod tests {
         // A large state: the log since must be as large as the last snapshot.
         assert!(!snapshot_due(80_000, 5_000, 99_999_999, 100_000_000));
         assert!(snapshot_due(80_000, 5_000, 100_000_000, 100_000_000));
-        // A small state: entries decide.
+        // A small state, up to the limit and one past it: entries decide, then the log too.
+        let small = super::SNAPSHOT_SMALL_BYTES;
         assert!(!snapshot_due(4_999, 5_000, 100_000_000, 1_000));
+        assert!(snapshot_due(5_000, 5_000, 10, small));
+        assert!(!snapshot_due(5_000, 5_000, 10, small + 1));
+        assert!(snapshot_due(5_000, 5_000, small + 1, small + 1));
     }
 }
