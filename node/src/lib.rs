@@ -487,10 +487,10 @@ async fn snapshot_policy(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(SNAPSHOT_POLICY_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = raft.metrics();
     loop {
         tick.tick().await;
         let (applied, snapshot) = {
-            let metrics = raft.metrics();
             let metrics = metrics.borrow();
             if metrics.running_state.is_err() {
                 return;

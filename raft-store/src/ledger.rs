@@ -295,28 +295,21 @@ impl StateCopy {
         if journal.is_empty() {
             return Ok(pairs);
         }
-        let mut seen = std::collections::HashSet::new();
-        pairs.retain_mut(|(key, value)| match journal.get(key.as_ref()) {
+        let mut journal = journal;
+        pairs.retain_mut(|(key, value)| match journal.remove(key.as_ref()) {
             None => true,
-            Some(before) => {
-                seen.insert(key.to_vec());
-                match before {
-                    Some(before) => {
-                        *value = before.clone();
-                        true
-                    }
-                    None => false,
-                }
+            Some(Some(before)) => {
+                *value = before;
+                true
             }
+            Some(None) => false,
         });
-        // A key that existed when the copy began and that the iteration missed (applies never
+        // What is left existed when the copy began but the iteration missed it (applies never
         // remove keys, but the copy does not depend on it).
-        let missed = journal.into_iter().filter_map(|(key, before)| {
-            before
-                .filter(|_| !seen.contains(&key))
-                .map(|before| (sled::IVec::from(key), before))
-        });
-        let missed: Vec<_> = missed.collect();
+        let missed: Vec<_> = journal
+            .into_iter()
+            .filter_map(|(key, before)| before.map(|before| (sled::IVec::from(key), before)))
+            .collect();
         if !missed.is_empty() {
             pairs.extend(missed);
             pairs.sort_by(|a, b| a.0.cmp(&b.0));

@@ -535,6 +535,26 @@ fn busy_entries(first: u64, last: u64, asns: &[String], operator: &str) -> Vec<E
         .collect()
 }
 
+/// A built snapshot's meta and bytes.
+async fn built(
+    mut builder: impl RaftSnapshotBuilder<raft_store::TypeConfig>,
+) -> (raft_store::SnapshotMeta, Vec<u8>) {
+    let snapshot = builder.build_snapshot().await.expect("build");
+    (snapshot.meta, snapshot.snapshot.into_inner())
+}
+
+fn assert_same_snapshot(
+    busy: &(raft_store::SnapshotMeta, Vec<u8>),
+    quiet: &(raft_store::SnapshotMeta, Vec<u8>),
+) {
+    assert_eq!(busy.0, quiet.0);
+    assert!(
+        busy.1 == quiet.1,
+        "the snapshot differs from the state at {:?}",
+        quiet.0.last_log_id
+    );
+}
+
 /// A snapshot holds the state at the log id its copy began at, whatever is applied while it is
 /// read: the same bytes as a snapshot built with nothing applied after that log id. First with
 /// every later apply done before the copy reads (each key it reads is a later value, put back),
@@ -548,38 +568,17 @@ fn a_snapshot_holds_the_state_its_copy_began_at_while_applies_go_on() {
         sm.apply(busy_entries(3, 40, &asns, &operator))
             .await
             .expect("apply");
-        let data = |snapshot: openraft::storage::Snapshot<raft_store::TypeConfig>| {
-            (snapshot.meta, snapshot.snapshot.into_inner())
-        };
-        let quiet = data(
-            sm.get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .expect("build"),
-        );
+        let quiet = built(sm.get_snapshot_builder().await).await;
         assert_eq!(quiet.0.last_log_id, Some(log_id(40)));
-
-        let mut builder = sm.get_snapshot_builder().await;
+        let builder = sm.get_snapshot_builder().await;
         sm.apply(busy_entries(41, 80, &asns, &operator))
             .await
             .expect("apply");
-        let busy = data(builder.build_snapshot().await.expect("build"));
-        assert_eq!(busy.0, quiet.0);
-        assert!(
-            busy.1 == quiet.1,
-            "the snapshot differs from the state at 40"
-        );
+        assert_same_snapshot(&built(builder).await, &quiet);
 
-        let quiet = data(
-            sm.get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .expect("build"),
-        );
+        let quiet = built(sm.get_snapshot_builder().await).await;
         assert_eq!(quiet.0.last_log_id, Some(log_id(80)));
-        let mut builder = sm.get_snapshot_builder().await;
+        let builder = sm.get_snapshot_builder().await;
         let applies = async {
             for i in 81..=400 {
                 sm.apply(busy_entries(i, i, &asns, &operator))
@@ -588,13 +587,8 @@ fn a_snapshot_holds_the_state_its_copy_began_at_while_applies_go_on() {
                 tokio::task::yield_now().await;
             }
         };
-        let (built, ()) = tokio::join!(builder.build_snapshot(), applies);
-        let busy = data(built.expect("build"));
-        assert_eq!(busy.0, quiet.0);
-        assert!(
-            busy.1 == quiet.1,
-            "the snapshot differs from the state at 80"
-        );
+        let (busy, ()) = tokio::join!(built(builder), applies);
+        assert_same_snapshot(&busy, &quiet);
 
         // And a store that installs it holds the state at 80.
         let other_dir = tempfile::tempdir().expect("tempdir");
