@@ -33,6 +33,7 @@ mod t21_trust_score;
 mod t22_explorer;
 mod t23_operations;
 mod t24_lose_majority;
+mod t25_commit_without_traffic;
 
 mod support;
 

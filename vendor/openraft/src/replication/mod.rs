@@ -145,7 +145,18 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// asn-ledger patch: when a heartbeat that only carries a newer `committed` is due.
+    ///
+    /// Upstream sends it at once, and since there is one RPC in flight per target, entries
+    /// appended right after a commit wait for its round trip. Instead it waits up to
+    /// [`COMMIT_HEARTBEAT_DELAY`]: entries sent meanwhile carry `committed` themselves.
+    commit_heartbeat_due: Option<InstantOf<C>>,
 }
+
+/// asn-ledger patch: how long a newer `committed` may wait for entries to carry it to a target
+/// before a heartbeat carries it alone (see `commit_heartbeat_due`).
+pub(crate) const COMMIT_HEARTBEAT_DELAY: Duration = Duration::from_millis(2);
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
 where
@@ -198,6 +209,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_heartbeat_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -217,6 +229,11 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // asn-ledger patch: every AppendEntries carries `self.committed`.
+            if matches!(d, Data::Heartbeat | Data::Logs(_)) {
+                self.commit_heartbeat_due = None;
+            }
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -630,12 +647,27 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+            // asn-ledger patch: a pending `committed` is sent alone once it is due.
+            if let Some(due) = self.commit_heartbeat_due.clone() {
+                let sleep = C::sleep_until(due);
+                select! {
+                    _ = sleep => {
+                        self.next_action = Some(Data::new_heartbeat());
+                    }
+                    recv_res = self.rx_event.recv() => {
+                        let event = recv_res.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                        self.process_event(event);
+                    }
+                }
+            } else {
+                let event =
+                    self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                self.process_event(event);
+            }
         }
 
-        // Returning from process_event(), next_action is never None.
+        // asn-ledger patch: next_action may still be None (a `committed` not yet due); `main`
+        // then drains again.
 
         self.try_drain_events().await?;
 
@@ -679,9 +711,10 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // asn-ledger patch: upstream fills in a heartbeat at once if there is no action.
+                // Entries that follow within `COMMIT_HEARTBEAT_DELAY` carry `committed` instead.
+                if self.next_action.is_none() && self.commit_heartbeat_due.is_none() {
+                    self.commit_heartbeat_due = Some(C::now() + COMMIT_HEARTBEAT_DELAY);
                 }
             }
             Replicate::Heartbeat => {
