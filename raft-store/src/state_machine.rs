@@ -249,11 +249,20 @@ fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, StoreError>
     Ok(Some(stored))
 }
 
+/// Bytes of a snapshot file written between two `fdatasync`s, at most. A snapshot of the whole
+/// state (tens to hundreds of MiB) written at once and fsynced at the end fills the disk's queue,
+/// and every Raft log fsync of the node waits behind it: writes stall for hundreds of
+/// milliseconds. Synced in steps, at most this much of it is ever queued ahead of the log.
+pub const SNAPSHOT_SYNC_STEP_BYTES: usize = 1 << 20;
+
 fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join("current.tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&codec::encode(stored))?;
+    for step in codec::encode(stored).chunks(SNAPSHOT_SYNC_STEP_BYTES) {
+        file.write_all(step)?;
+        file.sync_data()?;
+    }
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, dir.join("current"))?;

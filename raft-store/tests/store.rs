@@ -602,6 +602,44 @@ fn a_snapshot_holds_the_state_its_copy_began_at_while_applies_go_on() {
     });
 }
 
+/// A snapshot file larger than one sync step is written in several steps (each fsynced) and
+/// reads back whole: a store whose state machine is empty restores itself from it at open.
+#[test]
+fn a_snapshot_file_written_in_sync_steps_restores_the_state() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let expected = runtime().block_on(async {
+        let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
+        let (operator, asns) = setup(
+            &mut source,
+            &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+        )
+        .await;
+        source
+            .apply(busy_entries(3, 1_200, &asns, &operator))
+            .await
+            .expect("apply");
+        built(source.get_snapshot_builder().await).await;
+        source.ledger().events_from(1, 10_000).expect("events")
+    });
+    let file = source_dir.path().join("snapshot/current");
+    let bytes = std::fs::metadata(&file).expect("snapshot file").len();
+    assert!(
+        bytes > 2 * raft_store::state_machine::SNAPSHOT_SYNC_STEP_BYTES as u64,
+        "the snapshot ({bytes} bytes) should span several sync steps"
+    );
+    std::fs::create_dir_all(target_dir.path().join("snapshot")).expect("mkdir");
+    std::fs::copy(&file, target_dir.path().join("snapshot/current")).expect("copy snapshot");
+    runtime().block_on(async {
+        let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        let (applied, _) = target.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(log_id(1_200)));
+        let events = target.ledger().events_from(1, 10_000).expect("events");
+        assert_eq!(events, expected);
+        assert_chain(&events);
+    });
+}
+
 #[test]
 fn a_state_machine_behind_its_snapshot_file_is_restored_at_open() {
     let source_dir = tempfile::tempdir().expect("tempdir");
