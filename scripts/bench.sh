@@ -15,9 +15,10 @@
 # event (user+system of the three server processes over the run, from /proc).
 #
 # --vs-etcd: installs Debian's etcd-server if missing, starts a 3-member etcd 3.4 on loopback
-# (client ports 12379/12479/12579, default durability: fsync on every commit) and drives puts of
-# 300-byte values through its JSON gateway (POST /v3/kv/put) with the same loadgen at the same
-# concurrencies, then prints both side by side with the ratio.
+# (client ports 12379/12479/12579, default durability: fsync on every commit) next to the ledger
+# cluster, and right after each single-report run drives puts of 300-byte values through its JSON
+# gateway (POST /v3/kv/put) with the same loadgen at the same concurrency (so that the two runs
+# of a ratio are close in time), then prints both side by side with the ratio.
 # --quick: 5 s runs and 20,000 query events (a smoke run, not for the figures).
 #
 # Everything it starts is stopped on exit. Results: target/bench/bench-<time>.txt and .json.
@@ -39,7 +40,7 @@ for arg in "$@"; do
 		QUERY_EVENTS=20000
 		;;
 	-h | --help)
-		sed -n '2,23p' "$0"
+		sed -n '2,24p' "$0"
 		exit 0
 		;;
 	*)
@@ -151,21 +152,6 @@ for n in $(seq 1 100); do
 	ASN_ARGS+=(--asn "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["asn"])' "$agent")")
 done
 
-say "ledger: single reports"
-for c in "${CONCURRENCIES[@]}"; do
-	run "ledger report c=$c" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" --concurrency "$c"
-done
-say "ledger: batches"
-for size in 100 1000; do
-	run "ledger batch of $size c=$BATCH_CLIENTS" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" \
-		--concurrency "$BATCH_CLIENTS" --batch "$size" --request-timeout-ms 30000
-done
-say "ledger: activity queries ($QUERY_EVENTS events for one agent)"
-python3 scripts/bench_query.py --url "${LEDGER_URLS[1]}" --admin-key-file "$LEDGER_DATA_DIR/admin.key" \
-	--events "$QUERY_EVENTS" --page 2000 --requests 200 --json | tee "$WORK/query.txt" >&2
-tail -n 1 "$WORK/query.txt" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["label"]="ledger queries"; print(json.dumps(d))' >>"$RESULTS"
-scripts/cluster.sh down >/dev/null
-
 if [[ "$VS_ETCD" == yes ]]; then
 	if ! command -v etcd >/dev/null; then
 		say "installing Debian's etcd-server"
@@ -195,11 +181,32 @@ if [[ "$VS_ETCD" == yes ]]; then
 	done
 	ETCD_ARGS=()
 	for url in "${ETCD_URLS[@]}"; do ETCD_ARGS+=(--url "$url"); done
-	say "etcd: puts of 300-byte values"
-	for c in "${CONCURRENCIES[@]}"; do
-		run "etcd put c=$c" "${ETCD_PIDS[@]}" -- "${ETCD_ARGS[@]}" --target etcd --value-bytes 300 --concurrency "$c"
-	done
 fi
+
+# Each concurrency runs against ledgerd and then at once against etcd, so that the two runs of a
+# ratio are minutes apart at most: this VM's speed drifts by 20-30% over a quarter of an hour, and
+# with all ledger runs first and all etcd runs last, the drift went into the ratios. The cluster
+# not under load idles meanwhile (heartbeats only).
+say "single reports (each concurrency against ledgerd, then etcd)"
+for c in "${CONCURRENCIES[@]}"; do
+	run "ledger report c=$c" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" --concurrency "$c"
+	if [[ "$VS_ETCD" == yes ]]; then
+		run "etcd put c=$c" "${ETCD_PIDS[@]}" -- "${ETCD_ARGS[@]}" --target etcd --value-bytes 300 --concurrency "$c"
+	fi
+done
+say "ledger: batches"
+for size in 100 1000; do
+	run "ledger batch of $size c=$BATCH_CLIENTS" "${PIDS[@]}" -- "${URL_ARGS[@]}" --key "$ADMIN" "${ASN_ARGS[@]}" \
+		--concurrency "$BATCH_CLIENTS" --batch "$size" --request-timeout-ms 30000
+done
+say "ledger: activity queries ($QUERY_EVENTS events for one agent)"
+python3 scripts/bench_query.py --url "${LEDGER_URLS[1]}" --admin-key-file "$LEDGER_DATA_DIR/admin.key" \
+	--events "$QUERY_EVENTS" --page 2000 --requests 200 --json | tee "$WORK/query.txt" >&2
+tail -n 1 "$WORK/query.txt" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["label"]="ledger queries"; print(json.dumps(d))' >>"$RESULTS"
+scripts/cluster.sh down >/dev/null
+for pid in "${ETCD_PIDS[@]}"; do
+	kill "$pid" 2>/dev/null || true
+done
 
 python3 - "$RESULTS" "$VS_ETCD" <<'EOF' | tee "$REPORT"
 import json, sys
@@ -209,7 +216,8 @@ print(f"bench.sh results ({sys.argv[1]})")
 print()
 print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event |")
 print("|---|---|---|---|---|---|---|")
-for r in rows:
+# The runs alternate between ledgerd and etcd; the table lists ledgerd's first.
+for r in sorted(rows, key=lambda r: r["label"].startswith("etcd")):
     if "events_per_s" in r:
         print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} |")
 q = by.get("ledger queries")
