@@ -21,7 +21,8 @@
 # of a ratio are close in time), then prints both side by side with the ratio.
 # --quick: 5 s runs and 20,000 query events (a smoke run, not for the figures).
 #
-# Everything it starts is stopped on exit. Results: target/bench/bench-<time>.txt and .json.
+# Everything it starts is stopped on exit. Results: target/bench/bench-<time>.txt and .json, and
+# the three nodes' logs as bench-<time>-node<N>.log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +41,7 @@ for arg in "$@"; do
 		QUERY_EVENTS=20000
 		;;
 	-h | --help)
-		sed -n '2,24p' "$0"
+		sed -n '2,25p' "$0"
 		exit 0
 		;;
 	*)
@@ -70,6 +71,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 cleanup() {
 	scripts/cluster.sh down >/dev/null 2>&1 || true
+	# The nodes' logs go with the results: they tell when snapshots were built (a stall in a run).
+	for id in 1 2 3; do
+		cp "$LEDGER_DATA_DIR/n$id/ledgerd.log" "$OUT_DIR/bench-$STAMP-node$id.log" 2>/dev/null || true
+	done
 	for pid in "${ETCD_PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
 	done
