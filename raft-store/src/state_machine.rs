@@ -249,12 +249,12 @@ fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, StoreError>
     Ok(Some(stored))
 }
 
-/// The CPU priority of the thread that builds a snapshot: below the write path's threads
-/// (nice 9 on Linux, where nice 0 is the default). Building a snapshot of tens of MiB takes
-/// about half a second of CPU on every node at once; at the same priority it took that from
-/// the writes under way, and single reports at 256 clients stalled for up to 0.7 s. A thread of
-/// nice 9 still gets about a tenth of a core against each busy thread of nice 0, so a snapshot
-/// is slowed, never starved.
+/// The CPU priority of the thread that builds a snapshot, on `thread-priority`'s cross-platform
+/// scale (0 lowest to 99 highest): 25 is nice 9 on Linux, below the write path's threads at the
+/// default nice 0. Building a snapshot of tens of MiB takes about half a second of CPU on every
+/// node at once; at the same priority it took that from the writes under way (batches of 1000
+/// waited up to a second in docs/PERFORMANCE.md). A thread of nice 9 still gets about a tenth
+/// of a core against each busy thread of nice 0, so a snapshot is slowed, never starved.
 const SNAPSHOT_THREAD_PRIORITY: u8 = 25;
 
 /// Runs `work` on a thread of its own at [`SNAPSHOT_THREAD_PRIORITY`] (a pooled blocking thread
