@@ -208,10 +208,7 @@ say "ledger: activity queries ($QUERY_EVENTS events for one agent)"
 python3 scripts/bench_query.py --url "${LEDGER_URLS[1]}" --admin-key-file "$LEDGER_DATA_DIR/admin.key" \
 	--events "$QUERY_EVENTS" --page 2000 --requests 200 --json | tee "$WORK/query.txt" >&2
 tail -n 1 "$WORK/query.txt" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["label"]="ledger queries"; print(json.dumps(d))' >>"$RESULTS"
-scripts/cluster.sh down >/dev/null
-for pid in "${ETCD_PIDS[@]}"; do
-	kill "$pid" 2>/dev/null || true
-done
+# Both clusters are stopped by `cleanup` on exit.
 
 python3 - "$RESULTS" "$VS_ETCD" <<'EOF' | tee "$REPORT"
 import json, sys
