@@ -602,7 +602,10 @@ impl Ledger {
     }
 
     /// The last run of an index: its first ordinal and value.
-    fn last_run(&self, scope: IndexScope<'_>) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+    pub(crate) fn last_run(
+        &self,
+        scope: IndexScope<'_>,
+    ) -> Result<Option<(u64, sled::IVec)>, StoreError> {
         match self.idx.scan_prefix(scope.prefix()).next_back() {
             None => Ok(None),
             Some(item) => {

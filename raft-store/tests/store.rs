@@ -1096,6 +1096,11 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
         };
         let mut time = 1_000i64;
         for call in 0..60u64 {
+            if call % 20 == 19 {
+                // Reopened: the tails of the indexes come from sled, not from the tip cache.
+                drop(sm);
+                sm = raft_store::open(dir.path()).expect("reopen").1;
+            }
             let size = if call % 7 == 0 { 70 } else { 1 + next(12) };
             let events = (0..size)
                 .map(|_| {
@@ -1177,6 +1182,70 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
         }
     }
     assert_merkle_like_reference(ledger, &all, 7);
+}
+
+/// Single reports extend an index's last run in place until it holds
+/// `RUN_EXTEND_ENTRIES_MAX` entries (an overwrite of its key, not a new key per apply), then
+/// start a new run; a batch adds all its entries to one run. The same from the tip cache and,
+/// after a reopen, from sled.
+#[test]
+fn single_reports_extend_an_index_run_up_to_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = raft_store::RUN_EXTEND_ENTRIES_MAX;
+    let singles = 2 * limit + limit / 2;
+    let asn = runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["x"]).await;
+        let asn = asns[0].clone();
+        for n in 0..singles {
+            if n == 10 {
+                drop(sm);
+                sm = raft_store::open(dir.path()).expect("reopen").1;
+            }
+            let tx = u8::try_from(n + 1).expect("few applies");
+            sm.apply(vec![entry(3 + n, 1, vec![append(tx, 0, &[&asn])])])
+                .await
+                .expect("apply");
+        }
+        let batch = vec![append(0xee, 0, &[asn.as_str(); 30])];
+        sm.apply(vec![entry(3 + singles, 1, batch)])
+            .await
+            .expect("apply batch");
+        asn
+    });
+    let runs = |scope: raft_store::codec::IndexScope<'_>| {
+        let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+        let sm = db.open_tree("sm").expect("tree");
+        let mut prefix = vec![2u8]; // the index space's tag
+        prefix.extend_from_slice(&scope.prefix());
+        sm.scan_prefix(&prefix)
+            .map(|item| {
+                let (key, run) = item.expect("run");
+                let first = raft_store::codec::run_first_ordinal(&key).expect("key");
+                (first, raft_store::codec::index_run_len(&run).expect("run"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![(0, limit), (limit, limit), (2 * limit, limit / 2 + 30)];
+    assert_eq!(runs(raft_store::codec::IndexScope::Agent(&asn)), expected);
+    let by_type = raft_store::codec::IndexScope::AgentType(&asn, "task_completed");
+    assert_eq!(runs(by_type), expected);
+    let (_, sm) = raft_store::open(dir.path()).expect("reopen");
+    let page = sm
+        .ledger()
+        .agent_activity(ActivityQuery {
+            asn: &asn,
+            event_type: None,
+            from_ms: None,
+            to_ms: None,
+            window: None,
+            skip: 0,
+            limit: 1000,
+        })
+        .expect("query");
+    let size = sm.ledger().head().expect("head").size;
+    assert_eq!(size, singles + 30);
+    assert_eq!(seqs(&page.events), (1..=size).rev().collect::<Vec<_>>());
 }
 
 /// The store's Merkle root at every size equals a reference tree's over `events` (all the
