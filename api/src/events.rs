@@ -358,7 +358,8 @@ pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError>
 }
 
 /// The deduplication key of a write: derived from the `Idempotency-Key` header and the API key
-/// when the client sends one, random otherwise (then only our own internal retries dedupe).
+/// when the client sends one, [`crate::generated_dedup_key`] otherwise (then only our own
+/// internal retries dedupe).
 /// The body hash is over the validated events, so formatting does not matter.
 fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Result<TxKey, ApiError> {
     let encoded = postcard::to_stdvec(events).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -380,12 +381,7 @@ fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Resul
             hasher.update(text.as_bytes());
             hasher.finalize().into()
         }
-        None => {
-            let mut hasher = sha2::Sha256::new();
-            hasher.update(b"asn-ledger/request/v0\0");
-            hasher.update(rand::random::<[u8; 32]>());
-            hasher.finalize().into()
-        }
+        None => crate::generated_dedup_key(),
     };
     Ok(TxKey {
         dedup_key,

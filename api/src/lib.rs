@@ -41,17 +41,38 @@ pub use crate::auth::KEY_PREFIX;
 pub use crate::auth::generate_key;
 pub use crate::auth::hash_secret;
 
-/// A proposal deduplicated only against its own retries: a random dedup key, and the hash of
-/// the command as its body hash.
+/// A proposal deduplicated only against its own retries: a generated dedup key, and the hash
+/// of the command as its body hash.
 pub fn proposal(command: raft_store::Command) -> raft_store::Proposal {
     use sha2::Digest;
     let encoded = raft_store::codec::encode(&command);
     let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
     let tx = raft_store::TxKey {
-        dedup_key: rand::random(),
+        dedup_key: generated_dedup_key(),
         body_hash,
     };
     raft_store::Proposal { tx, command }
+}
+
+/// The dedup key of a write without an `Idempotency-Key` (only our own internal retries
+/// dedupe it): the time in nanoseconds since the Unix epoch (u64 big-endian), then 24 random
+/// bytes. Unique by its random part alone (a collision has odds below 2^-96 among 2^48
+/// keys), so a clock stepped back costs speed, never correctness;
+/// the time in front makes the keys of successive writes neighbours in `sm_tx`, so every
+/// state machine inserts them at the end of the space. Random keys (touching and splitting
+/// leaves all over the space, few of them in cache) made an apply of single reports 23%
+/// dearer on average, 0–51% over 8 alternating pairs of 64,000 and 192,000 events on one node
+/// (`cargo run --release -p raft-store --example store_cost -- 16 4000 1 [0|1]`).
+pub fn generated_dedup_key() -> [u8; 32] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        });
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&nanos.to_be_bytes());
+    key[8..].copy_from_slice(&rand::random::<[u8; 24]>());
+    key
 }
 
 /// Builds the router. `Arc<B>` is the shared state of every handler.
@@ -403,4 +424,29 @@ async fn transfer_leader<B: Backend>(
         leader_id: request.node_id,
         previous_leader_id: previous,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generated_dedup_key;
+
+    /// Generated dedup keys are distinct and, written one after the other, in key order (so
+    /// the state machines insert them at the end of `sm_tx`).
+    #[test]
+    fn generated_dedup_keys_are_distinct_and_in_order_of_generation() {
+        let keys: Vec<[u8; 32]> = (0..10_000).map(|_| generated_dedup_key()).collect();
+        let mut distinct = keys.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), keys.len());
+        for pair in keys.windows(2) {
+            assert!(pair[0][..8] <= pair[1][..8], "time prefix went back");
+        }
+        let first = u64::from_be_bytes(keys[0][..8].try_into().expect("8 bytes"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_nanos();
+        assert!(u128::from(first) <= now && now - u128::from(first) < 60_000_000_000);
+    }
 }

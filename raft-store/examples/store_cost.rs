@@ -1,7 +1,10 @@
 //! What the store costs per event on one node, without the network: log appends (with their
 //! fsync) and applies of batches of events, as a ledger node does them.
 //!
-//!     cargo run --release -p raft-store --example store_cost -- [EVENTS_PER_ENTRY] [ENTRIES] [EVENTS_PER_REQUEST]
+//!     cargo run --release -p raft-store --example store_cost -- [EVENTS_PER_ENTRY] [ENTRIES] [EVENTS_PER_REQUEST] [RANDOM_KEYS]
+//!
+//! Dedup keys are in order of writing (as `ledgerd` generates them for writes without an
+//! `Idempotency-Key`), or random with `RANDOM_KEYS` = 1 (as derived from clients' keys).
 
 use std::time::Instant;
 
@@ -31,9 +34,13 @@ fn log_id(index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn proposal(n: u64, command: Command) -> Proposal {
+fn proposal(n: u64, command: Command, random_keys: bool) -> Proposal {
     let mut dedup_key = [0u8; 32];
-    dedup_key[..8].copy_from_slice(&n.to_be_bytes());
+    if random_keys {
+        dedup_key = raft_store::chain::sha256(&n.to_be_bytes());
+    } else {
+        dedup_key[..8].copy_from_slice(&n.to_be_bytes());
+    }
     Proposal {
         tx: TxKey {
             dedup_key,
@@ -62,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let entries = args.get(1).copied().unwrap_or(50);
     // Events per proposal (per request): all of an entry's by default, 1 for single reports.
     let per_proposal = args.get(2).copied().unwrap_or(per_entry).max(1);
+    let random_keys = args.get(3).copied().unwrap_or(0) == 1;
     let dir = tempfile::tempdir()?;
     let (log, mut sm) = raft_store::open(dir.path())?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -94,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             name: "acme".into(),
         };
         let r = sm
-            .apply(vec![entry(1, vec![proposal(1, init), proposal(2, operator)])])
+            .apply(vec![entry(1, vec![proposal(1, init, random_keys), proposal(2, operator, random_keys)])])
             .await?;
         let CommandResult::Operator(operator) = &r[0].results[1] else {
             return Err("no operator".into());
@@ -108,6 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         name: format!("a{i}"),
                         owner_id: operator.id.clone(),
                     },
+                    random_keys,
                 )
             })
             .collect();
@@ -141,6 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         by: ADMIN.into(),
                         events: events.to_vec(),
                     },
+                    random_keys,
                 ));
             }
             built.push(entry(index, proposals));
