@@ -154,12 +154,23 @@ pub(crate) struct TipCache {
     agents: HashMap<String, AgentRecord>,
     keys: HashMap<String, ApiKeyRecord>,
     trust: HashMap<String, (i64, [u64; 4])>,
+    /// Estimated bytes held ([`TipCache::entry_bytes`] of every entry).
+    bytes: usize,
 }
 
+/// The most memory, in bytes (estimated), the state machine's cache of index tails, agent
+/// heads, agent and key records and day counts may hold; past it the cache starts over, and
+/// the applies that follow read what they need from sled again (about a microsecond or two
+/// per item). About 1 KB per active agent (its record, head, day counts and two index tails
+/// by these estimates), so 128 MiB holds about 130,000 agents; 100 agents take about 100 KiB.
+pub const TIP_CACHE_BYTES_MAX: usize = 128 << 20;
+
 impl TipCache {
-    /// Entries kept before the cache starts over (about 100 bytes each, plus up to
-    /// [`RUN_EXTEND_ENTRIES_MAX`] index entries of 16 bytes for a tail).
-    const ENTRIES_MAX: usize = 1 << 20;
+    /// A hash map entry's own cost beyond its key and value, in bytes (estimated).
+    const ENTRY_OVERHEAD_BYTES: usize = 64;
+    /// An agent or key record's heap bytes beyond its map key (estimated: ids, names, a few
+    /// permissions).
+    const RECORD_BYTES: usize = 256;
 
     pub(crate) fn clear(&mut self) {
         self.tails.clear();
@@ -167,23 +178,52 @@ impl TipCache {
         self.agents.clear();
         self.keys.clear();
         self.trust.clear();
+        self.bytes = 0;
     }
 
-    /// Takes in what one committed batch changed.
+    /// Takes in what one committed batch changed (its `bytes` are not used), and starts over
+    /// if that makes the cache hold more than [`TIP_CACHE_BYTES_MAX`].
     pub(crate) fn absorb(&mut self, batch: TipCache) {
-        if self.tails.len() + batch.tails.len() > Self::ENTRIES_MAX
-            || self.heads.len() + batch.heads.len() > Self::ENTRIES_MAX
-            || self.agents.len() + batch.agents.len() > Self::ENTRIES_MAX
-            || self.keys.len() + batch.keys.len() > Self::ENTRIES_MAX
-            || self.trust.len() + batch.trust.len() > Self::ENTRIES_MAX
-        {
+        self.absorb_within(batch, TIP_CACHE_BYTES_MAX);
+    }
+
+    fn absorb_within(&mut self, batch: TipCache, bytes_max: usize) {
+        let overhead = Self::ENTRY_OVERHEAD_BYTES;
+        for (prefix, tail) in batch.tails {
+            let key_bytes = overhead + prefix.len();
+            self.bytes += key_bytes + tail.run.len();
+            if let Some(old) = self.tails.insert(prefix, tail) {
+                self.bytes -= key_bytes + old.run.len();
+            }
+        }
+        // The other values are of fixed (estimated) size: only new keys add bytes.
+        for (asn, hash) in batch.heads {
+            let size = overhead + asn.len() + 32;
+            if self.heads.insert(asn, hash).is_none() {
+                self.bytes += size;
+            }
+        }
+        for (asn, agent) in batch.agents {
+            let size = overhead + asn.len() + Self::RECORD_BYTES;
+            if self.agents.insert(asn, agent).is_none() {
+                self.bytes += size;
+            }
+        }
+        for (id, key) in batch.keys {
+            let size = overhead + id.len() + Self::RECORD_BYTES;
+            if self.keys.insert(id, key).is_none() {
+                self.bytes += size;
+            }
+        }
+        for (asn, counts) in batch.trust {
+            let size = overhead + asn.len() + 40;
+            if self.trust.insert(asn, counts).is_none() {
+                self.bytes += size;
+            }
+        }
+        if self.bytes > bytes_max {
             self.clear();
         }
-        self.tails.extend(batch.tails);
-        self.heads.extend(batch.heads);
-        self.agents.extend(batch.agents);
-        self.keys.extend(batch.keys);
-        self.trust.extend(batch.trust);
     }
 }
 
@@ -948,6 +988,7 @@ impl<'a> Pending<'a> {
             })
             .collect();
         Ok(TipCache {
+            bytes: 0,
             agents,
             keys,
             trust,
@@ -958,5 +999,51 @@ impl<'a> Pending<'a> {
                 .collect(),
             heads: self.agent_heads,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tails(items: &[(&[u8], usize)]) -> TipCache {
+        TipCache {
+            tails: items
+                .iter()
+                .map(|(prefix, entries)| {
+                    let tail = Tail {
+                        first: 0,
+                        run: vec![0; entries * codec::INDEX_ENTRY_BYTES],
+                    };
+                    (prefix.to_vec(), tail)
+                })
+                .collect(),
+            ..TipCache::default()
+        }
+    }
+
+    /// The cache counts what it holds (a tail's run as it grows, a head once per agent) and
+    /// starts over when that passes its limit.
+    #[test]
+    fn the_tip_cache_counts_its_bytes_and_starts_over_past_its_limit() {
+        let mut cache = TipCache::default();
+        let entry = TipCache::ENTRY_OVERHEAD_BYTES + 2;
+        cache.absorb_within(tails(&[(b"aa", 1)]), 1000);
+        assert_eq!(cache.bytes, entry + 16);
+        cache.absorb_within(tails(&[(b"aa", 3)]), 1000);
+        assert_eq!(cache.bytes, entry + 48, "a longer run replaces the shorter");
+        let mut heads = TipCache::default();
+        heads.heads.insert("x".into(), [0; 32]);
+        cache.absorb_within(heads, 1000);
+        let with_head = entry + 48 + TipCache::ENTRY_OVERHEAD_BYTES + 1 + 32;
+        assert_eq!(cache.bytes, with_head);
+        let mut again = TipCache::default();
+        again.heads.insert("x".into(), [1; 32]);
+        cache.absorb_within(again, 1000);
+        assert_eq!(cache.bytes, with_head, "a head replaced costs nothing more");
+        assert_eq!(cache.heads.get("x"), Some(&[1; 32]));
+        cache.absorb_within(tails(&[(b"bb", 60)]), 1000);
+        assert_eq!(cache.bytes, 0, "past the limit: started over");
+        assert!(cache.tails.is_empty() && cache.heads.is_empty());
     }
 }

@@ -26,6 +26,7 @@ use std::path::Path;
 
 pub use apply::COMMAND_EVENTS_MAX;
 pub use apply::RUN_EXTEND_ENTRIES_MAX;
+pub use apply::TIP_CACHE_BYTES_MAX;
 pub use ledger::ActivityPage;
 pub use ledger::ActivityQuery;
 pub use ledger::Ledger;
