@@ -297,15 +297,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
         let data = snapshot.snapshot.into_inner();
         let meta = encode(&(vote, snapshot.meta.clone()));
+        // Hashing hundreds of MiB takes a while: not on an async worker.
+        let (data, data_sha256) = tokio::task::spawn_blocking(move || {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(&data).to_vec();
+            (data, hash)
+        })
+        .await
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK_BYTES + 1);
         chunks.push(proto::SnapshotChunk {
             meta,
             data: Vec::new(),
+            total_bytes: data.len() as u64,
+            data_sha256,
         });
         for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
             chunks.push(proto::SnapshotChunk {
-                meta: Vec::new(),
                 data: piece.to_vec(),
+                ..Default::default()
             });
         }
         let timeout = Duration::from_millis(SNAPSHOT_SEND_TIMEOUT_MS);

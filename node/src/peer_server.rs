@@ -25,6 +25,40 @@ use crate::service::role_name;
 /// Largest snapshot this node accepts, in bytes (it is held in memory while installed).
 pub const SNAPSHOT_RECEIVE_BYTES_MAX: usize = 4 << 30;
 
+/// The data of a snapshot stream, if it is what the sender announced in its first chunk: that
+/// many bytes, with that SHA-256. A sender whose replication closed mid-stream may end the
+/// stream cleanly; installing the part received would stop this node (openraft takes a
+/// snapshot it cannot decode for a storage error). Refused with `DATA_LOSS` instead, so the
+/// leader sends the snapshot again. A sender that announces nothing (0, empty) is not checked.
+async fn received_whole(
+    data: Vec<u8>,
+    total_bytes: u64,
+    data_sha256: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    if total_bytes == 0 && data_sha256.is_empty() {
+        return Ok(data);
+    }
+    if data.len() as u64 != total_bytes {
+        return Err(Status::data_loss(format!(
+            "snapshot stream ended after {} of {total_bytes} bytes",
+            data.len()
+        )));
+    }
+    let (data, actual) = tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(&data).to_vec();
+        (data, hash)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("hashing the snapshot: {e}")))?;
+    if actual != data_sha256 {
+        return Err(Status::data_loss(
+            "snapshot data_sha256: the data received does not have the announced SHA-256",
+        ));
+    }
+    Ok(data)
+}
+
 pub struct PeerServer {
     pub service: Arc<LedgerService>,
     pub data_dir: Arc<DataDir>,
@@ -113,8 +147,9 @@ impl proto::peer_server::Peer for PeerServer {
             .next()
             .await
             .ok_or_else(|| invalid("empty snapshot stream"))??;
-        let (vote, meta): (Vote, SnapshotMeta) =
-            decode(&first.meta, "snapshot meta").map_err(invalid)?;
+        let total_bytes = first.total_bytes;
+        let data_sha256 = first.data_sha256;
+        let meta_bytes = first.meta;
         let mut data = first.data;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -125,6 +160,9 @@ impl proto::peer_server::Peer for PeerServer {
             }
             data.extend_from_slice(&chunk.data);
         }
+        let data = received_whole(data, total_bytes, data_sha256).await?;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            decode(&meta_bytes, "snapshot meta").map_err(invalid)?;
         let snapshot = Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

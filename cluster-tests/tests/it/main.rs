@@ -34,6 +34,7 @@ mod t22_explorer;
 mod t23_operations;
 mod t24_lose_majority;
 mod t25_commit_without_traffic;
+mod t26_snapshot_stream_cut;
 
 mod support;
 
