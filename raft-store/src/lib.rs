@@ -159,6 +159,6 @@ fn open_unguarded(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreErro
     // The state machine first: it refuses a store of another format before the log is read.
     let state_machine = StateMachineStore::open(&db, durability.clone(), dir)?;
     let applied = state_machine.ledger().last_applied()?;
-    let log_store = LogStore::new(dir, durability, applied)?;
+    let log_store = LogStore::new(dir, durability, applied, state_machine.installed())?;
     Ok((log_store, state_machine))
 }

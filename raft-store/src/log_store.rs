@@ -70,6 +70,9 @@ pub struct LogStore {
     purge_failed: Arc<Mutex<Option<String>>>,
     /// Whether a vote was saved since the store was opened (see `read_vote`).
     vote_saved: Arc<std::sync::atomic::AtomicBool>,
+    /// How far snapshots installed made the state machine durable: a purge past the end of
+    /// the log waits for it (see [`crate::state_machine::SnapshotInstalled`]).
+    installed: tokio::sync::watch::Receiver<crate::state_machine::SnapshotInstalled>,
 }
 
 /// Work for the log-sync thread.
@@ -240,6 +243,7 @@ impl LogStore {
         dir: &Path,
         state_machine: Durability,
         applied: Option<LogId>,
+        installed: tokio::sync::watch::Receiver<crate::state_machine::SnapshotInstalled>,
     ) -> Result<Self, crate::StoreError> {
         let opened = Wal::open(&dir.join(LOG_DIR))?;
         if opened.torn_bytes > 0 {
@@ -277,6 +281,7 @@ impl LogStore {
             purger,
             purge_failed,
             vote_saved: Arc::default(),
+            installed,
         })
     }
 
@@ -581,9 +586,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let gap = self.wal().forget_upto(log_id.index);
         let purge = self.files.clone();
         if gap {
-            // The next append starts past the end of the log (a snapshot was installed, or the
-            // state machine is ahead of the log at start-up): `meta` must cover the gap on disk
-            // before anything is written after it.
+            // The next append starts past the end of the log (a snapshot is being installed, or
+            // the state machine is ahead of the log at start-up): `meta` must cover the gap on
+            // disk before anything is written after it, and only once the state machine holds
+            // what the purged entries held. openraft 0.9 asks for this purge right after it
+            // hands the snapshot to the state machine, not after the install: wait for it.
+            let mut installed = self.installed.clone();
+            let through = installed
+                .wait_for(|state| state.failed || state.through >= Some(log_id))
+                .await
+                .map_err(|_| write_err(io::Error::other("the state machine is gone")))?
+                .through;
+            if through < Some(log_id) {
+                return Err(write_err(io::Error::other(format!(
+                    "not purging the log up to {log_id}: the snapshot that covers it was not \
+                     installed"
+                ))));
+            }
             tokio::task::spawn_blocking(move || purge.run(log_id))
                 .await
                 .map_err(write_err)?

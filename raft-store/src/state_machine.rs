@@ -65,6 +65,21 @@ pub struct StateMachineStore {
     /// Held (read) by a snapshot copy under way, taken (write) to replace the whole state:
     /// a copy reads the state at its log id only while nothing but applies write.
     copy_gate: Arc<tokio::sync::RwLock<()>>,
+    /// How far the state machine is durable through snapshots installed (its last applied at
+    /// open, then each installed snapshot's last log id), or that an install failed: the log
+    /// store waits for it before it records a purge past its end ([`SnapshotInstalled`]).
+    installed: Arc<tokio::sync::watch::Sender<SnapshotInstalled>>,
+}
+
+/// What the log store waits for before it records a purge past the end of its log (which
+/// openraft 0.9 asks for right after it hands a snapshot to the state machine to install, not
+/// after the install): the state machine durable up to `through`, or an install that `failed`.
+/// Recorded earlier, a crash before the install ended would leave a log purged past a state
+/// machine that never got the snapshot (openraft would then apply the next entries to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct SnapshotInstalled {
+    pub(crate) through: Option<LogId>,
+    pub(crate) failed: bool,
 }
 
 /// The snapshot file: the meta, the payload and a checksum of the payload.
@@ -194,6 +209,10 @@ impl StateMachineStore {
                 ledger.verify_head()?;
             }
         }
+        let (installed, _) = tokio::sync::watch::channel(SnapshotInstalled {
+            through: ledger.last_applied()?,
+            failed: false,
+        });
         Ok(Self {
             ledger,
             durability,
@@ -201,7 +220,14 @@ impl StateMachineStore {
             current_snapshot: Arc::new(Mutex::new(current)),
             tips: Arc::default(),
             copy_gate: Arc::default(),
+            installed: Arc::new(installed),
         })
+    }
+
+    /// Tells how far snapshots installed made the state machine durable (see
+    /// [`SnapshotInstalled`]).
+    pub(crate) fn installed(&self) -> tokio::sync::watch::Receiver<SnapshotInstalled> {
+        self.installed.subscribe()
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -480,7 +506,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let installed = self.install(meta, snapshot.into_inner()).await;
+        self.installed.send_modify(|state| match &installed {
+            Ok(()) => state.through = state.through.max(meta.last_log_id),
+            Err(_) => state.failed = true,
+        });
+        installed
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.current().map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+impl StateMachineStore {
+    /// [`RaftStateMachine::install_snapshot`], before it tells the log store how it went.
+    async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let snapshot_err = |e: &StoreError| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), e).into()
         };
@@ -511,13 +555,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.set_current(stored);
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.current().map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
     }
 }
 

@@ -503,6 +503,84 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
     });
 }
 
+/// A purge past the end of the log (what openraft 0.9 asks for right after it hands a
+/// snapshot to the state machine, before the install ends) is recorded only once the state
+/// machine holds the snapshot, and fails if the install failed: a crash in between must never
+/// leave a log purged past a state machine that did not get the snapshot.
+#[test]
+fn a_purge_past_the_log_waits_for_the_snapshot_install() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let failing_dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
+        let (_, asns) = setup(&mut source, &["s"]).await;
+        let entries: Vec<Entry> = (3..=7)
+            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
+            .collect();
+        source.apply(entries).await.expect("apply source");
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let last = snapshot.meta.last_log_id.expect("a log id");
+
+        let (mut log, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        let mut purge = tokio::spawn(async move { log.purge(last).await });
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge)
+                .await
+                .is_err(),
+            "the purge ended before the snapshot was installed"
+        );
+        target
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        purge.await.expect("purge task").expect("purge");
+        drop(target);
+        let (mut log, mut reopened) = raft_store::open(target_dir.path()).expect("reopen");
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(last));
+        let (applied, _) = reopened.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(last));
+
+        // An install that fails (data that is no snapshot) fails the purge that waits for it.
+        let (mut log, mut failing) = raft_store::open(failing_dir.path()).expect("open");
+        let purge = tokio::spawn(async move { log.purge(last).await });
+        let garbage = Box::new(std::io::Cursor::new(vec![0xff; 64]));
+        assert!(
+            failing
+                .install_snapshot(&snapshot_meta_of(last), garbage)
+                .await
+                .is_err()
+        );
+        let refused = purge
+            .await
+            .expect("purge task")
+            .expect_err("purge after a failed install");
+        assert!(
+            refused.to_string().contains("not installed"),
+            "unexpected error: {refused}"
+        );
+    });
+}
+
+fn snapshot_meta_of(last: LogId) -> raft_store::SnapshotMeta {
+    raft_store::SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: raft_store::StoredMembership::default(),
+        snapshot_id: "garbage".into(),
+    }
+}
+
 /// Entries `first..=last`, each appending one event for each of `asns` (same UTC day, so
 /// the agents' day counts are rewritten), every fourth also creating an agent.
 fn busy_entries(first: u64, last: u64, asns: &[String], operator: &str) -> Vec<Entry> {
