@@ -444,23 +444,31 @@ fn activity_queries_page_filter_and_window_through_the_indexes() {
     });
 }
 
+/// Sets up `source` (one agent), applies entries 3 to 7 (a report each) and builds a snapshot
+/// of it at log id 7.
+async fn snapshot_of_five_reports(
+    source: &mut StateMachineStore,
+) -> openraft::Snapshot<raft_store::TypeConfig> {
+    let (_, asns) = setup(source, &["s"]).await;
+    let entries: Vec<Entry> = (3..=7)
+        .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
+        .collect();
+    source.apply(entries).await.expect("apply source");
+    source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build")
+}
+
 #[test]
 fn a_snapshot_replaces_the_whole_state_of_another_store() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let target_dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {
         let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
-        let (_, asns) = setup(&mut source, &["s"]).await;
-        let entries: Vec<Entry> = (3..=7)
-            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
-            .collect();
-        source.apply(entries).await.expect("apply source");
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snapshot = snapshot_of_five_reports(&mut source).await;
         assert_eq!(snapshot.meta.last_log_id, Some(log_id(7)));
 
         // The target has other, older state: it must be gone after the install.
@@ -519,17 +527,7 @@ fn a_purge_past_the_log_waits_for_the_snapshot_install() {
         .expect("runtime");
     rt.block_on(async {
         let (_, mut source) = raft_store::open(source_dir.path()).expect("open source");
-        let (_, asns) = setup(&mut source, &["s"]).await;
-        let entries: Vec<Entry> = (3..=7)
-            .map(|i| entry(i, i as i64, vec![append(i as u8, 0, &[asns[0].as_str()])]))
-            .collect();
-        source.apply(entries).await.expect("apply source");
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snapshot = snapshot_of_five_reports(&mut source).await;
         let last = snapshot.meta.last_log_id.expect("a log id");
 
         let (mut log, mut target) = raft_store::open(target_dir.path()).expect("open target");
