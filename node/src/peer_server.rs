@@ -163,6 +163,11 @@ impl proto::peer_server::Peer for PeerServer {
         let data = received_whole(data, total_bytes, data_sha256).await?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&meta_bytes, "snapshot meta").map_err(invalid)?;
+        // openraft asks the log store for the purge this install implies before the install
+        // ends: the log store must wait for it (`LogStore::expect_snapshot_install`).
+        self.service
+            .log_store
+            .expect_snapshot_install(meta.last_log_id);
         let snapshot = Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

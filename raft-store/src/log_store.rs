@@ -70,9 +70,12 @@ pub struct LogStore {
     purge_failed: Arc<Mutex<Option<String>>>,
     /// Whether a vote was saved since the store was opened (see `read_vote`).
     vote_saved: Arc<std::sync::atomic::AtomicBool>,
-    /// How far snapshots installed made the state machine durable: a purge past the end of
-    /// the log waits for it (see [`crate::state_machine::SnapshotInstalled`]).
+    /// How far the state machine holds the log: a purge past the end of the log that a
+    /// snapshot install announced ([`LogStore::expect_snapshot_install`]) waits for it (see
+    /// [`crate::state_machine::SnapshotInstalled`]).
     installed: tokio::sync::watch::Receiver<crate::state_machine::SnapshotInstalled>,
+    /// The last log id of the newest snapshot announced to be installed.
+    install_announced: Arc<Mutex<Option<LogId>>>,
 }
 
 /// Work for the log-sync thread.
@@ -282,7 +285,20 @@ impl LogStore {
             purge_failed,
             vote_saved: Arc::default(),
             installed,
+            install_announced: Arc::default(),
         })
+    }
+
+    /// A snapshot up to `last` is about to be handed to openraft to install. openraft 0.9 then
+    /// asks for the purge up to `last` right after it hands the snapshot to the state machine,
+    /// not after the install; announced, that purge waits for the install (see `purge`).
+    /// Call it before `Raft::install_full_snapshot`.
+    pub fn expect_snapshot_install(&self, last: Option<LogId>) {
+        let mut announced = self
+            .install_announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *announced = (*announced).max(last);
     }
 
     /// The last committed log index this node knows of.
@@ -588,20 +604,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if gap {
             // The next append starts past the end of the log (a snapshot is being installed, or
             // the state machine is ahead of the log at start-up): `meta` must cover the gap on
-            // disk before anything is written after it, and only once the state machine holds
-            // what the purged entries held. openraft 0.9 asks for this purge right after it
-            // hands the snapshot to the state machine, not after the install: wait for it.
-            let mut installed = self.installed.clone();
-            let through = installed
-                .wait_for(|state| state.failed || state.through >= Some(log_id))
-                .await
-                .map_err(|_| write_err(io::Error::other("the state machine is gone")))?
-                .through;
-            if through < Some(log_id) {
-                return Err(write_err(io::Error::other(format!(
-                    "not purging the log up to {log_id}: the snapshot that covers it was not \
-                     installed"
-                ))));
+            // disk before anything is written after it. openraft 0.9 asks for the purge of an
+            // install right after it hands the snapshot to the state machine, not after the
+            // install: if one was announced for this purge, wait until the state machine holds
+            // what the purged entries held (`run` then fsyncs it before recording the purge).
+            let announced = *self
+                .install_announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if announced >= Some(log_id) {
+                let mut installed = self.installed.clone();
+                let through = installed
+                    .wait_for(|state| state.failed || state.through >= Some(log_id))
+                    .await
+                    .map_err(|_| write_err(io::Error::other("the state machine is gone")))?
+                    .through;
+                if through < Some(log_id) {
+                    return Err(write_err(io::Error::other(format!(
+                        "not purging the log up to {log_id}: the snapshot that covers it was \
+                         not installed"
+                    ))));
+                }
             }
             tokio::task::spawn_blocking(move || purge.run(log_id))
                 .await

@@ -531,6 +531,8 @@ fn a_purge_past_the_log_waits_for_the_snapshot_install() {
         let last = snapshot.meta.last_log_id.expect("a log id");
 
         let (mut log, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        // As the node's gRPC server does before it hands a snapshot to openraft.
+        log.expect_snapshot_install(Some(last));
         let mut purge = tokio::spawn(async move { log.purge(last).await });
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge)
@@ -552,6 +554,7 @@ fn a_purge_past_the_log_waits_for_the_snapshot_install() {
 
         // An install that fails (data that is no snapshot) fails the purge that waits for it.
         let (mut log, mut failing) = raft_store::open(failing_dir.path()).expect("open");
+        log.expect_snapshot_install(Some(last));
         let purge = tokio::spawn(async move { log.purge(last).await });
         let garbage = Box::new(std::io::Cursor::new(vec![0xff; 64]));
         assert!(
