@@ -65,17 +65,19 @@ pub struct StateMachineStore {
     /// Held (read) by a snapshot copy under way, taken (write) to replace the whole state:
     /// a copy reads the state at its log id only while nothing but applies write.
     copy_gate: Arc<tokio::sync::RwLock<()>>,
-    /// How far the state machine holds the log (its last applied: at open, after each apply,
-    /// and after each snapshot install), or that an install failed: the log store waits for it
-    /// before it records a purge past its end ([`SnapshotInstalled`]).
+    /// How far the state machine holds the log through snapshots (its last applied at open,
+    /// then each installed snapshot's last log id), or that an install failed: the log store
+    /// waits for it before it records the purge an announced install implies
+    /// ([`SnapshotInstalled`]).
     installed: Arc<tokio::sync::watch::Sender<SnapshotInstalled>>,
 }
 
 /// What the log store waits for before it records a purge past the end of its log (which
 /// openraft 0.9 asks for right after it hands a snapshot to the state machine to install, not
-/// after the install): the state machine holding everything `through` a log id (applied, or
+/// after the install): the state machine holding everything `through` a log id (at open, or
 /// installed from a snapshot; the purge fsyncs it before it records anything), or an install
-/// that `failed` (openraft then stops the node). Recorded earlier, a crash before the install
+/// that `failed` (openraft then stops the node). Applies do not move it: only the purge of an
+/// announced install waits, and only that install can satisfy it. Recorded earlier, a crash before the install
 /// ended would leave a log purged past a state machine that never got the snapshot (openraft
 /// would then apply the next entries to it).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -471,15 +473,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut tips = tips.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut pending = crate::apply::Pending::new(&self.ledger, &tips).map_err(sm_read_err)?;
         let mut responses = Vec::new();
-        let mut last = None;
         for entry in entries {
             responses.push(pending.apply_entry(&entry).map_err(sm_write_err)?);
-            last = Some(entry.log_id);
         }
         let changed = pending.commit().map_err(sm_write_err)?;
         tips.absorb(changed);
-        self.installed
-            .send_modify(|state| state.through = state.through.max(last));
         // No fsync here: the log is the record. sled recovers a prefix of its writes, so after
         // a crash the state machine is behind the log and openraft applies again from
         // `last_applied` (written in the same batch); the log store fsyncs sled before it
