@@ -76,6 +76,25 @@ pub struct LogStore {
     installed: tokio::sync::watch::Receiver<crate::state_machine::SnapshotInstalled>,
     /// The last log id of the newest snapshot announced to be installed.
     install_announced: Arc<Mutex<Option<LogId>>>,
+    /// Whether the log-sync thread waits before its next fsync ([`LogStore::hold_log_sync`]).
+    sync_hold: Arc<SyncHold>,
+}
+
+/// Holds the log-sync thread before its fsync, for tests of what waits for it.
+#[derive(Default)]
+struct SyncHold {
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
+}
+
+impl SyncHold {
+    fn wait_while_held(&self) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let _released = self
+            .released
+            .wait_while(held, |held| *held)
+            .unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// Work for the log-sync thread.
@@ -110,6 +129,7 @@ fn spawn_syncer(
     dirty: Arc<Mutex<Vec<Arc<std::fs::File>>>>,
     stats: Arc<SyncStats>,
     mark: Mark,
+    hold: Arc<SyncHold>,
 ) -> std_mpsc::Sender<SyncRequest> {
     let (sender, receiver) = std_mpsc::channel::<SyncRequest>();
     let spawned = std::thread::Builder::new()
@@ -118,6 +138,7 @@ fn spawn_syncer(
             let mut failed: Option<(io::ErrorKind, String)> = None;
             while let Ok(first) = receiver.recv() {
                 let mut requests = vec![first];
+                hold.wait_while_held();
                 while let Ok(next) = receiver.try_recv() {
                     requests.push(next);
                 }
@@ -265,7 +286,13 @@ impl LogStore {
         };
         let mark = Mark::open(dir, actual).map_err(crate::StoreError::Corrupt)?;
         let stats = Arc::new(SyncStats::default());
-        let syncer = spawn_syncer(wal.dirty(), Arc::clone(&stats), mark.clone());
+        let sync_hold = Arc::new(SyncHold::default());
+        let syncer = spawn_syncer(
+            wal.dirty(),
+            Arc::clone(&stats),
+            mark.clone(),
+            Arc::clone(&sync_hold),
+        );
         let files = Files {
             wal: Arc::new(Mutex::new(wal)),
             meta: Arc::new(opened.meta),
@@ -286,7 +313,21 @@ impl LogStore {
             vote_saved: Arc::default(),
             installed,
             install_announced: Arc::default(),
+            sync_hold,
         })
+    }
+
+    /// While `held`, the log-sync thread waits before its next fsync: appends are written (and
+    /// readable) but not durable, and not acknowledged. For tests of what must wait for the
+    /// log's fsync (`tests/leader_flush.rs`); a node never holds it.
+    #[doc(hidden)]
+    pub fn hold_log_sync(&self, held: bool) {
+        *self
+            .sync_hold
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = held;
+        self.sync_hold.released.notify_all();
     }
 
     /// A snapshot up to `last` is about to be handed to openraft to install. openraft 0.9 then

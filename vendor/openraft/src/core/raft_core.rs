@@ -206,6 +206,14 @@ where
 
     pub(crate) command_state: CommandState,
 
+    /// asn-ledger patch: the newest append made while leading whose flush `RaftCore` has not
+    /// heard of yet (with the leader's vote). A leader does not wait for its own flush before
+    /// it replicates, but applies only what it has flushed: a `Commit` past this waits.
+    pub(crate) leader_unflushed: Option<(Vote<C::NodeId>, LogId<C::NodeId>)>,
+    /// asn-ledger patch: the last flush reported as `Notify::LocalLogFlushed` (with the vote its
+    /// append was made with); what it covers is flushed.
+    pub(crate) leader_flushed: Option<(Vote<C::NodeId>, LogId<C::NodeId>)>,
+
     pub(crate) span: Span,
 
     pub(crate) _p: PhantomData<SM>,
@@ -1278,6 +1286,33 @@ where
                 }
             }
 
+            // asn-ledger patch: see `Command::AppendInputEntries`.
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(
+                        AnyError::error(e),
+                    ))));
+                }
+                if let Some((pending_vote, pending)) = &self.leader_unflushed {
+                    if *pending_vote == vote {
+                        if last_log_id >= *pending {
+                            self.leader_unflushed = None;
+                        }
+                        self.leader_flushed = Some((vote.clone(), last_log_id.clone()));
+                    }
+                }
+                // Reporting to a later leadership of this node is wrong: only the same vote.
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1637,7 +1672,21 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
+                // asn-ledger patch: a leader hands its entries to the log store and goes on to
+                // replicate them while they are flushed; the flush is reported as
+                // `Notify::LocalLogFlushed`, which counts the leader's own progress. A follower
+                // (below) still waits: it answers the leader only once its entries are flushed.
+                if self.engine.leader.as_ref().is_some_and(|leader| leader.vote == vote) {
+                    let callback = LogFlushed::new_notify(vote.clone(), last_log_id.clone(), self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    self.leader_unflushed = Some((vote, last_log_id));
+                    return Ok(None);
+                }
+
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // asn-ledger patch: the log store flushes in order, so every earlier append is
+                // flushed too.
+                self.leader_unflushed = None;
 
                 // The leader may have changed.
                 // But reporting to a different leader is not a problem.
@@ -1696,6 +1745,18 @@ where
                 ref already_committed,
                 ref upto,
             } => {
+                // asn-ledger patch: a leader applies only entries it has flushed itself (a quorum
+                // of followers may have them first). Postponed until `Notify::LocalLogFlushed`.
+                if let Some((vote, _)) = &self.leader_unflushed {
+                    let flushed = match &self.leader_flushed {
+                        Some((flushed_vote, flushed)) if flushed_vote == vote => flushed.index >= upto.index,
+                        _ => false,
+                    };
+                    if !flushed {
+                        tracing::debug!(upto = display(upto), "postpone Commit until the leader's log is flushed");
+                        return Ok(Some(cmd));
+                    }
+                }
                 self.log_store.save_committed(Some(upto.clone())).await?;
                 self.apply_to_state_machine(seq, already_committed.next_index(), upto.index).await?;
             }

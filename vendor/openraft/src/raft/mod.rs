@@ -299,6 +299,8 @@ where C: RaftTypeConfig
             tx_server_metrics,
 
             command_state: CommandState::default(),
+            leader_unflushed: None,
+            leader_flushed: None,
             span: core_span,
 
             _p: Default::default(),

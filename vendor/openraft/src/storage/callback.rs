@@ -2,21 +2,38 @@
 
 use std::io;
 
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
 use crate::RaftTypeConfig;
 use crate::StorageIOError;
+use crate::Vote;
 
 /// A oneshot callback for completion of log io operation.
 pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    tx: FlushedTx<C>,
+}
+
+/// asn-ledger patch: where a flush is reported. A leader's appends report to `RaftCore`'s
+/// notify channel, so that `RaftCore` does not wait for the flush (see `core::raft_core`,
+/// `Command::AppendInputEntries`).
+enum FlushedTx<C>
+where C: RaftTypeConfig
+{
+    Oneshot(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    Notify {
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        tx: mpsc::UnboundedSender<Notify<C>>,
+    },
 }
 
 impl<C> LogFlushed<C>
@@ -26,18 +43,45 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx: FlushedTx::Oneshot(tx),
+        }
+    }
+
+    /// asn-ledger patch: a callback that reports to `RaftCore` as a `Notify::LocalLogFlushed`.
+    pub(crate) fn new_notify(
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        tx: mpsc::UnboundedSender<Notify<C>>,
+    ) -> Self {
+        Self {
+            log_io_id: LogIOId::new(vote.clone(), Some(last_log_id.clone())),
+            tx: FlushedTx::Notify { vote, last_log_id, tx },
+        }
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
+        }
+        let tx = match self.tx {
+            FlushedTx::Oneshot(tx) => tx,
+            // asn-ledger patch
+            FlushedTx::Notify { vote, last_log_id, tx } => {
+                if tx.send(Notify::LocalLogFlushed { vote, last_log_id, result }).is_err() {
+                    tracing::error!("failed to send log io completion event: RaftCore is gone");
+                }
+                return;
+            }
+        };
+        let res = if let Err(e) = result {
+            tx.send(Err(e))
         } else {
-            self.tx.send(Ok(self.log_io_id))
+            tx.send(Ok(self.log_io_id))
         };
 
         if let Err(e) = res {
