@@ -13,12 +13,15 @@
 //! Appends write at the end of the last segment (`pwrite`, no fsync: the log-sync thread
 //! fsyncs the files an append touched); a new segment starts when the last one reaches
 //! [`WAL_SEGMENT_BYTES`] or the next index does not follow its last one (after a purge past
-//! the end of the log). The `meta` file holds the vote, the last purged log id and the last
+//! the end of the log). A segment is allocated whole when it starts (`fallocate`, made
+//! durable at once), so that an append overwrites allocated zeros instead of growing the
+//! file: its `fdatasync` then has no file size to record (211 against 150 µs here). The
+//! records of a segment end where its bytes are all zero. The `meta` file holds the vote, the last purged log id and the last
 //! committed log id; it is replaced whole (tmp file, fsync, rename, fsync the directory).
 //!
 //! At open every record is read and checked. A record that is cut off or fails its checksum at
-//! the very end of the last segment is a write that never completed (a crash during an append
-//! that was never acknowledged): it is cut away. Anything else that does not hold together is
+//! the very end of the last segment (only zeros after it) is a write that never completed (a
+//! crash during an append that was never acknowledged): it is cut away. Anything else that does not hold together is
 //! damage, reported as [`StoreError::Corrupt`]; whether the log lost acknowledged entries is
 //! then the durable mark's business ([`crate::mark`]).
 //!
@@ -307,6 +310,29 @@ pub struct Opened {
     pub torn_bytes: u64,
 }
 
+/// Allocates `file` up to [`WAL_SEGMENT_BYTES`] from `from` (reads as zeros; the file's size
+/// grows to match). Where the file system cannot, appends grow the file instead: slower
+/// fsyncs, same records.
+fn preallocate(file: &File, from: u64) -> io::Result<()> {
+    if from >= WAL_SEGMENT_BYTES {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::empty(),
+        from,
+        WAL_SEGMENT_BYTES - from,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
 fn segment_name(first: u64) -> String {
     format!("{first:020}{SEGMENT_SUFFIX}")
 }
@@ -374,6 +400,10 @@ impl Wal {
             let mut at = 0usize;
             let mut last: Option<u64> = None;
             while at < bytes.len() {
+                // Allocated but never written: the records end here.
+                if all_zero(&bytes[at..]) {
+                    break;
+                }
                 match parse_record(&bytes[at..]) {
                     Ok((id, _, total)) => {
                         let expected = last.map_or(first, |l| l + 1);
@@ -399,12 +429,15 @@ impl Wal {
                         at += total;
                     }
                     Err(bad) => {
-                        // Only a record that runs to the end of the last segment can be a write
-                        // that never completed; anything followed by more bytes is damage.
+                        // Only a record that runs to the end of the last segment, or is followed
+                        // by nothing but allocated zeros, can be a write that never completed;
+                        // anything followed by more records is damage.
                         let torn = is_last
                             && match &bad {
                                 BadRecord::CutOff => true,
-                                BadRecord::Damaged { end, .. } => at + end >= bytes.len(),
+                                BadRecord::Damaged { end, .. } => {
+                                    bytes.get(at.saturating_add(*end)..).is_none_or(all_zero)
+                                }
                             };
                         if !torn {
                             let what = match bad {
@@ -413,7 +446,12 @@ impl Wal {
                             };
                             return Err(corrupt(&path, format!("{what} (at byte {at})")));
                         }
-                        torn_bytes = (bytes.len() - at) as u64;
+                        // Not counting the allocated zeros after it.
+                        torn_bytes = bytes[at..]
+                            .iter()
+                            .rposition(|b| *b != 0)
+                            .map_or(0, |last_written| last_written + 1)
+                            as u64;
                         break;
                     }
                 }
@@ -421,6 +459,12 @@ impl Wal {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             if torn_bytes > 0 {
                 file.set_len(at as u64)?;
+            }
+            if is_last && last.is_some() && (bytes.len() as u64) < WAL_SEGMENT_BYTES {
+                // Appends go here: allocated, like a segment that starts.
+                preallocate(&file, at as u64)?;
+            }
+            if torn_bytes > 0 || (is_last && (bytes.len() as u64) < WAL_SEGMENT_BYTES) {
                 file.sync_all()?;
             }
             if last.is_none() {
@@ -536,6 +580,8 @@ impl Wal {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        preallocate(&file, 0)?;
+        file.sync_all()?;
         sync_dir(&self.dir)?;
         self.segments.push_back(Segment {
             first,
@@ -681,6 +727,7 @@ impl Wal {
             && let Some(segment) = self.segments.back_mut()
         {
             segment.file.set_len(cut.offset)?;
+            preallocate(&segment.file, cut.offset)?;
             segment.file.sync_all()?;
             segment.len = cut.offset;
             segment.last = index.checked_sub(1).filter(|l| *l >= segment.first);
@@ -806,6 +853,48 @@ mod tests {
         assert_eq!(payloads(&wal, 0, 100), ["entry 21", "entry 22"]);
     }
 
+    /// Where the records of a segment end: after its last byte that is not zero.
+    fn written_len(bytes: &[u8]) -> usize {
+        bytes.iter().rposition(|b| *b != 0).map_or(0, |at| at + 1)
+    }
+
+    #[test]
+    fn a_segment_is_allocated_whole_and_its_zeros_end_the_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("raft-log");
+        {
+            let mut wal = Wal::open(&log).expect("open").wal;
+            append(&mut wal, 1..=3);
+        }
+        let segment = log.join(segment_name(1));
+        // Allocated whole where the file system can (tmpfs and ext4 can).
+        let size = std::fs::metadata(&segment).expect("metadata").len();
+        assert_eq!(size, WAL_SEGMENT_BYTES);
+        let opened = Wal::open(&log).expect("reopen");
+        assert_eq!(opened.torn_bytes, 0);
+        let mut wal = opened.wal;
+        assert_eq!(wal.range(), Some((1, 3)));
+        append(&mut wal, 4..=5);
+        drop(wal);
+        let wal = Wal::open(&log).expect("reopen").wal;
+        assert_eq!(payloads(&wal, 3, 6), ["entry 3", "entry 4", "entry 5"]);
+        // A segment written before segments were allocated (it ends at its last record) is
+        // read the same, and allocated for the appends to come.
+        let bytes = std::fs::read(&segment).expect("read");
+        drop(wal);
+        std::fs::write(&segment, &bytes[..written_len(&bytes)]).expect("write");
+        let mut wal = Wal::open(&log).expect("reopen").wal;
+        assert_eq!(wal.range(), Some((1, 5)));
+        append(&mut wal, 6..=6);
+        drop(wal);
+        assert_eq!(
+            std::fs::metadata(&segment).expect("metadata").len(),
+            WAL_SEGMENT_BYTES
+        );
+        let wal = Wal::open(&log).expect("reopen").wal;
+        assert_eq!(wal.range(), Some((1, 6)));
+    }
+
     #[test]
     fn a_torn_last_record_is_cut_and_damage_elsewhere_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -816,12 +905,36 @@ mod tests {
         }
         let segment = log.join(segment_name(1));
         let full = std::fs::read(&segment).expect("read");
-        // The last record cut in the middle: a write that never completed.
-        std::fs::write(&segment, &full[..full.len() - 3]).expect("write");
+        let written = written_len(&full);
+        let record = RECORD_HEADER_BYTES + 7;
+        assert_eq!(written, 3 * record);
+
+        // The last record's end never reached the disk (zeros where it should be): a write
+        // that never completed. It is cut away, and the log goes on after it.
+        let mut bytes = full.clone();
+        bytes[written - 3..written].fill(0);
+        std::fs::write(&segment, &bytes).expect("write");
+        let opened = Wal::open(&log).expect("open");
+        assert_eq!(opened.torn_bytes, (record - 3) as u64);
+        let mut wal = opened.wal;
+        assert_eq!(wal.range(), Some((1, 2)));
+        append(&mut wal, 3..=4);
+        drop(wal);
+        let opened = Wal::open(&log).expect("reopen");
+        assert_eq!(opened.torn_bytes, 0);
+        assert_eq!(
+            payloads(&opened.wal, 1, 5),
+            ["entry 1", "entry 2", "entry 3", "entry 4"]
+        );
+        drop(opened);
+
+        // The same, in a file that ends in the middle of its last record.
+        std::fs::write(&segment, &full[..written - 3]).expect("write");
         let opened = Wal::open(&log).expect("open");
         assert!(opened.torn_bytes > 0);
         assert_eq!(opened.wal.range(), Some((1, 2)));
         drop(opened);
+
         // A flipped bit in the first record, with records after it: damage.
         let mut bytes = full.clone();
         bytes[RECORD_HEADER_BYTES + 2] ^= 0x10;
@@ -829,5 +942,12 @@ mod tests {
         let message = Wal::open(&log).err().expect("damage").to_string();
         assert!(message.contains("checksum does not match"), "{message}");
         assert!(message.contains("is damaged"), "{message}");
+
+        // A record that reads as zeros, with a record after it: damage, not the end.
+        let mut bytes = full.clone();
+        bytes[record..2 * record].fill(0);
+        std::fs::write(&segment, &bytes).expect("write");
+        let message = Wal::open(&log).err().expect("damage").to_string();
+        assert!(message.contains("at byte 39"), "{message}");
     }
 }
