@@ -4,7 +4,9 @@
 //! drains the queue into batches: it waits for a free in-flight slot, then takes every command
 //! queued by then (up to the batch limits), so batches grow by themselves while earlier ones
 //! are being fsynced and replicated. A batch is one Raft entry: one log fsync per node for all
-//! of its commands.
+//! of its commands. When nothing is queued and a slot is free, a submission is proposed at
+//! once by the task that submits it, as a batch of its own: with no batch to join, the hand-off
+//! to the writer's task would only add to its latency.
 //!
 //! [`Router::propose`] sends a batch to the leader: locally with `client_write` when this node
 //! leads, otherwise over gRPC (`ForwardWrite`). While there is no leader, or the leader changes
@@ -261,10 +263,25 @@ impl Default for WriterStats {
     }
 }
 
+impl WriterStats {
+    fn count_batch(&self, commands: usize) {
+        self.batches_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commands_total
+            .fetch_add(commands as u64, std::sync::atomic::Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
+        self.batch_commands.observe(commands as f64);
+    }
+}
+
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Queued>,
     queue_max: usize,
+    /// The in-flight slots (`WriterLimits::batches_in_flight_max`), shared with the writer's task.
+    slots: Arc<Semaphore>,
+    batch_commands_max: usize,
+    router: Router,
     pub stats: Arc<WriterStats>,
 }
 
@@ -278,16 +295,20 @@ impl Writer {
     pub fn start(router: Router, limits: WriterLimits) -> Self {
         let (queue, receiver) = mpsc::channel(limits.queue_commands_max);
         let stats = Arc::new(WriterStats::default());
+        let slots = Arc::new(Semaphore::new(limits.batches_in_flight_max));
         tokio::spawn(run(
-            router,
+            router.clone(),
             receiver,
-            limits.batches_in_flight_max,
+            Arc::clone(&slots),
             limits.batch_commands_max,
             Arc::clone(&stats),
         ));
         Self {
             queue,
             queue_max: limits.queue_commands_max,
+            slots,
+            batch_commands_max: limits.batch_commands_max,
+            router,
             stats,
         }
     }
@@ -312,6 +333,25 @@ impl Writer {
         commands: Vec<Proposal>,
     ) -> Result<Vec<CommandResult>, ApiError> {
         let count = commands.len();
+        // Nothing queued and a slot free: no batch to join, propose from here. (A command the
+        // writer's task took from the queue and holds while it waits for a slot has no slot
+        // to lose to this: a semaphore with waiters has no permits to try for.)
+        if self.queued() == 0
+            && count <= self.batch_commands_max
+            && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
+        {
+            self.stats.count_batch(count);
+            let results = self.router.propose(commands).await;
+            drop(permit);
+            let results = results?;
+            if results.len() != count {
+                return Err(ApiError::internal(format!(
+                    "{} results for {count} commands",
+                    results.len()
+                )));
+            }
+            return Ok(results);
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Queued { commands, reply })
@@ -340,11 +380,10 @@ impl Writer {
 async fn run(
     router: Router,
     mut receiver: mpsc::Receiver<Queued>,
-    in_flight_max: usize,
+    slots: Arc<Semaphore>,
     batch_commands_max: usize,
     stats: Arc<WriterStats>,
 ) {
-    let slots = Arc::new(Semaphore::new(in_flight_max));
     while let Some(first) = receiver.recv().await {
         // Wait for a slot first: commands queue up meanwhile and join this batch.
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
@@ -363,15 +402,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        stats
-            .batches_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats.commands_total.fetch_add(
-            commands_in_batch as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
-        stats.batch_commands.observe(commands_in_batch as f64);
+        stats.count_batch(commands_in_batch);
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
