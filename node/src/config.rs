@@ -90,10 +90,11 @@ pub struct Config {
     )]
     pub write_queue_commands_max: usize,
 
-    /// Group-commit batches (Raft entries) this node has in flight at once. 1 gives the
-    /// largest batches: each Raft entry (one fsync per node) costs more than the wait for the
-    /// one before it (docs/PERFORMANCE.md).
-    #[arg(long, env = "LEDGER_WRITE_BATCHES_IN_FLIGHT_MAX", default_value_t = 1)]
+    /// Group-commit batches (Raft entries) this node has in flight at once. Few, so that
+    /// batches stay large (each Raft entry costs an fsync and an apply on every node); 2 since
+    /// a leader no longer waits for its own fsync before it replicates: the next batch is
+    /// written and sent while the one before commits (docs/PERFORMANCE.md).
+    #[arg(long, env = "LEDGER_WRITE_BATCHES_IN_FLIGHT_MAX", default_value_t = 2)]
     pub write_batches_in_flight_max: usize,
 
     /// Commands in one group-commit batch (one Raft entry), at most.
