@@ -341,16 +341,9 @@ impl Writer {
             && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
         {
             self.stats.count_batch(count);
-            let results = self.router.propose(commands).await;
-            drop(permit);
-            let results = results?;
-            if results.len() != count {
-                return Err(ApiError::internal(format!(
-                    "{} results for {count} commands",
-                    results.len()
-                )));
-            }
-            return Ok(results);
+            let _permit = permit;
+            // One result per command: `Router::propose` checks.
+            return self.router.propose(commands).await;
         }
         let (reply, answer) = oneshot::channel();
         self.queue

@@ -457,14 +457,15 @@ impl Wal {
                 }
             }
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            // Appends go to the last segment: allocated, like a segment that starts.
+            let allocate = is_last && last.is_some() && (bytes.len() as u64) < WAL_SEGMENT_BYTES;
             if torn_bytes > 0 {
                 file.set_len(at as u64)?;
             }
-            if is_last && last.is_some() && (bytes.len() as u64) < WAL_SEGMENT_BYTES {
-                // Appends go here: allocated, like a segment that starts.
+            if allocate {
                 preallocate(&file, at as u64)?;
             }
-            if torn_bytes > 0 || (is_last && (bytes.len() as u64) < WAL_SEGMENT_BYTES) {
+            if torn_bytes > 0 || allocate {
                 file.sync_all()?;
             }
             if last.is_none() {

@@ -57,6 +57,18 @@ struct Connection {
     router: Router,
 }
 
+impl Connection {
+    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, LedgerNode, E>> {
+        self.router
+            .get(self.target)
+            .ok_or_else(|| unreachable(self.target))
+    }
+
+    fn remote(&self, e: RaftError<NodeId>) -> RPCError<NodeId, LedgerNode, RaftError<NodeId>> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
 fn unreachable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, LedgerNode, E> {
     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
         "node {target} is not running"
@@ -81,13 +93,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, LedgerNode, RaftError<NodeId>>>
     {
-        let raft = self
-            .router
-            .get(self.target)
-            .ok_or_else(|| unreachable(self.target))?;
-        raft.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let raft = self.raft()?;
+        raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
     async fn vote(
@@ -95,13 +102,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, LedgerNode, RaftError<NodeId>>> {
-        let raft = self
-            .router
-            .get(self.target)
-            .ok_or_else(|| unreachable(self.target))?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let raft = self.raft()?;
+        raft.vote(rpc).await.map_err(|e| self.remote(e))
     }
 
     async fn full_snapshot(

@@ -205,12 +205,13 @@ fn assert_chain(events: &[Event]) {
 /// Where the records of a log segment end (segments are allocated whole: zeros follow), from
 /// the lengths in their headers.
 fn written_len(segment: &[u8]) -> usize {
+    const HEADER: usize = raft_store::wal::RECORD_HEADER_BYTES;
     let mut at = 0;
-    while at + raft_store::wal::RECORD_HEADER_BYTES <= segment.len()
-        && segment[at..at + raft_store::wal::RECORD_HEADER_BYTES] != [0; 32]
+    while let Some(header) = segment.get(at..at + HEADER)
+        && header.iter().any(|b| *b != 0)
     {
-        let len = u32::from_le_bytes(segment[at..at + 4].try_into().expect("4 bytes"));
-        at += raft_store::wal::RECORD_HEADER_BYTES + len as usize;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        at += HEADER + len as usize;
     }
     at
 }

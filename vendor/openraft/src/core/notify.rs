@@ -1,7 +1,7 @@
 use crate::core::sm;
 use crate::raft::VoteResponse;
 use crate::replication;
-use crate::LogId;
+use crate::LogId; // asn-ledger patch
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
 use crate::Vote;
@@ -94,6 +94,7 @@ where C: RaftTypeConfig
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
             }
+            // asn-ledger patch
             Self::LocalLogFlushed {
                 vote,
                 last_log_id,

@@ -299,6 +299,7 @@ where C: RaftTypeConfig
             tx_server_metrics,
 
             command_state: CommandState::default(),
+            // asn-ledger patch: see `RaftCore::leader_unflushed`.
             leader_unflushed: None,
             leader_flushed: None,
             span: core_span,
