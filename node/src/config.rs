@@ -68,10 +68,17 @@ pub struct Config {
     #[arg(long, env = "LEDGER_ELECTION_TIMEOUT_MAX_MS", default_value_t = 3000)]
     pub election_timeout_max_ms: u64,
 
-    /// Build a snapshot once this many Raft log entries were applied since the last one and,
-    /// for snapshots over 16 MiB, the log written since is at least as large as the last one.
-    #[arg(long, env = "LEDGER_SNAPSHOT_LOGS", default_value_t = 5000)]
+    /// Build a snapshot once this many Raft log entries were applied since the last one (or
+    /// `--snapshot-log-bytes` of log were written) and, for snapshots over 16 MiB, the log
+    /// written since is at least as large as the last one.
+    #[arg(long, env = "LEDGER_SNAPSHOT_LOGS", default_value_t = 100_000)]
     pub snapshot_logs: u64,
+
+    /// Build a snapshot once this many bytes of Raft log were written since the last one, even
+    /// before `--snapshot-logs` entries (large entries: group-committed batches), with the same
+    /// rule for snapshots over 16 MiB. In bytes.
+    #[arg(long, env = "LEDGER_SNAPSHOT_LOG_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub snapshot_log_bytes: u64,
 
     /// Raft log entries kept after a snapshot (the rest are purged).
     #[arg(long, env = "LEDGER_SNAPSHOT_KEEP_LOGS", default_value_t = 1000)]
@@ -182,6 +189,9 @@ impl Config {
         }
         if self.snapshot_logs == 0 {
             return Err("--snapshot-logs must be positive".into());
+        }
+        if self.snapshot_log_bytes == 0 {
+            return Err("--snapshot-log-bytes must be positive".into());
         }
         if self.write_queue_commands_max == 0
             || self.write_batches_in_flight_max == 0
@@ -379,6 +389,8 @@ mod tests {
         assert_eq!(config.id, 1);
         assert_eq!(config.log_format, "json");
         assert_eq!(config.http_addr, "10.0.0.11:8080".parse().expect("addr"));
+        assert_eq!(config.snapshot_logs, 100_000);
+        assert_eq!(config.snapshot_log_bytes, 256 * 1024 * 1024);
         // A flag wins over the file.
         let config =
             load(&["ledgerd", "--config", "../deploy/ledgerd.toml", "--id=7"]).expect("loads");
@@ -399,5 +411,20 @@ mod tests {
         .expect("parses");
         let error = config.validate().expect_err("invalid");
         assert!(error.contains("--http-request-timeout-ms"), "{error}");
+    }
+
+    #[test]
+    fn snapshot_triggers_must_be_positive() {
+        let base = ["ledgerd", "--id", "1", "--data-dir", "/tmp/x"];
+        for (flag, name) in [
+            ("--snapshot-logs=0", "--snapshot-logs"),
+            ("--snapshot-log-bytes=0", "--snapshot-log-bytes"),
+        ] {
+            let config = load(&[&base[..], &[flag]].concat()).expect("parses");
+            let error = config.validate().expect_err("invalid");
+            assert!(error.contains(name), "{error}");
+        }
+        let config = load(&[&base[..], &["--snapshot-log-bytes=1"]].concat()).expect("parses");
+        config.validate().expect("valid");
     }
 }

@@ -7,6 +7,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // mimalloc asks for transparent huge pages on its arenas, and what it hands back to the
+    // kernel is faulted in again as a 2 MiB page, zeroed, and with the kernel's default
+    // `defrag=madvise` compacted for first: one client's slowest report took 65-120 ms with
+    // them against 24-42 ms without (docs/OPERATIONS.md, "Memory"). Off for this process only;
+    // a kernel too old to know the flag keeps them.
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("ledgerd: warning: cannot turn off transparent huge pages: {error}");
+    }
     let config = match node::config::Config::load() {
         Ok(config) => config,
         Err(message) => {
