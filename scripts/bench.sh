@@ -12,7 +12,8 @@
 #   - activity queries: page 1 and page 2000 of an agent with 100,000 events, public and owner
 #     (scripts/bench_query.py, through a follower).
 # For each load it prints requests/s, events/s, p50/p99/max latency and the servers' CPU time per
-# event (user+system of the three server processes over the run, from /proc).
+# event (user+system of the three server processes over the run, from /proc), and the share of
+# the VM's CPU time the host gave to other guests meanwhile (steal, from /proc/stat).
 #
 # --vs-etcd: installs Debian's etcd-server if missing, starts a 3-member etcd 3.4 on loopback
 # (client ports 12379/12479/12579, default durability: fsync on every commit) next to the ledger
@@ -113,23 +114,30 @@ run() {
 		shift
 	done
 	shift
-	local before after out
+	local before after out stat_before stat_after
 	before="$(cpu_seconds "${pids[@]}")"
+	stat_before="$(head -n 1 /proc/stat)"
 	out="$("$LOADGEN" --duration-secs "$DURATION" --warmup-secs "$WARMUP" "$@" | sed -n 1p)"
+	stat_after="$(head -n 1 /proc/stat)"
 	after="$(cpu_seconds "${pids[@]}")"
-	python3 - "$label" "$out" "$before" "$after" "$((DURATION + WARMUP))" >>"$RESULTS" <<'EOF'
+	python3 - "$label" "$out" "$before" "$after" "$((DURATION + WARMUP))" "$stat_before" "$stat_after" >>"$RESULTS" <<'EOF'
 import json, sys
 label, out, before, after, secs = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 events = out["events_per_s"] * secs
 out["label"] = label
 out["cpu_us_per_event"] = round((after - before) / events * 1e6, 1) if events else None
+# The share of this VM's CPU time its host gave to others during the run (the `steal` column
+# of /proc/stat): runs with much steal are slower for reasons outside both systems.
+old, new = ([int(x) for x in line.split()[1:9]] for line in sys.argv[6:8])
+delta = [b - a for a, b in zip(old, new)]
+out["host_steal_pct"] = round(100 * delta[7] / sum(delta), 1) if sum(delta) else None
 print(json.dumps(out))
 EOF
 	tail -n 1 "$RESULTS" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("  %-28s %10.0f events/s  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  errors %d  cpu %s us/event"
-      % (r["label"], r["events_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["cpu_us_per_event"]))' >&2
+print("  %-28s %10.0f events/s  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  errors %d  cpu %s us/event  steal %s%%"
+      % (r["label"], r["events_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["cpu_us_per_event"], r["host_steal_pct"]))' >&2
 }
 
 ledger_pids() {
@@ -216,12 +224,12 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r for r in rows}
 print(f"bench.sh results ({sys.argv[1]})")
 print()
-print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event |")
-print("|---|---|---|---|---|---|---|")
+print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event | host steal % |")
+print("|---|---|---|---|---|---|---|---|")
 # The runs alternate between ledgerd and etcd; the table lists ledgerd's first.
 for r in sorted(rows, key=lambda r: r["label"].startswith("etcd")):
     if "events_per_s" in r:
-        print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} |")
+        print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} | {r.get('host_steal_pct')} |")
 q = by.get("ledger queries")
 if q:
     print()
