@@ -351,15 +351,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     tracing::info!(id = config.id, http = %config.http_addr, grpc = %config.grpc_addr, "ledgerd serving");
 
-    let mut metrics = raft.metrics();
+    // openraft's core reports a fatal error in `metrics()` as it stops, and its channels close
+    // when it has stopped. Wait for that on `server_metrics()`, which changes only with the
+    // node's role, vote or membership: `metrics()` changes with every write, and this future
+    // runs on the main thread, which each change woke (2 to 3 thread wake-ups per write per
+    // node, docs/PERFORMANCE.md).
+    let mut server_metrics = raft.server_metrics();
+    let metrics = raft.metrics();
     let fatal = async move {
-        loop {
-            if let Err(error) = &metrics.borrow().running_state {
-                return error.to_string();
-            }
-            if metrics.changed().await.is_err() {
-                return "raft stopped".to_owned();
-            }
+        while server_metrics.changed().await.is_ok() {}
+        match &metrics.borrow().running_state {
+            Err(error) => error.to_string(),
+            Ok(()) => "raft stopped".to_owned(),
         }
     };
     let result = tokio::select! {
