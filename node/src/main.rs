@@ -10,7 +10,7 @@ fn main() {
     // mimalloc asks for transparent huge pages on its arenas, and what it hands back to the
     // kernel is faulted in again as a 2 MiB page, zeroed, and with the kernel's default
     // `defrag=madvise` compacted for first: one client's slowest report took 65-120 ms with
-    // them against 24-42 ms without (docs/OPERATIONS.md, "Memory"). Off for this process only;
+    // them against 24-43 ms without (docs/OPERATIONS.md, "Memory"). Off for this process only;
     // a kernel too old to know the flag keeps them.
     if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("ledgerd: warning: cannot turn off transparent huge pages: {error}");
