@@ -859,15 +859,21 @@ mod tests {
         bytes.iter().rposition(|b| *b != 0).map_or(0, |at| at + 1)
     }
 
-    #[test]
-    fn a_segment_is_allocated_whole_and_its_zeros_end_the_records() {
+    /// A new log in a temporary directory with entries 1 to 3 written and closed: the
+    /// directory (removed when dropped), the log's path and its one segment's path.
+    fn log_with_three_entries() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("raft-log");
-        {
-            let mut wal = Wal::open(&log).expect("open").wal;
-            append(&mut wal, 1..=3);
-        }
+        let mut wal = Wal::open(&log).expect("open").wal;
+        append(&mut wal, 1..=3);
+        drop(wal);
         let segment = log.join(segment_name(1));
+        (dir, log, segment)
+    }
+
+    #[test]
+    fn a_segment_is_allocated_whole_and_its_zeros_end_the_records() {
+        let (_dir, log, segment) = log_with_three_entries();
         // Allocated whole where the file system can (tmpfs and ext4 can).
         let size = std::fs::metadata(&segment).expect("metadata").len();
         assert_eq!(size, WAL_SEGMENT_BYTES);
@@ -898,13 +904,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_record_is_cut_and_damage_elsewhere_is_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("raft-log");
-        {
-            let mut wal = Wal::open(&log).expect("open").wal;
-            append(&mut wal, 1..=3);
-        }
-        let segment = log.join(segment_name(1));
+        let (_dir, log, segment) = log_with_three_entries();
         let full = std::fs::read(&segment).expect("read");
         let written = written_len(&full);
         let record = RECORD_HEADER_BYTES + 7;
