@@ -143,10 +143,11 @@ impl Tail {
 /// What the state machine remembers between `apply` calls, so that an apply does not read it
 /// from sled (a descent of the tree and a decode each, a reverse range lookup for a tail):
 /// each index's last run (if it may still grow) and length, each agent's last event hash, the
-/// agent and key records applies read or wrote, and each agent's trust counts for the last day
-/// it was active. Only the state-machine worker uses it, and only after the writes it learned
-/// from committed (only applies write the state, and each one absorbs what it wrote); a
-/// snapshot install empties it.
+/// agent and key records applies read or wrote, each agent's trust counts for the last day
+/// it was active, the meta values an apply starts from, and the Merkle tree's frontier (the
+/// complete subtrees that the next leaf's hashes need). Only the state-machine worker uses it,
+/// and only after the writes it learned from committed (only applies write the state, and each
+/// one absorbs what it wrote); a snapshot install empties it.
 #[derive(Default)]
 pub(crate) struct TipCache {
     tails: HashMap<Vec<u8>, Tail>,
@@ -154,7 +155,15 @@ pub(crate) struct TipCache {
     agents: HashMap<String, AgentRecord>,
     keys: HashMap<String, ApiKeyRecord>,
     trust: HashMap<String, (i64, [u64; 4])>,
-    /// Estimated bytes held ([`TipCache::entry_bytes`] of every entry).
+    /// The meta values as the last apply left them (read from sled by the first apply).
+    meta: Option<MetaBefore>,
+    /// The Merkle tree's frontier as the last apply left it: `(level, index)` of each complete
+    /// subtree whose hash appending the next leaf reads (one per set bit of the tree's size, at
+    /// most 64), so that an apply does not read them (and recompute those below
+    /// [`MERKLE_STORED_LEVEL_MIN`] from up to 8 events each) from sled.
+    frontier: Option<HashMap<(u32, u64), Hash>>,
+    /// Estimated bytes held ([`TipCache::entry_bytes`] of every entry), the meta values and
+    /// the frontier (a few KiB at most) not counted.
     bytes: usize,
 }
 
@@ -178,6 +187,8 @@ impl TipCache {
         self.agents.clear();
         self.keys.clear();
         self.trust.clear();
+        self.meta = None;
+        self.frontier = None;
         self.bytes = 0;
     }
 
@@ -189,6 +200,12 @@ impl TipCache {
 
     fn absorb_within(&mut self, batch: TipCache, bytes_max: usize) {
         let overhead = Self::ENTRY_OVERHEAD_BYTES;
+        if batch.meta.is_some() {
+            self.meta = batch.meta;
+        }
+        if batch.frontier.is_some() {
+            self.frontier = batch.frontier;
+        }
         for (prefix, tail) in batch.tails {
             let key_bytes = overhead + prefix.len();
             self.bytes += key_bytes + tail.run.len();
@@ -262,8 +279,10 @@ pub(crate) struct Pending<'a> {
 }
 
 /// The meta values an apply may change, as they were when it began.
+#[derive(Clone)]
 struct MetaBefore {
     format_recorded: bool,
+    last_applied: Option<LogId>,
     head: LedgerHead,
     cluster: Option<ClusterRecord>,
     membership: StoredMembership,
@@ -275,7 +294,11 @@ impl verifier::merkle::Subtrees for Pending<'_> {
     type Error = StoreError;
 
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
-        match self.subtrees.get(&(level, index)) {
+        let cached = self.subtrees.get(&(level, index)).or_else(|| {
+            let frontier = self.tips.frontier.as_ref()?;
+            frontier.get(&(level, index))
+        });
+        match cached {
             Some(hash) => Ok(*hash),
             None => verifier::merkle::Subtrees::subtree(self.ledger, level, index),
         }
@@ -284,13 +307,17 @@ impl verifier::merkle::Subtrees for Pending<'_> {
 
 impl<'a> Pending<'a> {
     pub(crate) fn new(ledger: &'a Ledger, tips: &'a TipCache) -> Result<Self, StoreError> {
-        let before = MetaBefore {
-            format_recorded: ledger.store_format()? == Some(STORE_FORMAT),
-            head: ledger.head()?,
-            cluster: ledger.cluster()?,
-            membership: ledger.last_membership()?,
-            agents_total: ledger.agents_total()?,
-            operators_total: ledger.operators_total()?,
+        let before = match &tips.meta {
+            Some(meta) => meta.clone(),
+            None => MetaBefore {
+                format_recorded: ledger.store_format()? == Some(STORE_FORMAT),
+                last_applied: ledger.last_applied()?,
+                head: ledger.head()?,
+                cluster: ledger.cluster()?,
+                membership: ledger.last_membership()?,
+                agents_total: ledger.agents_total()?,
+                operators_total: ledger.operators_total()?,
+            },
         };
         Ok(Self {
             ledger,
@@ -298,7 +325,7 @@ impl<'a> Pending<'a> {
             writes: Vec::new(),
             head: before.head,
             cluster: before.cluster.clone(),
-            last_applied: ledger.last_applied()?,
+            last_applied: before.last_applied,
             membership: before.membership.clone(),
             agents_total: before.agents_total,
             operators_total: before.operators_total,
@@ -973,6 +1000,28 @@ impl<'a> Pending<'a> {
         }
         // Last: the apply is complete once this is written.
         self.put(T_META, META_LAST_APPLIED, codec::encode(&self.last_applied));
+        // What the next apply needs of the Merkle tree: computed from this batch's subtrees
+        // and the frontier before it (so read from sled only by the first apply after a start).
+        let frontier = if self.head != self.before.head || self.tips.frontier.is_none() {
+            let subtrees = verifier::merkle::frontier(&self, self.head.size)?;
+            Some(
+                subtrees
+                    .into_iter()
+                    .map(|(level, index, hash)| ((level, index), hash))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let meta = MetaBefore {
+            format_recorded: true,
+            last_applied: self.last_applied,
+            head: self.head,
+            cluster: self.cluster.clone(),
+            membership: self.membership.clone(),
+            agents_total: self.agents_total,
+            operators_total: self.operators_total,
+        };
         self.ledger.insert_all(self.writes)?;
         let mut agents = self.loaded_agents.into_inner();
         agents.extend(self.agents);
@@ -989,6 +1038,8 @@ impl<'a> Pending<'a> {
             .collect();
         Ok(TipCache {
             bytes: 0,
+            meta: Some(meta),
+            frontier,
             agents,
             keys,
             trust,
