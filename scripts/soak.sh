@@ -15,7 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
-	echo "usage: scripts/soak.sh DURATION [--seed N] [--writers N] [--clean-phase-secs N] [--snapshot-logs N]" >&2
+	echo "usage: scripts/soak.sh DURATION [--seed N] [--writers N] [--clean-phase-secs N] [--snapshot-logs N] [--without-idempotency-key]" >&2
 	echo "       DURATION: a number with s, m or h (e.g. 30m)" >&2
 	exit 2
 fi

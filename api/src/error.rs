@@ -73,6 +73,7 @@ impl ApiError {
             RejectCode::NotFound => Self::not_found(message),
             RejectCode::Gone => Self::new(StatusCode::GONE, "AGENT_DEACTIVATED", message),
             RejectCode::Conflict => Self::conflict(message),
+            RejectCode::Unavailable => Self::unavailable(message),
         }
     }
 }

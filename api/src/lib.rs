@@ -55,24 +55,17 @@ pub fn proposal(command: raft_store::Command) -> raft_store::Proposal {
 }
 
 /// The dedup key of a write without an `Idempotency-Key` (only our own internal retries
-/// dedupe it): the time in nanoseconds since the Unix epoch (u64 big-endian), then 24 random
-/// bytes. Unique by its random part alone (a collision has odds below 2^-96 among 2^48
-/// keys), so a clock stepped back costs speed, never correctness;
-/// the time in front makes the keys of successive writes neighbours in `sm_tx`, so every
-/// state machine inserts them at the end of the space. Random keys (touching and splitting
-/// leaves all over the space, few of them in cache) made an apply of single reports 23%
-/// dearer on average, 0–51% over 8 alternating pairs of 64,000 and 192,000 events on one node
-/// (`cargo run --release -p raft-store --example store_cost -- 16 4000 1 [0|1]`).
+/// dedupe it): the time in nanoseconds since the Unix epoch, 16 random bytes and the tag that
+/// marks the key as generated ([`raft_store::dedup::generated_dedup_key`]). The state machine
+/// keeps such keys for one window only (`raft_store::dedup`): a retry must come within it,
+/// which `--write-deadline-ms` ensures.
 pub fn generated_dedup_key() -> [u8; 32] {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
         });
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&nanos.to_be_bytes());
-    key[8..].copy_from_slice(&rand::random::<[u8; 24]>());
-    key
+    raft_store::dedup::generated_dedup_key(nanos, rand::random::<[u8; 16]>())
 }
 
 /// Builds the router. `Arc<B>` is the shared state of every handler.
@@ -430,11 +423,14 @@ async fn transfer_leader<B: Backend>(
 mod tests {
     use super::generated_dedup_key;
 
-    /// Generated dedup keys are distinct and, written one after the other, in key order (so
-    /// the state machines insert them at the end of `sm_tx`).
+    /// Generated dedup keys are distinct, in key order when made one after the other (the
+    /// window drops the oldest by key), and recognised by the state machine as generated.
     #[test]
     fn generated_dedup_keys_are_distinct_and_in_order_of_generation() {
         let keys: Vec<[u8; 32]> = (0..10_000).map(|_| generated_dedup_key()).collect();
+        for key in &keys {
+            assert!(raft_store::dedup::generated_key_time_ms(key).is_some());
+        }
         let mut distinct = keys.clone();
         distinct.sort_unstable();
         distinct.dedup();

@@ -39,6 +39,11 @@ pub struct SoakOptions {
     pub recovery_timeout: Duration,
     /// `--snapshot-logs` of every node (`None`: ledgerd's default).
     pub snapshot_logs: Option<u64>,
+    /// Writers send an `Idempotency-Key` and resend after an unknown outcome (S16). Without
+    /// it they send none and move on after any failure, so every retry is the cluster's own
+    /// (a forwarded batch sent again, deduplicated by its generated keys): an operation found
+    /// twice is then the cluster's duplicate.
+    pub idempotency_key: bool,
 }
 
 impl SoakOptions {
@@ -53,6 +58,7 @@ impl SoakOptions {
             replacements_max: 8,
             recovery_timeout: Duration::from_secs(30),
             snapshot_logs: None,
+            idempotency_key: true,
         }
     }
 }
@@ -218,7 +224,7 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
         WorkloadOptions {
             writers: options.writers,
             check_reads: true,
-            idempotent_retries: true,
+            idempotent_retries: options.idempotency_key,
             pause: options.writer_pause,
             ..WorkloadOptions::default()
         },

@@ -208,6 +208,15 @@ impl Config {
         if self.http_requests_in_flight_max == 0 {
             return Err("--http-requests-in-flight-max must be positive".into());
         }
+        if self.write_deadline_ms == 0
+            || self.write_deadline_ms > raft_store::dedup::WRITE_DEADLINE_MS_MAX
+        {
+            return Err(format!(
+                "--write-deadline-ms ({}) must be between 1 and {}: a write's retries must end well inside the window in which the state machine dedupes them",
+                self.write_deadline_ms,
+                raft_store::dedup::WRITE_DEADLINE_MS_MAX
+            ));
+        }
         if self.http_request_timeout_ms <= self.write_deadline_ms {
             return Err(format!(
                 "--http-request-timeout-ms ({}) must be larger than --write-deadline-ms ({}): a write waiting for a leader would be cut off",
@@ -395,6 +404,33 @@ mod tests {
         let config =
             load(&["ledgerd", "--config", "../deploy/ledgerd.toml", "--id=7"]).expect("loads");
         assert_eq!(config.id, 7);
+    }
+
+    /// The write deadline is bounded by the dedup window: at the limit it is accepted, one
+    /// past it (and 0) refused with a message naming the flag.
+    #[test]
+    fn the_write_deadline_stays_inside_the_dedup_window() {
+        let max = raft_store::dedup::WRITE_DEADLINE_MS_MAX;
+        let with = |deadline: u64| {
+            load(&[
+                "ledgerd",
+                "--id",
+                "1",
+                "--data-dir",
+                "/tmp/x",
+                "--write-deadline-ms",
+                &deadline.to_string(),
+                "--http-request-timeout-ms",
+                &(max + 10_000).to_string(),
+            ])
+            .expect("parses")
+            .validate()
+        };
+        with(max).expect("at the limit");
+        for deadline in [0, max + 1] {
+            let error = with(deadline).expect_err("past the limit");
+            assert!(error.contains("--write-deadline-ms"), "{error}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //!     cargo run --release -p raft-store --example store_cost -- [EVENTS_PER_ENTRY] [ENTRIES] [EVENTS_PER_REQUEST] [RANDOM_KEYS]
 //!
-//! Dedup keys are in order of writing (as `ledgerd` generates them for writes without an
-//! `Idempotency-Key`), or random with `RANDOM_KEYS` = 1 (as derived from clients' keys).
+//! Dedup keys are generated ones (as `ledgerd` makes them for writes without an
+//! `Idempotency-Key`, kept in the txlog window), or random with `RANDOM_KEYS` = 1 (as derived
+//! from clients' keys, kept in `sm_tx`).
 
 use std::time::Instant;
 
@@ -35,12 +36,16 @@ fn log_id(index: u64) -> LogId {
 }
 
 fn proposal(n: u64, command: Command, random_keys: bool) -> Proposal {
-    let mut dedup_key = [0u8; 32];
-    if random_keys {
-        dedup_key = raft_store::chain::sha256(&n.to_be_bytes());
+    // Random keys stand for clients' `Idempotency-Key`s (kept in `sm_tx`); the others are
+    // generated keys (kept in the txlog window), made at the time of the entries below.
+    let dedup_key = if random_keys {
+        raft_store::chain::sha256(&n.to_be_bytes())
     } else {
-        dedup_key[..8].copy_from_slice(&n.to_be_bytes());
-    }
+        let random: [u8; 16] = raft_store::chain::sha256(&n.to_be_bytes())[..16]
+            .try_into()
+            .expect("16 bytes");
+        raft_store::dedup::generated_dedup_key(1_790_000_000_000_000_000 + n, random)
+    };
     Proposal {
         tx: TxKey {
             dedup_key,

@@ -17,6 +17,9 @@ use crate::asn;
 use crate::chain;
 use crate::codec;
 use crate::codec::IndexScope;
+use crate::dedup;
+use crate::dedup::ChunkRef;
+use crate::dedup::TxWindow;
 use crate::ledger::EVENT_CHUNK_EVENTS_MAX;
 use crate::ledger::Ledger;
 use crate::ledger::MERKLE_STORED_LEVEL_MIN;
@@ -247,6 +250,13 @@ impl TipCache {
 pub(crate) struct Pending<'a> {
     ledger: &'a Ledger,
     tips: &'a TipCache,
+    window: &'a TxWindow,
+    /// The dedup clock (see [`crate::dedup`]) as of the entry being applied.
+    clock_ms: i64,
+    /// The txlog chunk of each entry of this batch with generated keys, and their records.
+    chunks: BTreeMap<ChunkRef, dedup::Chunk>,
+    /// The generated keys this batch applied, and their chunks.
+    generated: HashMap<Hash, ChunkRef>,
     /// Every write of this batch, keys tagged with their space, in order.
     writes: Vec<(Vec<u8>, sled::IVec)>,
     head: LedgerHead,
@@ -306,7 +316,11 @@ impl verifier::merkle::Subtrees for Pending<'_> {
 }
 
 impl<'a> Pending<'a> {
-    pub(crate) fn new(ledger: &'a Ledger, tips: &'a TipCache) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        ledger: &'a Ledger,
+        tips: &'a TipCache,
+        window: &'a TxWindow,
+    ) -> Result<Self, StoreError> {
         let before = match &tips.meta {
             Some(meta) => meta.clone(),
             None => MetaBefore {
@@ -322,6 +336,10 @@ impl<'a> Pending<'a> {
         Ok(Self {
             ledger,
             tips,
+            window,
+            clock_ms: window.clock_ms,
+            chunks: BTreeMap::new(),
+            generated: HashMap::new(),
             writes: Vec::new(),
             head: before.head,
             cluster: before.cluster.clone(),
@@ -382,48 +400,96 @@ impl<'a> Pending<'a> {
     ) -> Result<CommandResult, StoreError> {
         let tx = &proposal.tx;
         if let Some(record) = self.tx_record(&tx.dedup_key)? {
-            if record.body_hash() != &tx.body_hash {
-                return Ok(rejected(
-                    RejectCode::Conflict,
-                    "Idempotency-Key: this key was already used with a different request body",
-                ));
-            }
-            return match record {
-                TxRecord::Result { result, .. } => Ok(result),
-                TxRecord::Events {
-                    first_seq, count, ..
-                } => {
-                    let mut replay = Vec::with_capacity(count as usize);
-                    for seq in first_seq..first_seq + count {
-                        let event = self.event(seq)?.ok_or_else(|| {
-                            StoreError::Corrupt(format!("tx record points at missing event {seq}"))
-                        })?;
-                        replay.push(event);
-                    }
-                    Ok(CommandResult::Appended {
-                        events: replay,
-                        replayed: true,
-                    })
-                }
-            };
+            return self.replay(record, &tx.body_hash);
         }
         let result = match self.apply_command(proposed_at_ms, &proposal.command)? {
             Ok(result) => result,
             Err(Reject(code, message)) => return Ok(rejected(code, message)),
         };
-        let record = match &result {
-            CommandResult::Appended { events, .. } => TxRecord::Events {
-                body_hash: tx.body_hash,
-                first_seq: events.first().map_or(0, |e| e.seq),
-                count: events.len() as u64,
-            },
-            other => TxRecord::Result {
-                body_hash: tx.body_hash,
-                result: other.clone(),
-            },
-        };
-        self.put_tx(tx.dedup_key, record);
+        self.put_tx(tx.dedup_key, record_of(&result, tx.body_hash));
         Ok(result)
+    }
+
+    /// [`Pending::apply_proposal`] for a generated dedup key made at `made_ms`, whose record
+    /// goes into the txlog chunk `chunk` (see [`crate::dedup`]).
+    fn apply_generated(
+        &mut self,
+        proposed_at_ms: i64,
+        proposal: &Proposal,
+        made_ms: i64,
+        chunk: ChunkRef,
+    ) -> Result<CommandResult, StoreError> {
+        let tx = &proposal.tx;
+        if !dedup::in_window(self.clock_ms, made_ms) {
+            return Ok(rejected(
+                RejectCode::Unavailable,
+                format!(
+                    "this write was made at {made_ms} ms (the receiving node's clock), more than {} ms from the leader's clock ({} ms): are the nodes' clocks in step? Send it again",
+                    dedup::GENERATED_KEY_WINDOW_MS,
+                    self.clock_ms
+                ),
+            ));
+        }
+        let earlier = self
+            .generated
+            .get(&tx.dedup_key)
+            .copied()
+            .or_else(|| self.window.get(&tx.dedup_key));
+        if let Some(earlier) = earlier {
+            let record = match self.chunks.get(&earlier) {
+                Some(records) => records.clone(),
+                None => dedup::read_chunk(self.ledger, earlier)?,
+            }
+            .into_iter()
+            .find_map(|(key, record)| (key == tx.dedup_key).then_some(record))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "txlog chunk of entry {} lacks a key the window places there",
+                    earlier.index
+                ))
+            })?;
+            return self.replay(record, &tx.body_hash);
+        }
+        let result = match self.apply_command(proposed_at_ms, &proposal.command)? {
+            Ok(result) => result,
+            Err(Reject(code, message)) => return Ok(rejected(code, message)),
+        };
+        let record = record_of(&result, tx.body_hash);
+        self.chunks
+            .entry(chunk)
+            .or_default()
+            .push((tx.dedup_key, record));
+        self.generated.insert(tx.dedup_key, chunk);
+        Ok(result)
+    }
+
+    /// The stored result of an applied proposal, for a retry with the same dedup key (with
+    /// another body: a conflict).
+    fn replay(&self, record: TxRecord, body_hash: &Hash) -> Result<CommandResult, StoreError> {
+        if record.body_hash() != body_hash {
+            return Ok(rejected(
+                RejectCode::Conflict,
+                "Idempotency-Key: this key was already used with a different request body",
+            ));
+        }
+        match record {
+            TxRecord::Result { result, .. } => Ok(result),
+            TxRecord::Events {
+                first_seq, count, ..
+            } => {
+                let mut replay = Vec::with_capacity(count as usize);
+                for seq in first_seq..first_seq + count {
+                    let event = self.event(seq)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("tx record points at missing event {seq}"))
+                    })?;
+                    replay.push(event);
+                }
+                Ok(CommandResult::Appended {
+                    events: replay,
+                    replayed: true,
+                })
+            }
+        }
     }
 
     fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
@@ -613,8 +679,31 @@ impl<'a> Pending<'a> {
             }
             EntryPayload::Normal(request) => {
                 response.results.reserve(request.commands.len());
-                for proposal in &request.commands {
-                    let result = self.apply_proposal(request.proposed_at_ms, proposal)?;
+                let made: Vec<Option<i64>> = request
+                    .commands
+                    .iter()
+                    .map(|proposal| dedup::generated_key_time_ms(&proposal.tx.dedup_key))
+                    .collect();
+                // An entry with generated keys moves the dedup clock and has a txlog chunk
+                // (written even if empty: its key records the clock).
+                let chunk = if made.iter().any(Option::is_some) {
+                    self.clock_ms = self.clock_ms.max(request.proposed_at_ms);
+                    let chunk = ChunkRef {
+                        clock_ms: self.clock_ms,
+                        index: entry.log_id.index,
+                    };
+                    self.chunks.insert(chunk, Vec::new());
+                    Some(chunk)
+                } else {
+                    None
+                };
+                for (proposal, made_ms) in request.commands.iter().zip(made) {
+                    let result = match (made_ms, chunk) {
+                        (Some(made_ms), Some(chunk)) => {
+                            self.apply_generated(request.proposed_at_ms, proposal, made_ms, chunk)?
+                        }
+                        _ => self.apply_proposal(request.proposed_at_ms, proposal)?,
+                    };
                     response.results.push(result);
                 }
             }
@@ -934,7 +1023,8 @@ impl<'a> Pending<'a> {
     }
 
     /// Writes everything, one insert after the other, and returns the tips this batch changed,
-    /// for [`TipCache::absorb`].
+    /// for [`TipCache::absorb`], and the dedup clock and generated keys, for
+    /// [`TxWindow::absorb`].
     ///
     /// Not one sled batch: sled's `apply_batch` seals its I/O buffer and has it written and
     /// `sync_file_range`d by its I/O threads on every call, which cost a third of a write's
@@ -946,7 +1036,7 @@ impl<'a> Pending<'a> {
     /// empty without one) at open, and openraft applies the log again
     /// ([`crate::StateMachineStore`]). Readers in between see the events before the indexes
     /// that list them, and both before the head that counts them.
-    pub(crate) fn commit(mut self) -> Result<TipCache, StoreError> {
+    pub(crate) fn commit(mut self) -> Result<Committed, StoreError> {
         self.ledger.insert_all(vec![(
             crate::space::tagged(T_META as u8, META_APPLYING),
             codec::encode(&self.last_applied).into(),
@@ -974,6 +1064,14 @@ impl<'a> Pending<'a> {
                     &codec::trust_value(counts),
                 );
             }
+        }
+        for (chunk, records) in &self.chunks {
+            put(
+                &mut self.writes,
+                T_META,
+                chunk.key(),
+                codec::encode(records),
+            );
         }
         // The meta values that changed (an apply of events changes only the head).
         if !self.before.format_recorded {
@@ -1036,7 +1134,7 @@ impl<'a> Pending<'a> {
                 Some((asn, latest))
             })
             .collect();
-        Ok(TipCache {
+        let tips = TipCache {
             bytes: 0,
             meta: Some(meta),
             frontier,
@@ -1049,7 +1147,35 @@ impl<'a> Pending<'a> {
                 .map(|(prefix, tail)| (prefix, tail.settled()))
                 .collect(),
             heads: self.agent_heads,
+        };
+        Ok(Committed {
+            tips,
+            clock_ms: self.clock_ms,
+            generated: self.generated,
         })
+    }
+}
+
+/// What a committed batch hands back to the state machine's memory.
+pub(crate) struct Committed {
+    pub(crate) tips: TipCache,
+    /// The dedup clock after the batch, and the generated keys it applied.
+    pub(crate) clock_ms: i64,
+    pub(crate) generated: HashMap<Hash, ChunkRef>,
+}
+
+/// What a retry of `result`'s proposal answers.
+fn record_of(result: &CommandResult, body_hash: Hash) -> TxRecord {
+    match result {
+        CommandResult::Appended { events, .. } => TxRecord::Events {
+            body_hash,
+            first_seq: events.first().map_or(0, |e| e.seq),
+            count: events.len() as u64,
+        },
+        other => TxRecord::Result {
+            body_hash,
+            result: other.clone(),
+        },
     }
 }
 

@@ -9,9 +9,10 @@
 //! | space          | key                                   | value                        |
 //! |----------------|---------------------------------------|------------------------------|
 //! | `sm_meta`      | `last_applied`, `last_membership`, `head`, `cluster`, `agents_total` | postcard |
+//! | `sm_meta`      | `txlog/`, dedup clock, log index (`dedup::ChunkRef`) | postcard of the records of an entry's generated dedup keys ([`crate::dedup`]) |
 //! | `sm_events`    | seq of the chunk's first event (u64 BE) | a chunk: consecutive postcard([`Event`]s) ([`codec::encode_event_chunk`]) |
 //! | `sm_idx`       | [`IndexScope`] prefix, ordinal of the run's first entry (u64 BE) | a run: consecutive (seq, created_at) entries (2 × 8 BE each) |
-//! | `sm_tx`        | dedup key (32 bytes) of every applied proposal | postcard([`TxRecord`]) |
+//! | `sm_tx`        | dedup key (32 bytes) of every applied proposal with a client's key | postcard([`TxRecord`]) |
 //! | `sm_nodes`     | node id (u64 BE)                      | postcard([`NodeRecord`])     |
 //! | `sm_keys`      | key id                                | postcard([`ApiKeyRecord`])   |
 //! | `sm_operators` | operator id                           | postcard([`OperatorRecord`]) |

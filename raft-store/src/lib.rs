@@ -13,6 +13,7 @@ mod apply;
 pub mod asn;
 pub mod chain;
 pub mod codec;
+pub mod dedup;
 pub mod durability;
 pub mod ledger;
 pub mod log_store;

@@ -62,6 +62,9 @@ pub struct StateMachineStore {
     current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     /// The indexes' tips, for `apply` (see [`crate::apply::TipCache`]).
     tips: Arc<Mutex<crate::apply::TipCache>>,
+    /// The generated dedup keys of the last minute (see [`crate::dedup`]): part of the state,
+    /// not a cache (rebuilt from the ledger at open and after a snapshot install).
+    window: Arc<Mutex<crate::dedup::TxWindow>>,
     /// Held (read) by a snapshot copy under way, taken (write) to replace the whole state:
     /// a copy reads the state at its log id only while nothing but applies write.
     copy_gate: Arc<tokio::sync::RwLock<()>>,
@@ -217,12 +220,14 @@ impl StateMachineStore {
             through: ledger.last_applied()?,
             failed: false,
         });
+        let window = crate::dedup::TxWindow::load(&ledger)?;
         Ok(Self {
             ledger,
             durability,
             snapshot_dir,
             current_snapshot: Arc::new(Mutex::new(current)),
             tips: Arc::default(),
+            window: Arc::new(Mutex::new(window)),
             copy_gate: Arc::default(),
             installed: Arc::new(installed),
         })
@@ -471,13 +476,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let tips = Arc::clone(&self.tips);
         let mut tips = tips.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut pending = crate::apply::Pending::new(&self.ledger, &tips).map_err(sm_read_err)?;
+        let window = Arc::clone(&self.window);
+        let mut window = window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending =
+            crate::apply::Pending::new(&self.ledger, &tips, &window).map_err(sm_read_err)?;
         let mut responses = Vec::new();
         for entry in entries {
             responses.push(pending.apply_entry(&entry).map_err(sm_write_err)?);
         }
-        let changed = pending.commit().map_err(sm_write_err)?;
-        tips.absorb(changed);
+        let committed = pending.commit().map_err(sm_write_err)?;
+        tips.absorb(committed.tips);
+        window.absorb(committed.clock_ms, committed.generated);
         // No fsync here: the log is the record. sled recovers a prefix of its writes, so after
         // a crash the state machine is behind the log and openraft applies again from
         // `last_applied` (written in the same batch); the log store fsyncs sled before it
@@ -539,7 +550,12 @@ impl StateMachineStore {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             tips.clear();
+            let mut window = self
+                .window
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
+            *window = crate::dedup::TxWindow::load(&self.ledger).map_err(|e| snapshot_err(&e))?;
         }
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;

@@ -188,6 +188,9 @@ pub enum RejectCode {
     NotFound,
     Gone,
     Conflict,
+    /// Not applied now, and may be on a retry (a generated dedup key too far from the
+    /// leaders' clock: see [`crate::dedup`]).
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

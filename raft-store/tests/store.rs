@@ -908,6 +908,133 @@ fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
     });
 }
 
+/// A report with a generated dedup key (a write without an `Idempotency-Key`), made at
+/// `made_ms`, as `ledgerd` makes them.
+fn generated(made_ms: i64, n: u8, body: u8, asn: &str) -> Proposal {
+    let mut proposal = append(0, body, &[asn]);
+    proposal.tx.dedup_key =
+        raft_store::dedup::generated_dedup_key(made_ms as u64 * 1_000_000, [n; 16]);
+    proposal
+}
+
+/// Writes without an `Idempotency-Key` are deduplicated by the txlog window
+/// (`raft_store::dedup`): a retry answers the first result even when the leader joined it into
+/// an entry composed differently, after a reopen (the window rebuilt from the txlog chunks) and
+/// after a snapshot install; a key made more than the window away from the leaders' clock is
+/// refused and changes nothing, including a retry of a key the window has dropped.
+#[test]
+fn a_retry_without_idempotency_key_is_answered_from_the_txlog_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let w = raft_store::dedup::GENERATED_KEY_WINDOW_MS;
+    let t = 1_800_000_000_000i64;
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["g"]).await;
+        let asn = asns[0].as_str();
+        let (g1, g2, g3) = (
+            generated(t, 1, 0, asn),
+            generated(t, 2, 0, asn),
+            generated(t + 500, 3, 0, asn),
+        );
+        let first = sm
+            .apply(vec![entry(
+                3,
+                t,
+                vec![g1.clone(), append(9, 0, &[asn]), g2.clone()],
+            )])
+            .await
+            .expect("apply");
+        let (g1_events, replayed) = appended(&first[0].results[0]);
+        assert!(!replayed);
+        let g1_events = g1_events.to_vec();
+        let g2_events = appended(&first[0].results[2]).0.to_vec();
+        assert_eq!(sm.ledger().head().expect("head").size, 3);
+
+        // The retries, joined with a new write in another entry, in another order.
+        let retry = sm
+            .apply(vec![entry(
+                4,
+                t + 1_000,
+                vec![g3.clone(), g2.clone(), g1.clone()],
+            )])
+            .await
+            .expect("apply");
+        assert_eq!(appended(&retry[0].results[0]).0.len(), 1, "g3 is new");
+        assert_eq!(appended(&retry[0].results[1]), (g2_events.as_slice(), true));
+        assert_eq!(appended(&retry[0].results[2]), (g1_events.as_slice(), true));
+        assert_eq!(sm.ledger().head().expect("head").size, 4);
+        // The same key with another body is a conflict.
+        let mut other_body = g1.clone();
+        other_body.tx.body_hash = [7; 32];
+        let conflict = sm
+            .apply(vec![entry(5, t + 1_000, vec![other_body])])
+            .await
+            .expect("apply");
+        assert_eq!(rejected(&conflict[0].results[0]).0, RejectCode::Conflict);
+
+        // Reopened: the window is rebuilt from the chunks.
+        drop(sm);
+        let (_, mut sm) = raft_store::open(dir.path()).expect("reopen");
+        let again = sm
+            .apply(vec![entry(6, t + 2_000, vec![g1.clone()])])
+            .await
+            .expect("apply");
+        assert_eq!(appended(&again[0].results[0]), (g1_events.as_slice(), true));
+
+        // Keys made too far from the clock (behind it or ahead of it) are refused.
+        let behind = generated(t + 2_000 - w - 1, 4, 0, asn);
+        let ahead = generated(t + 2_000 + w + 1, 5, 0, asn);
+        let refused = sm
+            .apply(vec![entry(7, t + 2_000, vec![behind, ahead])])
+            .await
+            .expect("apply");
+        for result in &refused[0].results {
+            assert_eq!(rejected(result).0, RejectCode::Unavailable);
+        }
+        assert_eq!(sm.ledger().head().expect("head").size, 4);
+
+        // A snapshot carries the window to another store.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
+        target
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        let installed = target
+            .apply(vec![entry(8, t + 3_000, vec![g2.clone()])])
+            .await
+            .expect("apply");
+        assert_eq!(
+            appended(&installed[0].results[0]),
+            (g2_events.as_slice(), true)
+        );
+
+        // Once the clock has moved a window past g1's time, g1 is dropped, and refused: never
+        // applied a second time.
+        let later = t + w + 5_000;
+        let moved = sm
+            .apply(vec![entry(8, later, vec![generated(later, 6, 0, asn)])])
+            .await
+            .expect("apply");
+        assert!(!appended(&moved[0].results[0]).1);
+        let late_retry = sm
+            .apply(vec![entry(9, later, vec![g1])])
+            .await
+            .expect("apply");
+        assert_eq!(
+            rejected(&late_retry[0].results[0]).0,
+            RejectCode::Unavailable
+        );
+        assert_eq!(sm.ledger().head().expect("head").size, 5);
+    });
+}
+
 #[test]
 fn a_tampered_event_is_found_at_open_and_named() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -30,6 +30,11 @@ struct Args {
     /// copied while applies go on, and install them on replaced nodes all through the run.
     #[arg(long)]
     snapshot_logs: Option<u64>,
+    /// Writers send no `Idempotency-Key` and do not resend: every retry is the cluster's own
+    /// (forwarded batches sent again, deduplicated by generated keys), so any operation found
+    /// twice is a duplicate the cluster made.
+    #[arg(long)]
+    without_idempotency_key: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -72,6 +77,7 @@ async fn main() {
         clean_phase: Duration::from_secs(args.clean_phase_secs),
         replacements_max: args.replacements_max,
         snapshot_logs: args.snapshot_logs,
+        idempotency_key: !args.without_idempotency_key,
         ..SoakOptions::new(args.duration, seed)
     };
     match run(options).await {
