@@ -283,7 +283,8 @@ impl Modify for CommonAnswers {
         );
         let unavailable = error(
             "UNAVAILABLE: no leader known, the node is catching up or overloaded (load \
-             shedding), or the request timed out.",
+             shedding), the request timed out, or (a write without an Idempotency-Key) the \
+             receiving node's clock is more than a minute from the leader's.",
             true,
         );
         for item in openapi.paths.paths.values_mut() {
