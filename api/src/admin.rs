@@ -48,7 +48,8 @@ fn validate_name(name: &str, field: &str) -> Result<(), ApiError> {
 }
 
 async fn submit(backend: &impl Backend, command: Command) -> Result<CommandResult, ApiError> {
-    match backend.submit(crate::proposal(command)).await? {
+    let clock = backend.ledger().dedup_clock_ms();
+    match backend.submit(crate::proposal(clock, command)).await? {
         CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
         result => Ok(result),
     }

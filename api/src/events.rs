@@ -361,7 +361,12 @@ pub fn validate_event(value: &Value, prefix: &str) -> Result<NewEvent, ApiError>
 /// when the client sends one, [`crate::generated_dedup_key`] otherwise (then only our own
 /// internal retries dedupe).
 /// The body hash is over the validated events, so formatting does not matter.
-fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Result<TxKey, ApiError> {
+fn tx_key(
+    headers: &HeaderMap,
+    key: &ApiKeyRecord,
+    events: &[NewEvent],
+    dedup_clock_ms: i64,
+) -> Result<TxKey, ApiError> {
     let encoded = postcard::to_stdvec(events).map_err(|e| ApiError::internal(e.to_string()))?;
     let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
     let dedup_key = match headers.get("idempotency-key") {
@@ -381,7 +386,7 @@ fn tx_key(headers: &HeaderMap, key: &ApiKeyRecord, events: &[NewEvent]) -> Resul
             hasher.update(text.as_bytes());
             hasher.finalize().into()
         }
-        None => crate::generated_dedup_key(),
+        None => crate::generated_dedup_key(dedup_clock_ms),
     };
     Ok(TxKey {
         dedup_key,
@@ -414,7 +419,7 @@ async fn append(
     key: &ApiKeyRecord,
     events: Vec<NewEvent>,
 ) -> Result<Vec<Event>, ApiError> {
-    let tx = tx_key(headers, key, &events)?;
+    let tx = tx_key(headers, key, &events, backend.ledger().dedup_clock_ms())?;
     let command = Command::AppendEvents {
         by: key.id.clone(),
         events,

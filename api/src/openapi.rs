@@ -284,7 +284,7 @@ impl Modify for CommonAnswers {
         let unavailable = error(
             "UNAVAILABLE: no leader known, the node is catching up or overloaded (load \
              shedding), the request timed out, or (a write without an Idempotency-Key) the \
-             receiving node's clock is more than a minute from the leader's.",
+             receiving node's clock is more than a minute ahead of the leader's.",
             true,
         );
         for item in openapi.paths.paths.values_mut() {

@@ -446,7 +446,8 @@ async fn record_cluster(
                 retired: false,
             },
         };
-        match service.writer.submit(api::proposal(command)).await {
+        let clock = service.ledger.dedup_clock_ms();
+        match service.writer.submit(api::proposal(clock, command)).await {
             Ok(CommandResult::Done) => {
                 tracing::info!("cluster initialised");
                 return;

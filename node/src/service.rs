@@ -390,7 +390,10 @@ impl LedgerService {
         };
         match self
             .writer
-            .submit(api::proposal(Command::RegisterNode { node: record }))
+            .submit(api::proposal(
+                self.ledger.dedup_clock_ms(),
+                Command::RegisterNode { node: record },
+            ))
             .await?
         {
             CommandResult::Done => {}
@@ -451,7 +454,10 @@ impl LedgerService {
         // if this node just removed itself and stepped down.
         match self
             .writer
-            .submit(api::proposal(Command::RetireNode { node_id: id }))
+            .submit(api::proposal(
+                self.ledger.dedup_clock_ms(),
+                Command::RetireNode { node_id: id },
+            ))
             .await?
         {
             CommandResult::Done | CommandResult::Rejected { .. } => {}

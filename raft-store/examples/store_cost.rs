@@ -44,7 +44,11 @@ fn proposal(n: u64, command: Command, random_keys: bool) -> Proposal {
         let random: [u8; 16] = raft_store::chain::sha256(&n.to_be_bytes())[..16]
             .try_into()
             .expect("16 bytes");
-        raft_store::dedup::generated_dedup_key(1_790_000_000_000_000_000 + n, random)
+        raft_store::dedup::generated_dedup_key(
+            1_790_000_000_000_000_000 + n,
+            1_790_000_000_000,
+            random,
+        )
     };
     Proposal {
         tx: TxKey {

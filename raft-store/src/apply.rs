@@ -687,7 +687,9 @@ impl<'a> Pending<'a> {
                 // An entry with generated keys moves the dedup clock and has a txlog chunk
                 // (written even if empty: its key records the clock).
                 let chunk = if made.iter().any(Option::is_some) {
-                    self.clock_ms = self.clock_ms.max(request.proposed_at_ms);
+                    // At least a millisecond per such entry, so that the window moves on (and
+                    // its memory stays bounded) while the leaders' clocks are behind it.
+                    self.clock_ms = (self.clock_ms.saturating_add(1)).max(request.proposed_at_ms);
                     let chunk = ChunkRef {
                         clock_ms: self.clock_ms,
                         index: entry.log_id.index,

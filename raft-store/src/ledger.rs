@@ -239,6 +239,9 @@ pub struct Ledger {
     pub(crate) trust: Space,
     /// The journals of the snapshot copies under way (see [`Ledger::begin_copy`]).
     copies: Arc<Mutex<Copies>>,
+    /// The state machine's dedup clock as of its last apply ([`crate::dedup`]), for the keys
+    /// this node generates.
+    dedup_clock_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// For each snapshot copy under way: the value every key written since it began had then
@@ -380,6 +383,7 @@ impl Ledger {
             merkle: space(8),
             trust: space(9),
             copies: Arc::default(),
+            dedup_clock_ms: Arc::default(),
         };
         // A store that applied anything has its format recorded (the first apply writes it).
         let format = ledger.store_format()?;
@@ -480,6 +484,18 @@ impl Ledger {
             &self.merkle,
             &self.trust,
         ]
+    }
+
+    /// The state machine's dedup clock as of its last apply, in milliseconds (see
+    /// [`crate::dedup::generated_dedup_key`]).
+    pub fn dedup_clock_ms(&self) -> i64 {
+        self.dedup_clock_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_dedup_clock_ms(&self, clock_ms: i64) {
+        self.dedup_clock_ms
+            .store(clock_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(

@@ -913,7 +913,7 @@ fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
 fn generated(made_ms: i64, n: u8, body: u8, asn: &str) -> Proposal {
     let mut proposal = append(0, body, &[asn]);
     proposal.tx.dedup_key =
-        raft_store::dedup::generated_dedup_key(made_ms as u64 * 1_000_000, [n; 16]);
+        raft_store::dedup::generated_dedup_key(made_ms as u64 * 1_000_000, made_ms, [n; 16]);
     proposal
 }
 
@@ -982,9 +982,10 @@ fn a_retry_without_idempotency_key_is_answered_from_the_txlog_window() {
             .expect("apply");
         assert_eq!(appended(&again[0].results[0]), (g1_events.as_slice(), true));
 
-        // Keys made too far from the clock (behind it or ahead of it) are refused.
-        let behind = generated(t + 2_000 - w - 1, 4, 0, asn);
-        let ahead = generated(t + 2_000 + w + 1, 5, 0, asn);
+        // Keys made too far from the clock (behind it or ahead of it) are refused (the clock
+        // is a little past t + 2 s: it moves at least a millisecond per entry).
+        let behind = generated(t + 2_000 - w - 10, 4, 0, asn);
+        let ahead = generated(t + 2_000 + w + 10, 5, 0, asn);
         let refused = sm
             .apply(vec![entry(7, t + 2_000, vec![behind, ahead])])
             .await
