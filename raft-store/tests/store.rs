@@ -908,6 +908,24 @@ fn a_replayed_proposal_returns_its_first_result_and_changes_nothing() {
     });
 }
 
+/// A store in `dir` that installed a snapshot of `source`.
+async fn installed_copy(
+    source: &mut StateMachineStore,
+    dir: &std::path::Path,
+) -> StateMachineStore {
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let (_, mut copy) = raft_store::open(dir).expect("open the copy");
+    copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("install");
+    copy
+}
+
 /// A report with a generated dedup key (a write without an `Idempotency-Key`), made at
 /// `made_ms`, as `ledgerd` makes them.
 fn generated(made_ms: i64, n: u8, body: u8, asn: &str) -> Proposal {
@@ -996,17 +1014,7 @@ fn a_retry_without_idempotency_key_is_answered_from_the_txlog_window() {
         assert_eq!(sm.ledger().head().expect("head").size, 4);
 
         // A snapshot carries the window to another store.
-        let snapshot = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
-        let (_, mut target) = raft_store::open(target_dir.path()).expect("open target");
-        target
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
-            .await
-            .expect("install");
+        let mut target = installed_copy(&mut sm, target_dir.path()).await;
         let installed = target
             .apply(vec![entry(8, t + 3_000, vec![g2.clone()])])
             .await
@@ -1237,17 +1245,7 @@ fn trust_day_counts_follow_the_events_and_travel_in_snapshots() {
         );
 
         // A snapshot carries the counts.
-        let snapshot = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
-        let (_, mut other) = raft_store::open(other_dir.path()).expect("open other");
-        other
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
-            .await
-            .expect("install");
+        let other = installed_copy(&mut sm, other_dir.path()).await;
         check(&other);
         for asn in &asns {
             assert_eq!(
