@@ -48,8 +48,10 @@ fn validate_name(name: &str, field: &str) -> Result<(), ApiError> {
 }
 
 async fn submit(backend: &impl Backend, command: Command) -> Result<CommandResult, ApiError> {
-    let clock = backend.ledger().dedup_clock_ms();
-    match backend.submit(crate::proposal(clock, command)).await? {
+    match backend
+        .submit(crate::proposal(backend.ledger(), command))
+        .await?
+    {
         CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
         result => Ok(result),
     }

@@ -365,7 +365,7 @@ fn tx_key(
     headers: &HeaderMap,
     key: &ApiKeyRecord,
     events: &[NewEvent],
-    dedup_clock_ms: i64,
+    ledger: &raft_store::Ledger,
 ) -> Result<TxKey, ApiError> {
     let encoded = postcard::to_stdvec(events).map_err(|e| ApiError::internal(e.to_string()))?;
     let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
@@ -386,7 +386,7 @@ fn tx_key(
             hasher.update(text.as_bytes());
             hasher.finalize().into()
         }
-        None => crate::generated_dedup_key(dedup_clock_ms),
+        None => crate::generated_dedup_key(ledger),
     };
     Ok(TxKey {
         dedup_key,
@@ -419,7 +419,7 @@ async fn append(
     key: &ApiKeyRecord,
     events: Vec<NewEvent>,
 ) -> Result<Vec<Event>, ApiError> {
-    let tx = tx_key(headers, key, &events, backend.ledger().dedup_clock_ms())?;
+    let tx = tx_key(headers, key, &events, backend.ledger())?;
     let command = Command::AppendEvents {
         by: key.id.clone(),
         events,

@@ -43,12 +43,12 @@ pub use crate::auth::hash_secret;
 
 /// A proposal deduplicated only against its own retries: a generated dedup key, and the hash
 /// of the command as its body hash.
-pub fn proposal(dedup_clock_ms: i64, command: raft_store::Command) -> raft_store::Proposal {
+pub fn proposal(ledger: &raft_store::Ledger, command: raft_store::Command) -> raft_store::Proposal {
     use sha2::Digest;
     let encoded = raft_store::codec::encode(&command);
     let body_hash: [u8; 32] = sha2::Sha256::digest(encoded).into();
     let tx = raft_store::TxKey {
-        dedup_key: generated_dedup_key(dedup_clock_ms),
+        dedup_key: generated_dedup_key(ledger),
         body_hash,
     };
     raft_store::Proposal { tx, command }
@@ -57,16 +57,20 @@ pub fn proposal(dedup_clock_ms: i64, command: raft_store::Command) -> raft_store
 /// The dedup key of a write without an `Idempotency-Key` (only our own internal retries
 /// dedupe it): the time in nanoseconds since the Unix epoch, 16 random bytes and the tag that
 /// marks the key as generated ([`raft_store::dedup::generated_dedup_key`], which holds the time
-/// near `dedup_clock_ms`, this node's dedup clock: `Ledger::dedup_clock_ms`). The state machine
+/// no earlier than this node's dedup clock, `Ledger::dedup_clock_ms`). The state machine
 /// keeps such keys for one window only (`raft_store::dedup`): a retry must come within it,
 /// which `--write-deadline-ms` ensures.
-pub fn generated_dedup_key(dedup_clock_ms: i64) -> [u8; 32] {
+pub fn generated_dedup_key(ledger: &raft_store::Ledger) -> [u8; 32] {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
         });
-    raft_store::dedup::generated_dedup_key(nanos, dedup_clock_ms, rand::random::<[u8; 16]>())
+    raft_store::dedup::generated_dedup_key(
+        nanos,
+        ledger.dedup_clock_ms(),
+        rand::random::<[u8; 16]>(),
+    )
 }
 
 /// Builds the router. `Arc<B>` is the shared state of every handler.
@@ -428,12 +432,10 @@ mod tests {
     /// window drops the oldest by key), and recognised by the state machine as generated.
     #[test]
     fn generated_dedup_keys_are_distinct_and_in_order_of_generation() {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis() as i64;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, store) = raft_store::open(dir.path()).expect("open");
         let keys: Vec<[u8; 32]> = (0..10_000)
-            .map(|_| generated_dedup_key(now_ms - 1_000))
+            .map(|_| generated_dedup_key(store.ledger()))
             .collect();
         for key in &keys {
             assert!(raft_store::dedup::generated_key_time_ms(key).is_some());

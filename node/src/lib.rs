@@ -446,8 +446,11 @@ async fn record_cluster(
                 retired: false,
             },
         };
-        let clock = service.ledger.dedup_clock_ms();
-        match service.writer.submit(api::proposal(clock, command)).await {
+        match service
+            .writer
+            .submit(api::proposal(&service.ledger, command))
+            .await
+        {
             Ok(CommandResult::Done) => {
                 tracing::info!("cluster initialised");
                 return;

@@ -391,7 +391,7 @@ impl LedgerService {
         match self
             .writer
             .submit(api::proposal(
-                self.ledger.dedup_clock_ms(),
+                &self.ledger,
                 Command::RegisterNode { node: record },
             ))
             .await?
@@ -455,7 +455,7 @@ impl LedgerService {
         match self
             .writer
             .submit(api::proposal(
-                self.ledger.dedup_clock_ms(),
+                &self.ledger,
                 Command::RetireNode { node_id: id },
             ))
             .await?

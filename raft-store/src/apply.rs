@@ -337,7 +337,7 @@ impl<'a> Pending<'a> {
             ledger,
             tips,
             window,
-            clock_ms: window.clock_ms,
+            clock_ms: window.clock_ms(),
             chunks: BTreeMap::new(),
             generated: HashMap::new(),
             writes: Vec::new(),
@@ -436,12 +436,16 @@ impl<'a> Pending<'a> {
             .copied()
             .or_else(|| self.window.get(&tx.dedup_key));
         if let Some(earlier) = earlier {
+            let find = |records: &[(Hash, TxRecord)]| {
+                records
+                    .iter()
+                    .find(|(key, _)| *key == tx.dedup_key)
+                    .map(|(_, record)| record.clone())
+            };
             let record = match self.chunks.get(&earlier) {
-                Some(records) => records.clone(),
-                None => dedup::read_chunk(self.ledger, earlier)?,
+                Some(records) => find(records),
+                None => find(&dedup::read_chunk(self.ledger, earlier)?),
             }
-            .into_iter()
-            .find_map(|(key, record)| (key == tx.dedup_key).then_some(record))
             .ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "txlog chunk of entry {} lacks a key the window places there",

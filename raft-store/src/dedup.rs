@@ -37,6 +37,9 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering;
 
 use crate::StoreError;
 use crate::chain;
@@ -169,7 +172,9 @@ pub(crate) fn in_window(clock_ms: i64, key_ms: i64) -> bool {
 /// state-machine worker changes it, after the apply whose keys it takes in has committed.
 #[derive(Debug, Default)]
 pub(crate) struct TxWindow {
-    pub(crate) clock_ms: i64,
+    /// The dedup clock: the ledger's own (`Ledger::dedup_clock_ms` reads it for the keys the
+    /// node generates), written only here.
+    clock: Arc<AtomicI64>,
     /// Ordered by key, so by the time in front: the oldest are dropped with one split.
     keys: BTreeMap<Hash, ChunkRef>,
 }
@@ -179,13 +184,18 @@ impl TxWindow {
     /// keys made within [`GENERATED_KEY_WINDOW_MS`] before it (they can only be in chunks of
     /// the last two windows: a key is applied within one window of its chunk's clock).
     pub(crate) fn load(ledger: &Ledger) -> Result<Self, StoreError> {
-        let mut window = Self::default();
-        let Some(last) = ledger.meta.scan_prefix(TXLOG_PREFIX).next_back() else {
-            return Ok(window);
+        let mut window = Self {
+            clock: ledger.dedup_clock(),
+            keys: BTreeMap::new(),
         };
-        window.clock_ms = ChunkRef::from_key(&last?.0)?.clock_ms;
+        let clock_ms = match ledger.meta.scan_prefix(TXLOG_PREFIX).next_back() {
+            Some(last) => ChunkRef::from_key(&last?.0)?.clock_ms,
+            None => 0,
+        };
+        // Set, not advanced: an installed snapshot replaces the state, clock included.
+        window.clock.store(clock_ms, Ordering::Relaxed);
         let from = ChunkRef {
-            clock_ms: window.clock_ms.saturating_sub(2 * GENERATED_KEY_WINDOW_MS),
+            clock_ms: clock_ms.saturating_sub(2 * GENERATED_KEY_WINDOW_MS),
             index: 0,
         };
         let mut end = TXLOG_PREFIX.to_vec();
@@ -195,18 +205,21 @@ impl TxWindow {
             let chunk = ChunkRef::from_key(&key)?;
             let records: Chunk = codec::decode(&value, "txlog chunk")?;
             for (dedup_key, _) in records {
-                let made_ms = generated_key_time_ms(&dedup_key).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
+                if generated_key_time_ms(&dedup_key).is_none() {
+                    return Err(StoreError::Corrupt(format!(
                         "txlog chunk of entry {} holds a key that was not generated",
                         chunk.index
-                    ))
-                })?;
-                if made_ms >= window.clock_ms.saturating_sub(GENERATED_KEY_WINDOW_MS) {
-                    window.keys.insert(dedup_key, chunk);
+                    )));
                 }
+                window.keys.insert(dedup_key, chunk);
             }
         }
+        window.drop_old();
         Ok(window)
+    }
+
+    pub(crate) fn clock_ms(&self) -> i64 {
+        self.clock.load(Ordering::Relaxed)
     }
 
     pub(crate) fn get(&self, key: &Hash) -> Option<ChunkRef> {
@@ -216,14 +229,19 @@ impl TxWindow {
     /// Takes in what a committed apply added: its clock and its keys; then drops the keys made
     /// before the window.
     pub(crate) fn absorb(&mut self, clock_ms: i64, added: HashMap<Hash, ChunkRef>) {
+        let before = self.clock_ms();
         assert!(
-            clock_ms >= self.clock_ms,
-            "the dedup clock went back from {} to {clock_ms}",
-            self.clock_ms
+            clock_ms >= before,
+            "the dedup clock went back from {before} to {clock_ms}"
         );
-        self.clock_ms = clock_ms;
+        self.clock.store(clock_ms, Ordering::Relaxed);
         self.keys.extend(added);
-        let oldest_ms = clock_ms.saturating_sub(GENERATED_KEY_WINDOW_MS);
+        self.drop_old();
+    }
+
+    /// Drops the keys made before the window (`t < C - W`).
+    fn drop_old(&mut self) {
+        let oldest_ms = self.clock_ms().saturating_sub(GENERATED_KEY_WINDOW_MS);
         let oldest_ns = u64::try_from(oldest_ms)
             .unwrap_or(0)
             .saturating_mul(1_000_000);

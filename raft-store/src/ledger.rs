@@ -493,9 +493,9 @@ impl Ledger {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) fn set_dedup_clock_ms(&self, clock_ms: i64) {
-        self.dedup_clock_ms
-            .store(clock_ms, std::sync::atomic::Ordering::Relaxed);
+    /// The dedup clock itself, for the state machine's window (its only writer).
+    pub(crate) fn dedup_clock(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        Arc::clone(&self.dedup_clock_ms)
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(

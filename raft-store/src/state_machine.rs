@@ -221,7 +221,6 @@ impl StateMachineStore {
             failed: false,
         });
         let window = crate::dedup::TxWindow::load(&ledger)?;
-        ledger.set_dedup_clock_ms(window.clock_ms);
         Ok(Self {
             ledger,
             durability,
@@ -490,7 +489,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let committed = pending.commit().map_err(sm_write_err)?;
         tips.absorb(committed.tips);
         window.absorb(committed.clock_ms, committed.generated);
-        self.ledger.set_dedup_clock_ms(window.clock_ms);
         // No fsync here: the log is the record. sled recovers a prefix of its writes, so after
         // a crash the state machine is behind the log and openraft applies again from
         // `last_applied` (written in the same batch); the log store fsyncs sled before it
@@ -558,7 +556,6 @@ impl StateMachineStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
             *window = crate::dedup::TxWindow::load(&self.ledger).map_err(|e| snapshot_err(&e))?;
-            self.ledger.set_dedup_clock_ms(window.clock_ms);
         }
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;
