@@ -155,6 +155,10 @@ pub trait Backend: Send + Sync + 'static {
     /// This node's Ed25519 identity key: it signs the events and checkpoints this node serves.
     fn signing_key(&self) -> &ed25519_dalek::SigningKey;
 
+    /// Where this node keeps the names its signatures are known by, once worked out from the
+    /// cluster id (by [`crate::events::Signing::of`]).
+    fn signer_name(&self) -> &std::sync::OnceLock<crate::events::SignerName>;
+
     /// A leader is known and this node has applied everything it has.
     fn is_ready(&self) -> bool;
 

@@ -78,34 +78,71 @@ pub fn key_name(origin: &str, node_id: u64) -> String {
     format!("{origin}/node-{node_id}")
 }
 
+/// The names a node's signatures are known by, derived from the cluster id, which never
+/// changes once the cluster is initialised: worked out once per node, not per answer.
+#[derive(Debug, Clone)]
+pub struct SignerName {
+    pub origin: String,
+    pub name: String,
+    pub key_id: [u8; 4],
+    /// `key_id` in hex, as answers show it.
+    pub key_id_hex: String,
+}
+
 /// How this node signs what it serves: its key, and the name and id other parties know it by.
 pub struct Signing<'a> {
     /// Stops this node when an event it was about to serve does not verify.
     pub fail_stop: Box<dyn Fn(String) + Send + Sync + 'a>,
     pub origin: String,
     pub name: String,
-    pub key_id: [u8; 4],
+    key_id_hex: &'a str,
     pub key: &'a ed25519_dalek::SigningKey,
 }
 
 impl<'a> Signing<'a> {
     pub fn of(backend: &'a impl Backend) -> Result<Self, ApiError> {
-        let cluster = backend
-            .ledger()
-            .cluster()?
-            .ok_or_else(|| ApiError::unavailable("the cluster is not initialised yet"))?;
-        let origin = origin(&cluster.cluster_id);
-        let name = key_name(&origin, backend.node_id());
-        let key = backend.signing_key();
-        let key_id = verifier::note::key_id(&name, &key.verifying_key().to_bytes());
+        let cache = backend.signer_name();
+        let signer = match cache.get() {
+            Some(signer) => signer,
+            None => {
+                let cluster = backend
+                    .ledger()
+                    .cluster()?
+                    .ok_or_else(|| ApiError::unavailable("the cluster is not initialised yet"))?;
+                let origin = origin(&cluster.cluster_id);
+                let name = key_name(&origin, backend.node_id());
+                let key = backend.signing_key();
+                let key_id = verifier::note::key_id(&name, &key.verifying_key().to_bytes());
+                // Another request may have set it meanwhile, to the same value.
+                let _ = cache.set(SignerName {
+                    origin,
+                    name,
+                    key_id,
+                    key_id_hex: hex::encode(key_id),
+                });
+                cache
+                    .get()
+                    .ok_or_else(|| ApiError::internal("the signer's name was not kept"))?
+            }
+        };
         Ok(Self {
             fail_stop: Box::new(|reason| backend.fail_stop(reason)),
-            origin,
-            name,
-            key_id,
-            key,
+            origin: signer.origin.clone(),
+            name: signer.name.clone(),
+            key_id_hex: &signer.key_id_hex,
+            key: backend.signing_key(),
         })
     }
+}
+
+/// Lower-case hex of `bytes`, through a byte buffer (`hex::encode` pushes one `char` at a
+/// time: a measurable share of a report's answer, which holds five of them).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut buffer = vec![0u8; bytes.len() * 2];
+    if hex::encode_to_slice(bytes, &mut buffer).is_err() {
+        return hex::encode(bytes);
+    }
+    String::from_utf8(buffer).unwrap_or_else(|_| hex::encode(bytes))
 }
 
 /// An event as the API shows it: the spec's fields, then the ledger's (`asn`, `seq`, the chain
@@ -214,12 +251,12 @@ impl<'a> EventView<'a> {
             created_at: rfc3339_ms(event.created_at_ms),
             asn: &event.asn,
             seq: event.seq,
-            hash: hex::encode(event.hash),
-            prev_hash: hex::encode(event.prev_hash),
-            agent_prev_hash: hex::encode(event.agent_prev_hash),
-            signature: hex::encode(verifier::event::sign(&event.hash, signing.key)),
+            hash: hex_lower(&event.hash),
+            prev_hash: hex_lower(&event.prev_hash),
+            agent_prev_hash: hex_lower(&event.agent_prev_hash),
+            signature: hex_lower(&verifier::event::sign(&event.hash, signing.key)),
             signer: signing.name.clone(),
-            key_id: hex::encode(signing.key_id),
+            key_id: signing.key_id_hex.to_owned(),
         })
     }
 }
@@ -815,4 +852,21 @@ pub async fn ledger_head<B: Backend>(
         applied_index,
     };
     Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_lower;
+
+    #[test]
+    fn hex_lower_is_what_hex_encode_gives() {
+        for bytes in [
+            Vec::new(),
+            vec![0x00],
+            vec![0xff, 0x0a, 0xa0],
+            (0u8..=255).collect(),
+        ] {
+            assert_eq!(hex_lower(&bytes), hex::encode(&bytes));
+        }
+    }
 }

@@ -40,6 +40,7 @@ use raft_store::NodeId;
 pub use crate::auth::KEY_PREFIX;
 pub use crate::auth::generate_key;
 pub use crate::auth::hash_secret;
+pub use crate::events::SignerName;
 
 /// A proposal deduplicated only against its own retries: a generated dedup key, and the hash
 /// of the command as its body hash.

@@ -42,6 +42,7 @@ struct Probe {
     key: ed25519_dalek::SigningKey,
     protection: api::protect::Protection,
     metrics: api::metrics::HttpMetrics,
+    signer_name: std::sync::OnceLock<api::SignerName>,
 }
 
 impl Backend for Probe {
@@ -93,6 +94,9 @@ impl Backend for Probe {
     fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.key
     }
+    fn signer_name(&self) -> &std::sync::OnceLock<api::SignerName> {
+        &self.signer_name
+    }
     fn is_ready(&self) -> bool {
         true
     }
@@ -120,6 +124,7 @@ fn probe_router() -> axum::Router {
         key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
         protection: api::protect::Protection::new(api::protect::Budgets::default()),
         metrics: api::metrics::HttpMetrics::default(),
+        signer_name: std::sync::OnceLock::new(),
     };
     api::router(Arc::new(backend))
 }

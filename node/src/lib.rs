@@ -291,6 +291,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         router,
         public_key: node_key.verifying_key().to_bytes(),
         signing_key: node_key.clone(),
+        signer_name: std::sync::OnceLock::new(),
         self_node: self_node.clone(),
         deadline,
         metrics,

@@ -63,6 +63,8 @@ pub struct LedgerService {
     pub public_key: [u8; 32],
     /// This node's Ed25519 identity key (`node.key`).
     pub signing_key: ed25519_dalek::SigningKey,
+    /// The names this node's signatures are known by, once the cluster is initialised.
+    pub signer_name: std::sync::OnceLock<api::SignerName>,
     pub self_node: LedgerNode,
     /// How long writes, reads and membership calls may wait for a leader.
     pub deadline: Duration,
@@ -833,6 +835,10 @@ impl api::Backend for LedgerService {
 
     fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.signing_key
+    }
+
+    fn signer_name(&self) -> &std::sync::OnceLock<api::SignerName> {
+        &self.signer_name
     }
 
     fn now_ms(&self) -> i64 {

@@ -6,9 +6,9 @@
 //! agent records as of this point in the log: a key revoked or an agent deactivated between a
 //! request's submission and its commit is honoured.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 
 use openraft::EntryPayload;
 
@@ -339,7 +339,7 @@ impl<'a> Pending<'a> {
             window,
             clock_ms: window.clock_ms(),
             chunks: BTreeMap::new(),
-            generated: HashMap::new(),
+            generated: HashMap::default(),
             writes: Vec::new(),
             head: before.head,
             cluster: before.cluster.clone(),
@@ -349,17 +349,17 @@ impl<'a> Pending<'a> {
             operators_total: before.operators_total,
             before,
             new_events: BTreeMap::new(),
-            runs: HashMap::new(),
-            tx: HashMap::new(),
-            nodes: HashMap::new(),
-            keys: HashMap::new(),
-            operators: HashMap::new(),
-            agents: HashMap::new(),
+            runs: HashMap::default(),
+            tx: HashMap::default(),
+            nodes: HashMap::default(),
+            keys: HashMap::default(),
+            operators: HashMap::default(),
+            agents: HashMap::default(),
             loaded_agents: RefCell::default(),
             loaded_keys: RefCell::default(),
-            agent_heads: HashMap::new(),
-            subtrees: HashMap::new(),
-            trust: HashMap::new(),
+            agent_heads: HashMap::default(),
+            subtrees: HashMap::default(),
+            trust: HashMap::default(),
         })
     }
 

@@ -35,8 +35,8 @@
 //! of 2^-64. Keys generated before this scheme (time and 24 random bytes) are not recognised,
 //! and are kept in `sm_tx` as before.
 
+use foldhash::HashMap;
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering;
@@ -322,7 +322,9 @@ mod tests {
         let clock = 10 * GENERATED_KEY_WINDOW_MS;
         let at_edge = ms(clock - GENERATED_KEY_WINDOW_MS);
         let past_edge = ms(clock - GENERATED_KEY_WINDOW_MS - 1);
-        let added = HashMap::from([(at_edge, chunk), (past_edge, chunk), (ms(clock), chunk)]);
+        let added = [(at_edge, chunk), (past_edge, chunk), (ms(clock), chunk)]
+            .into_iter()
+            .collect::<HashMap<_, _>>();
         window.absorb(clock, added);
         assert_eq!(window.len(), 2);
         assert_eq!(window.get(&at_edge), Some(chunk));
