@@ -10,7 +10,8 @@
 # ${LEDGER_DATA_DIR:-data}/n$i with ledgerd.log and ledgerd.pid in it. Node 1 bootstraps the
 # cluster on first start; later starts reuse the data (no re-bootstrap). The admin key is copied
 # to ${LEDGER_DATA_DIR:-data}/admin.key (mode 0600). LEDGER_PROFILE picks the cargo profile
-# ledgerd is built with (default release; scripts/bench.sh uses production).
+# ledgerd is built with (default release; scripts/bench.sh uses production; CI uses dev, the
+# tests' unoptimised build, which cargo keeps in target/debug).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +31,11 @@ case "$TARGET_DIR" in
 *) TARGET_DIR="$ROOT/$TARGET_DIR" ;;
 esac
 PROFILE="${LEDGER_PROFILE:-release}"
-BIN="$TARGET_DIR/$PROFILE/ledgerd"
+case "$PROFILE" in
+dev | test) PROFILE_DIR=debug ;;
+*) PROFILE_DIR="$PROFILE" ;;
+esac
+BIN="$TARGET_DIR/$PROFILE_DIR/ledgerd"
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
 
