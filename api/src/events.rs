@@ -84,8 +84,7 @@ pub fn key_name(origin: &str, node_id: u64) -> String {
 pub struct SignerName {
     pub origin: String,
     pub name: String,
-    pub key_id: [u8; 4],
-    /// `key_id` in hex, as answers show it.
+    /// The signed-note key id of `name` and this node's public key, in hex, as answers show it.
     pub key_id_hex: String,
 }
 
@@ -93,9 +92,8 @@ pub struct SignerName {
 pub struct Signing<'a> {
     /// Stops this node when an event it was about to serve does not verify.
     pub fail_stop: Box<dyn Fn(String) + Send + Sync + 'a>,
-    pub origin: String,
-    pub name: String,
-    key_id_hex: &'a str,
+    /// The names, kept by the backend.
+    pub signer: &'a SignerName,
     pub key: &'a ed25519_dalek::SigningKey,
 }
 
@@ -117,7 +115,6 @@ impl<'a> Signing<'a> {
                 let _ = cache.set(SignerName {
                     origin,
                     name,
-                    key_id,
                     key_id_hex: hex::encode(key_id),
                 });
                 cache
@@ -127,9 +124,7 @@ impl<'a> Signing<'a> {
         };
         Ok(Self {
             fail_stop: Box::new(|reason| backend.fail_stop(reason)),
-            origin: signer.origin.clone(),
-            name: signer.name.clone(),
-            key_id_hex: &signer.key_id_hex,
+            signer,
             key: backend.signing_key(),
         })
     }
@@ -255,8 +250,8 @@ impl<'a> EventView<'a> {
             prev_hash: hex_lower(&event.prev_hash),
             agent_prev_hash: hex_lower(&event.agent_prev_hash),
             signature: hex_lower(&verifier::event::sign(&event.hash, signing.key)),
-            signer: signing.name.clone(),
-            key_id: signing.key_id_hex.to_owned(),
+            signer: signing.signer.name.clone(),
+            key_id: signing.signer.key_id_hex.clone(),
         })
     }
 }

@@ -55,7 +55,7 @@ fn checkpoint_note(
     let ledger = backend.ledger();
     let head = ledger.head()?;
     let checkpoint = verifier::checkpoint::Checkpoint {
-        origin: signing.origin.clone(),
+        origin: signing.signer.origin.clone(),
         size: head.size,
         root: ledger.merkle_root(head.size)?,
         head_hash: head.head_hash,
@@ -65,7 +65,7 @@ fn checkpoint_note(
             head.last_created_at_ms
         },
     };
-    let note = verifier::checkpoint::sign(&checkpoint, &signing.name, signing.key);
+    let note = verifier::checkpoint::sign(&checkpoint, &signing.signer.name, signing.key);
     Ok((checkpoint, note))
 }
 
@@ -184,7 +184,7 @@ pub async fn checkpoint<B: Backend>(
         root: hex::encode(checkpoint.root),
         head_hash: hex::encode(checkpoint.head_hash),
         time: rfc3339_ms(checkpoint.time_ms),
-        signer: signing.name,
+        signer: signing.signer.name.clone(),
         note,
     })
     .into_response())
