@@ -178,15 +178,23 @@ async fn search(client: &Client, base: &str, asn: &str, key: Option<&str>) -> Re
         }
     }
     wait_text(client, "#agent-asn", |t| t == asn).await?;
-    // Focus moves to the agent's heading, for keyboard and screen-reader users.
-    let focused = client
-        .execute("return document.activeElement.id", vec![])
-        .await?;
-    ensure!(
-        focused == "agent-title",
-        "focus is on {focused} after a search"
-    );
-    Ok(())
+    // Focus moves to the agent's heading, for keyboard and screen-reader users: once the
+    // activity has loaded too, which comes after the agent's fields are filled in.
+    wait_for(
+        CONDITION_TIMEOUT,
+        "focus on the agent's heading",
+        async || {
+            let focused = client
+                .execute("return document.activeElement.id", vec![])
+                .await?;
+            ensure!(
+                focused == "agent-title",
+                "focus is on {focused} after a search"
+            );
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Opens the first listed entry, verifies it; returns the result line.
