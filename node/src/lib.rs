@@ -376,10 +376,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     };
     let _ = raft.shutdown().await;
-    if result.is_ok()
-        && let Err(error) = service.log_store.close()
-    {
-        tracing::warn!(%error, "cannot sync the state machine or write the log mark at shutdown");
+    if result.is_ok() {
+        // The state-machine worker has stopped: write the index runs and day counts it kept in
+        // memory through to sled, so that the next start needs no restore (raft_store's
+        // `deferred`), then make it durable.
+        if let Err(error) = service.ledger.write_through() {
+            tracing::warn!(
+                %error,
+                "cannot write the state machine's index runs and day counts through at shutdown; \
+                 the next start restores it from its snapshot file"
+            );
+        }
+        if let Err(error) = service.log_store.close() {
+            tracing::warn!(%error, "cannot sync the state machine or write the log mark at shutdown");
+        }
     }
     result
 }

@@ -20,6 +20,8 @@ use crate::codec::IndexScope;
 use crate::dedup;
 use crate::dedup::ChunkRef;
 use crate::dedup::TxWindow;
+use crate::deferred::Changes;
+use crate::deferred::DEFERRED_BYTES_MAX;
 use crate::ledger::EVENT_CHUNK_EVENTS_MAX;
 use crate::ledger::Ledger;
 use crate::ledger::MERKLE_STORED_LEVEL_MIN;
@@ -31,6 +33,7 @@ use crate::ledger::META_LAST_APPLIED;
 use crate::ledger::META_LAST_MEMBERSHIP;
 use crate::ledger::META_OPERATORS_TOTAL;
 use crate::ledger::META_STORE_FORMAT;
+use crate::ledger::META_WRITTEN_THROUGH;
 use crate::ledger::STORE_FORMAT;
 use crate::ledger::TxRecord;
 use crate::types::AgentRecord;
@@ -61,14 +64,14 @@ pub const COMMAND_EVENTS_MAX: usize = 10_000;
 // Tags of the key spaces, in the order of `SM_TREES`.
 pub(crate) const T_META: usize = 0;
 const T_EVENTS: usize = 1;
-const T_IDX: usize = 2;
+pub(crate) const T_IDX: usize = 2;
 const T_TX: usize = 3;
 const T_NODES: usize = 4;
 const T_KEYS: usize = 5;
 const T_OPERATORS: usize = 6;
 const T_AGENTS: usize = 7;
 const T_MERKLE: usize = 8;
-const T_TRUST: usize = 9;
+pub(crate) const T_TRUST: usize = 9;
 
 fn rejected(code: RejectCode, message: impl Into<String>) -> CommandResult {
     CommandResult::Rejected {
@@ -1015,10 +1018,7 @@ impl<'a> Pending<'a> {
         }
         let mut counts = match self.tips.trust.get(event.asn.as_str()) {
             Some((cached_day, counts)) if *cached_day == day => *counts,
-            _ => match self.ledger.trust.get(codec::trust_key(&event.asn, day))? {
-                Some(bytes) => codec::parse_trust_value(&bytes)?,
-                None => [0; 4],
-            },
+            _ => self.ledger.trust_counts(&event.asn, day)?,
         };
         counts[slot] += 1;
         self.trust
@@ -1056,19 +1056,25 @@ impl<'a> Pending<'a> {
             let value = codec::encode_event_chunk(chunk.iter().map(|(_, bytes)| bytes.as_slice()));
             self.put(T_EVENTS, codec::u64_key(chunk[0].0), value);
         }
+        // An index run goes to sled once it is full, never to be written again; a partial run
+        // and the day counts stay in memory ([`crate::deferred`]).
+        let mut changes = Changes::default();
         for (prefix, tail) in &self.runs {
-            let mut key = prefix.clone();
-            key.extend_from_slice(&tail.first.to_be_bytes());
-            put(&mut self.writes, T_IDX, key, tail.run.as_slice());
+            let entries = (tail.run.len() / codec::INDEX_ENTRY_BYTES) as u64;
+            if entries >= RUN_EXTEND_ENTRIES_MAX {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&tail.first.to_be_bytes());
+                put(&mut self.writes, T_IDX, key, tail.run.as_slice());
+                changes.written_runs.push((prefix.clone(), tail.first));
+            } else {
+                changes
+                    .partial_runs
+                    .push((prefix.clone(), tail.first, tail.run.clone()));
+            }
         }
         for (asn, days) in &self.trust {
             for (day, counts) in days {
-                put(
-                    &mut self.writes,
-                    T_TRUST,
-                    codec::trust_key(asn, *day),
-                    &codec::trust_value(counts),
-                );
+                changes.trust.push((codec::trust_key(asn, *day), *counts));
             }
         }
         for (chunk, records) in &self.chunks {
@@ -1078,6 +1084,14 @@ impl<'a> Pending<'a> {
                 chunk.key(),
                 codec::encode(records),
             );
+        }
+        // Events, full runs and the rest first; then readers get the runs and day counts held
+        // in memory; then the head that counts the events, and `last_applied`.
+        self.ledger.insert_all(std::mem::take(&mut self.writes))?;
+        let deferred = &self.ledger.deferred;
+        let write_through = deferred.publish(changes) > DEFERRED_BYTES_MAX;
+        if write_through {
+            self.writes = deferred.writes();
         }
         // The meta values that changed (an apply of events changes only the head).
         if !self.before.format_recorded {
@@ -1104,6 +1118,12 @@ impl<'a> Pending<'a> {
         }
         // Last: the apply is complete once this is written.
         self.put(T_META, META_LAST_APPLIED, codec::encode(&self.last_applied));
+        // And sled holds everything applied if nothing is held in memory any more.
+        let written_through = write_through || deferred.is_empty();
+        if written_through {
+            let value = codec::encode(&self.last_applied);
+            self.put(T_META, META_WRITTEN_THROUGH, value);
+        }
         // What the next apply needs of the Merkle tree: computed from this batch's subtrees
         // and the frontier before it (so read from sled only by the first apply after a start).
         let frontier = if self.head != self.before.head || self.tips.frontier.is_none() {
@@ -1127,6 +1147,9 @@ impl<'a> Pending<'a> {
             operators_total: self.operators_total,
         };
         self.ledger.insert_all(self.writes)?;
+        if write_through {
+            deferred.clear();
+        }
         let mut agents = self.loaded_agents.into_inner();
         agents.extend(self.agents);
         let mut keys = self.loaded_keys.into_inner();

@@ -43,6 +43,8 @@ use crate::StoreError;
 use crate::chain;
 use crate::codec;
 use crate::codec::IndexScope;
+use crate::deferred;
+use crate::deferred::Deferred;
 use crate::space::Space;
 use crate::types::AgentRecord;
 use crate::types::ApiKeyRecord;
@@ -66,6 +68,10 @@ pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_CLUSTER: &[u8] = b"cluster";
 pub(crate) const META_AGENTS_TOTAL: &[u8] = b"agents_total";
 pub(crate) const META_OPERATORS_TOTAL: &[u8] = b"operators_total";
+/// The `last_applied` through which sled holds every index run and day count (written by a
+/// write-through of [`crate::deferred`], or by an apply that leaves nothing in memory). A store
+/// where it is not `last_applied` is restored from its snapshot file at open.
+pub(crate) const META_WRITTEN_THROUGH: &[u8] = b"written_through";
 
 /// How many state-machine key spaces there are.
 pub(crate) const SM_TREE_COUNT: usize = 10;
@@ -75,7 +81,9 @@ pub(crate) const META_STORE_FORMAT: &[u8] = b"store_format";
 
 /// 3: events in chunks, indexes in runs, Merkle subtrees from level 4 (no `sm_counts`).
 /// 4: the Raft log in segment files of its own (`raft-log/`), no longer in sled.
-pub(crate) const STORE_FORMAT: u32 = 4;
+/// 5: partial index runs and day counts written to sled only by a write-through
+/// ([`crate::deferred`]), which `written_through` records.
+pub(crate) const STORE_FORMAT: u32 = 5;
 
 /// The most events one `sm_events` chunk holds.
 pub const EVENT_CHUNK_EVENTS_MAX: usize = 32;
@@ -242,6 +250,49 @@ pub struct Ledger {
     /// The state machine's dedup clock as of its last apply ([`crate::dedup`]), for the keys
     /// this node generates.
     dedup_clock_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// Index runs and day counts applied but held in memory ([`crate::deferred`]); reads merge
+    /// them over sled's.
+    pub(crate) deferred: Deferred,
+    /// Writes them through when the last handle goes.
+    _write_through_on_drop: Arc<WriteThroughOnDrop>,
+}
+
+/// Writes the deferred runs and day counts through to sled when the last [`Ledger`] handle is
+/// dropped (a store closed without [`Ledger::write_through`]).
+struct WriteThroughOnDrop {
+    tree: sled::Tree,
+    deferred: Deferred,
+}
+
+impl Drop for WriteThroughOnDrop {
+    fn drop(&mut self) {
+        // Nothing held: nothing to write (and a store refused at open is never written).
+        if self.deferred.is_empty() {
+            return;
+        }
+        let result = (|| -> Result<(), StoreError> {
+            let applied = self.tree.get(crate::space::tagged(
+                crate::apply::T_META as u8,
+                META_LAST_APPLIED,
+            ))?;
+            for (key, value) in self.deferred.writes() {
+                self.tree.insert(key, value)?;
+            }
+            if let Some(applied) = applied {
+                let key = crate::space::tagged(crate::apply::T_META as u8, META_WRITTEN_THROUGH);
+                self.tree.insert(key, applied)?;
+            }
+            self.deferred.clear();
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::error!(
+                %error,
+                "cannot write the index runs and day counts held in memory through to sled; \
+                 the next start restores the state machine from its snapshot file"
+            );
+        }
+    }
 }
 
 /// For each snapshot copy under way: the value every key written since it began had then
@@ -370,6 +421,7 @@ impl Ledger {
         }
         let tree = db.open_tree(SM_TREE)?;
         let space = |tag: usize| Space::new(tree.clone(), tag as u8);
+        let deferred = Deferred::default();
         let ledger = Self {
             tree: tree.clone(),
             meta: space(0),
@@ -384,6 +436,11 @@ impl Ledger {
             trust: space(9),
             copies: Arc::default(),
             dedup_clock_ms: Arc::default(),
+            deferred: deferred.clone(),
+            _write_through_on_drop: Arc::new(WriteThroughOnDrop {
+                tree: tree.clone(),
+                deferred,
+            }),
         };
         // A store that applied anything has its format recorded (the first apply writes it).
         let format = ledger.store_format()?;
@@ -618,18 +675,25 @@ impl Ledger {
         Ok(hashes[0])
     }
 
-    /// The last run of an index: its first ordinal and value.
+    /// The last run of an index: its first ordinal and value (held in memory or in sled).
     pub(crate) fn last_run(
         &self,
         scope: IndexScope<'_>,
     ) -> Result<Option<(u64, sled::IVec)>, StoreError> {
-        match self.idx.scan_prefix(scope.prefix()).next_back() {
-            None => Ok(None),
+        let prefix = scope.prefix();
+        // Memory first: sled gets runs only from there (see `crate::deferred`).
+        let held = self
+            .deferred
+            .run(&prefix)
+            .map(|(first, run)| (first, sled::IVec::from(run)));
+        let stored = match self.idx.scan_prefix(&prefix).next_back() {
+            None => None,
             Some(item) => {
                 let (key, run) = item?;
-                Ok(Some((codec::run_first_ordinal(&key)?, run)))
+                Some((codec::run_first_ordinal(&key)?, run))
             }
-        }
+        };
+        deferred::later_run(held, stored)
     }
 
     /// How many events an index lists.
@@ -651,6 +715,12 @@ impl Ledger {
         ordinal: u64,
     ) -> Result<(u64, i64), StoreError> {
         let missing = || StoreError::Corrupt(format!("index {scope:?} has no entry {ordinal}"));
+        if let Some((first, run)) = self.deferred.run(&scope.prefix())
+            && ordinal >= first
+            && ordinal - first < codec::index_run_len(&run)?
+        {
+            return codec::index_run_entry(&run, ordinal - first);
+        }
         let (key, run) = self
             .idx
             .range(scope.key(0)..=scope.key(ordinal))
@@ -714,12 +784,46 @@ impl Ledger {
         let oldest = newest + 1 - take;
         let mut events = Vec::with_capacity(take as usize);
         // Runs overlapping [oldest, newest], newest first: the one holding `newest`, then
-        // earlier ones until the one holding `oldest`.
-        for item in self.idx.range(scope.key(0)..=scope.key(newest)).rev() {
-            let (key, run) = item?;
-            let first = codec::run_first_ordinal(&key)?;
-            let last = first + codec::index_run_len(&run)? - 1;
-            let mut ordinal = last.min(newest);
+        // earlier ones until the one holding `oldest`. The run held in memory (read first)
+        // joins sled's in its place; where both have a run of the same first ordinal, the
+        // longer one serves.
+        let mut held = self
+            .deferred
+            .run(&scope.prefix())
+            .filter(|(first, _)| *first <= newest)
+            .map(|(first, run)| (first, sled::IVec::from(run)));
+        let mut stored = self.idx.range(scope.key(0)..=scope.key(newest)).rev();
+        // A sled run read but not used yet (the held run came before it).
+        let mut stored_next: Option<(u64, sled::IVec)> = None;
+        // The next ordinal to read, going down.
+        let mut next = newest;
+        loop {
+            if stored_next.is_none()
+                && let Some(item) = stored.next()
+            {
+                let (key, run) = item?;
+                stored_next = Some((codec::run_first_ordinal(&key)?, run));
+            }
+            let (first, run) = match (held.take(), stored_next.take()) {
+                (None, None) => break,
+                (Some(run), None) | (None, Some(run)) => run,
+                (Some(h), Some(s)) if h.0 > s.0 => {
+                    stored_next = Some(s);
+                    h
+                }
+                (Some(h), Some(s)) if h.0 < s.0 => {
+                    held = Some(h);
+                    s
+                }
+                (h, s) => deferred::later_run(h, s)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("index {scope:?}: no run before {next}"))
+                })?,
+            };
+            let len = codec::index_run_len(&run)?;
+            if len == 0 || first > next {
+                continue;
+            }
+            let mut ordinal = (first + len - 1).min(next);
             while ordinal >= first.max(oldest) {
                 let (seq, _) = codec::index_run_entry(&run, ordinal - first)?;
                 let event = self.event(seq)?.ok_or_else(|| {
@@ -739,6 +843,7 @@ impl Ledger {
             if first <= oldest {
                 break;
             }
+            next = first - 1;
         }
         assert_eq!(
             events.len() as u64,
@@ -786,20 +891,79 @@ impl Ledger {
         from_day: i64,
         to_day: i64,
     ) -> Result<Vec<verifier::trust::DayCounts>, StoreError> {
-        let mut out = Vec::new();
         if from_day > to_day {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let range = codec::trust_key(asn, from_day)..=codec::trust_key(asn, to_day);
-        for item in self.trust.range(range) {
+        let (from, to) = (
+            codec::trust_key(asn, from_day),
+            codec::trust_key(asn, to_day),
+        );
+        // Memory first: sled gets day counts only from there (see `crate::deferred`).
+        let mut days = std::collections::BTreeMap::new();
+        for (key, counts) in self.deferred.trust_range(&from, &to) {
+            days.insert(codec::trust_day_from_key(&key)?, counts);
+        }
+        for item in self.trust.range(from..=to) {
             let (key, value) = item?;
-            let day = codec::trust_day_from_key(&key)?;
-            out.push(verifier::trust::DayCounts {
-                day,
-                counts: codec::parse_trust_value(&value)?,
-            });
+            let stored = codec::parse_trust_value(&value)?;
+            let counts = days
+                .entry(codec::trust_day_from_key(&key)?)
+                .or_insert(stored);
+            *counts = deferred::later_counts(*counts, stored);
         }
-        Ok(out)
+        Ok(days
+            .into_iter()
+            .map(|(day, counts)| verifier::trust::DayCounts { day, counts })
+            .collect())
+    }
+
+    /// The day counts of `asn` on `day` (zeros if it has no event that day).
+    pub(crate) fn trust_counts(&self, asn: &str, day: i64) -> Result<[u64; 4], StoreError> {
+        let key = codec::trust_key(asn, day);
+        let held = self.deferred.trust(&key);
+        let stored = match self.trust.get(&key)? {
+            Some(bytes) => codec::parse_trust_value(&bytes)?,
+            None => [0; 4],
+        };
+        Ok(held.map_or(stored, |held| deferred::later_counts(held, stored)))
+    }
+
+    /// How many agent-days have day counts, in memory or in sled.
+    fn trust_days_total(&self) -> Result<u64, StoreError> {
+        let mut keys: std::collections::BTreeSet<Vec<u8>> =
+            self.deferred.trust_keys().into_iter().collect();
+        for item in self.trust.iter() {
+            let (key, _) = item?;
+            keys.insert(key.to_vec());
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// The `last_applied` through which sled holds every index run and day count.
+    pub(crate) fn written_through(&self) -> Result<Option<LogId>, StoreError> {
+        Ok(self
+            .meta_get::<Option<LogId>>(META_WRITTEN_THROUGH)?
+            .flatten())
+    }
+
+    /// Writes the index runs and day counts held in memory through to sled, then
+    /// `written_through` = `last_applied`. Only between applies, on the state-machine worker
+    /// (or once it has stopped).
+    pub fn write_through(&self) -> Result<(), StoreError> {
+        let applied = self.last_applied()?;
+        if self.deferred.is_empty() && self.written_through()? == applied {
+            return Ok(());
+        }
+        let mut writes = self.deferred.writes();
+        crate::apply::put(
+            &mut writes,
+            crate::apply::T_META,
+            META_WRITTEN_THROUGH,
+            codec::encode(&applied),
+        );
+        self.insert_all(writes)?;
+        self.deferred.clear();
+        Ok(())
     }
 
     /// The inputs of an agent's trust score at one ledger position, read consistently: the
@@ -962,7 +1126,7 @@ impl Ledger {
                 return Ok(size);
             }
             days_checked += open.len() as u64;
-            let stored = self.trust.iter().count() as u64;
+            let stored = self.trust_days_total()?;
             if stored != days_checked && self.quiet_since(mark)? {
                 return Err(StoreError::Corrupt(format!(
                     "the trust day counts hold {stored} agent-days, the events make {days_checked}"
@@ -981,10 +1145,7 @@ impl Ledger {
         counts: &[u64; 4],
         seq: u64,
     ) -> Result<(), StoreError> {
-        let stored = match self.trust.get(codec::trust_key(asn, day))? {
-            Some(bytes) => codec::parse_trust_value(&bytes)?,
-            None => [0; 4],
-        };
+        let stored = self.trust_counts(asn, day)?;
         if &stored != counts {
             return Err(StoreError::Corrupt(format!(
                 "event {seq}: the trust day counts of {asn} on day {day} are {stored:?}, its \

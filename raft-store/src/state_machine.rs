@@ -39,6 +39,7 @@ use crate::durability::Durability;
 use crate::ledger::Ledger;
 use crate::ledger::META_LAST_APPLIED;
 use crate::ledger::META_LAST_MEMBERSHIP;
+use crate::ledger::META_WRITTEN_THROUGH;
 use crate::ledger::SM_TREES;
 use crate::ledger::StateCopy;
 use crate::types::Entry;
@@ -175,18 +176,37 @@ impl StateMachineStore {
         let snapshot_dir = dir.join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
         let current = read_snapshot_file(&snapshot_dir.join("current"))?;
-        if let Some(partial) = ledger.partial_apply()? {
-            // A crash in the middle of an apply (see `Pending::commit`): start again from the
-            // snapshot file, or from nothing, and let openraft apply the log again. The log
-            // holds every entry after the snapshot: it is purged only up to a snapshot, after
-            // the state machine was fsynced past it.
+        let applied = ledger.last_applied()?;
+        let written_through = ledger.written_through()?;
+        let restore = if let Some(partial) = ledger.partial_apply()? {
+            // A crash in the middle of an apply (see `Pending::commit`).
             tracing::warn!(
                 applying = %partial,
-                applied = ?ledger.last_applied()?,
+                applied = ?applied,
                 snapshot = ?current.as_ref().map(|s| s.meta.last_log_id),
                 "the state machine holds an apply a crash interrupted; restoring it from its \
                  snapshot file (or from nothing) and applying the log again"
             );
+            true
+        } else if applied.is_some() && written_through != applied {
+            // A stop without a write-through (a crash): index runs and day counts applied
+            // after `written_through` were only in memory (see `crate::deferred`).
+            tracing::warn!(
+                applied = ?applied,
+                written_through = ?written_through,
+                snapshot = ?current.as_ref().map(|s| s.meta.last_log_id),
+                "the state machine's index runs and day counts are complete only up to \
+                 written_through (the node stopped without writing them through); restoring it \
+                 from its snapshot file (or from nothing) and applying the log again"
+            );
+            true
+        } else {
+            false
+        };
+        if restore {
+            // Start again from the snapshot file, or from nothing, and let openraft apply the
+            // log again. The log holds every entry after the snapshot: it is purged only up to
+            // a snapshot, after the state machine was fsynced past it.
             match &current {
                 Some(snapshot) => replace_state(&ledger, &snapshot.meta, &snapshot.data)?,
                 None => clear_state(&ledger)?,
@@ -374,7 +394,16 @@ fn replace_state(ledger: &Ledger, meta: &SnapshotMeta, data: &[u8]) -> Result<()
         crate::space::tagged(meta_tag as u8, META_LAST_MEMBERSHIP),
         codec::encode(&meta.last_membership),
     );
-    ledger.apply_batch(batch)
+    // A snapshot holds every run and day count of its state (written through before its copy).
+    batch.insert(
+        crate::space::tagged(meta_tag as u8, META_WRITTEN_THROUGH),
+        codec::encode(&meta.last_log_id),
+    );
+    ledger.apply_batch(batch)?;
+    // What memory held is of an earlier state of the same log: a prefix of what sled holds
+    // now, so readers that see both until here read the new state (see `crate::deferred`).
+    ledger.deferred.clear();
+    Ok(())
 }
 
 /// Empties the state machine (every key space), atomically.
@@ -386,7 +415,9 @@ fn clear_state(ledger: &Ledger) -> Result<(), StoreError> {
             batch.remove(space.key(key));
         }
     }
-    ledger.apply_batch(batch)
+    ledger.apply_batch(batch)?;
+    ledger.deferred.clear();
+    Ok(())
 }
 
 /// A copy of the state begun on the state-machine worker, to be read off it while applies go
@@ -498,7 +529,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let gate = Arc::clone(&self.copy_gate).read_owned().await;
-        let begun = self.ledger.begin_copy().and_then(|copy| {
+        // The copy reads sled: it must hold the runs and day counts kept in memory.
+        let begun = self
+            .ledger
+            .write_through()
+            .and_then(|()| self.ledger.begin_copy());
+        let begun = begun.and_then(|copy| {
             Ok(BegunCopy {
                 copy,
                 membership: self.ledger.last_membership()?,

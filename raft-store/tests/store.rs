@@ -1412,10 +1412,10 @@ fn chunks_and_runs_answer_like_a_recount_across_apply_boundaries() {
     assert_merkle_like_reference(ledger, &all, 7);
 }
 
-/// Single reports extend an index's last run in place until it holds
-/// `RUN_EXTEND_ENTRIES_MAX` entries (an overwrite of its key, not a new key per apply), then
-/// start a new run; a batch adds all its entries to one run. The same from the tip cache and,
-/// after a reopen, from sled.
+/// Single reports extend an index's last run until it holds `RUN_EXTEND_ENTRIES_MAX` entries
+/// (in memory, written to sled when full or written through), then start a new run; a batch
+/// adds all its entries to one run. The same from the tip cache and, after a reopen, from
+/// sled.
 #[test]
 fn single_reports_extend_an_index_run_up_to_its_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1504,7 +1504,7 @@ fn assert_merkle_like_reference(ledger: &raft_store::Ledger, events: &[Event], s
 }
 
 /// A store of another format refuses to open and says so: one whose recorded format is not
-/// 4, one that still has the per-space sled trees of format 2, and one whose Raft log is in
+/// 5, one that still has the per-space sled trees of format 2, and one whose Raft log is in
 /// sled (format 3).
 #[test]
 fn a_store_of_another_format_refuses_to_open() {
@@ -1532,7 +1532,7 @@ fn a_store_of_another_format_refuses_to_open() {
             .expect("open must fail")
             .to_string();
         let expected = match legacy {
-            "format" => "store format 3; this ledgerd reads format 4 only",
+            "format" => "store format 3; this ledgerd reads format 5 only",
             "sm_events" => "store format 2 or older (sled tree sm_events)",
             _ => "store format 3 or older (the Raft log in sled tree raft_log)",
         };
@@ -1654,5 +1654,107 @@ fn a_partial_apply_is_found_at_open_and_undone() {
             assert_eq!(ledger.head().expect("head").size, 0);
         }
         assert!(ledger.event(2).expect("event 2").is_none());
+    }
+}
+
+/// A node that stops without writing through (a crash) leaves sled without the partial index
+/// runs and day counts it held in memory after `written_through`. Such a store is restored at
+/// open from its snapshot file, or emptied without one, and applying the log again gives the
+/// same activity, trust inputs and chain as a store that never stopped. Here the crash is
+/// imitated on a cleanly closed store: `written_through` goes back to the snapshot (or away),
+/// and the runs and day counts written through at close go with it.
+#[test]
+fn a_store_stopped_without_writing_through_is_restored_and_applies_the_log_again() {
+    for with_snapshot in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let asn = runtime().block_on(async {
+            let (log, mut sm) = raft_store::open(dir.path()).expect("open");
+            let (_, asns) = setup(&mut sm, &["r"]).await;
+            for index in 3..=12u64 {
+                if with_snapshot && index == 7 {
+                    sm.get_snapshot_builder()
+                        .await
+                        .build_snapshot()
+                        .await
+                        .expect("build");
+                }
+                let tx = u8::try_from(index).expect("few");
+                sm.apply(vec![entry(
+                    index,
+                    1,
+                    vec![append(tx, 0, &[asns[0].as_str()])],
+                )])
+                .await
+                .expect("apply");
+            }
+            log.close().expect("close");
+            asns[0].clone()
+        });
+        let expected = |ledger: &raft_store::Ledger| {
+            let page = ledger
+                .agent_activity(ActivityQuery {
+                    asn: &asn,
+                    event_type: None,
+                    from_ms: None,
+                    to_ms: None,
+                    window: None,
+                    skip: 0,
+                    limit: 100,
+                })
+                .expect("activity");
+            let inputs = ledger
+                .trust_inputs(&asn)
+                .expect("trust")
+                .expect("quiet store");
+            (seqs(&page.events), inputs.agent_events, inputs.days)
+        };
+        let before = {
+            let (_, sm) = raft_store::open(dir.path()).expect("reopen");
+            let before = expected(sm.ledger());
+            assert_eq!(before.0, (1..=10).rev().collect::<Vec<u64>>());
+            before
+        };
+        {
+            let db = raft_store::open_sled(&dir.path().join("sled")).expect("sled");
+            let sm = db.open_tree("sm").expect("tree");
+            let mark = [&[0u8][..], b"written_through"].concat();
+            if with_snapshot {
+                let at = raft_store::codec::encode(&Some(log_id(6)));
+                sm.insert(mark, at).expect("insert");
+            } else {
+                sm.remove(mark).expect("remove");
+            }
+            // What only memory held: the agent's partial runs (10 entries) and day count.
+            for tag in [2u8, 9] {
+                let keys: Vec<_> = sm
+                    .scan_prefix([tag])
+                    .map(|item| item.expect("key").0)
+                    .collect();
+                assert!(!keys.is_empty());
+                for key in keys {
+                    sm.remove(key).expect("remove");
+                }
+            }
+            db.flush().expect("flush");
+        }
+        runtime().block_on(async {
+            let (_, mut sm) = raft_store::open(dir.path()).expect("open restores");
+            let restored = sm.ledger().last_applied().expect("applied");
+            let (first, size) = if with_snapshot { (7, 4) } else { (1, 0) };
+            assert_eq!(restored, (first > 1).then(|| log_id(first - 1)));
+            assert_eq!(sm.ledger().head().expect("head").size, size);
+            // openraft applies the log again from there.
+            if first == 1 {
+                setup(&mut sm, &["r"]).await;
+            }
+            for index in first.max(3)..=12u64 {
+                let tx = u8::try_from(index).expect("few");
+                sm.apply(vec![entry(index, 1, vec![append(tx, 0, &[asn.as_str()])])])
+                    .await
+                    .expect("apply again");
+            }
+            assert_eq!(expected(sm.ledger()), before);
+            sm.ledger().verify_chain().expect("chain");
+        });
     }
 }
