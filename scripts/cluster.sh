@@ -246,12 +246,23 @@ cmd_up() {
 	cargo build --profile "$PROFILE" -p node >&2
 	[[ -x "$BIN" ]] || die "$BIN is missing after the build"
 
+	local existing=no
+	[[ -s "$(node_dir 1)/admin.key" ]] && existing=yes
 	if [[ -z "$(our_pid 1)" ]]; then
-		if [[ -s "$(node_dir 1)/admin.key" ]]; then
+		if [[ "$existing" == yes ]]; then
 			start_node 1 no
 		else
 			start_node 1 yes
 		fi
+	fi
+	if [[ "$existing" == yes ]]; then
+		# A cluster that ran before: node 1 is ready only once a majority elects a leader, so
+		# every stopped node starts now, before anyone waits for readiness.
+		for id in $(seq 2 "$NODES"); do
+			if [[ -z "$(our_pid "$id")" ]]; then
+				start_node "$id" no
+			fi
+		done
 	fi
 	wait_ready 1
 	local key_file

@@ -246,6 +246,14 @@ impl Collector for StateCollector {
         )?;
         gauge(
             e,
+            "ledger_state_machine_held",
+            "Index runs and day counts the state machine holds in memory, not yet written \
+             through to sled (estimated; written through past 32 MiB)",
+            Some(&Unit::Bytes),
+            i64::try_from(service.ledger.held_bytes()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
             "ledger_write_queue_commands",
             "Writes queued on this node for group commit",
             None,

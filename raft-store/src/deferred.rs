@@ -102,6 +102,11 @@ impl Deferred {
         self.read().trust.keys().cloned().collect()
     }
 
+    /// Bytes held (estimated).
+    pub(crate) fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         let state = self.read();
         state.runs.is_empty() && state.trust.is_empty()

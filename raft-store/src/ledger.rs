@@ -939,6 +939,12 @@ impl Ledger {
         Ok(keys.len() as u64)
     }
 
+    /// Bytes (estimated) of the index runs and day counts held in memory, not yet written
+    /// through to sled (see `crate::deferred`).
+    pub fn held_bytes(&self) -> usize {
+        self.deferred.bytes()
+    }
+
     /// The `last_applied` through which sled holds every index run and day count.
     pub(crate) fn written_through(&self) -> Result<Option<LogId>, StoreError> {
         Ok(self

@@ -154,6 +154,9 @@ async fn metrics_scenario() -> Result<()> {
         let size = value(samples, "ledger_store_size_bytes", &[])?;
         ensure!(size > 0.0, "node {id}: store size {size}");
         value(samples, "ledger_write_queue_commands", &[])?;
+        // Under load every node holds the partial index runs and day counts of the reports.
+        let held = value(samples, "ledger_state_machine_held_bytes", &[])?;
+        ensure!(held > 0.0, "node {id}: {held} bytes held");
         value(samples, "ledger_http_requests_in_flight", &[])?;
         // The workload spreads its reports over every node.
         let reports = value(
