@@ -1758,3 +1758,92 @@ fn a_store_stopped_without_writing_through_is_restored_and_applies_the_log_again
         });
     }
 }
+
+/// Readers on other threads see one consistent index and set of day counts while applies move
+/// runs from memory to sled (a run filled) and write-throughs (before each snapshot) empty the
+/// memory: every page is dense and newest first, every count and total only grows, and the
+/// trust inputs always count as many events as the agent's index lists at the same position.
+#[test]
+fn reads_stay_consistent_while_runs_move_from_memory_to_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut sm) = raft_store::open(dir.path()).expect("open");
+        let (_, asns) = setup(&mut sm, &["m"]).await;
+        let asn = asns[0].clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let ledger = sm.ledger().clone();
+            let stop = std::sync::Arc::clone(&stop);
+            let asn = asn.clone();
+            std::thread::spawn(move || {
+                let (mut reads, mut last_total) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let page = ledger
+                        .agent_activity(ActivityQuery {
+                            asn: &asn,
+                            event_type: None,
+                            from_ms: None,
+                            to_ms: None,
+                            window: None,
+                            skip: 0,
+                            limit: 40,
+                        })
+                        .expect("activity");
+                    // The agent's events are all the ledger's: seq 1..=total.
+                    let expected: Vec<u64> = (1..=page.total).rev().take(40).collect();
+                    assert_eq!(seqs(&page.events), expected, "a page of {}", page.total);
+                    assert!(
+                        page.total >= last_total,
+                        "{} after {last_total}",
+                        page.total
+                    );
+                    last_total = page.total;
+                    if let Some(inputs) = ledger.trust_inputs(&asn).expect("trust") {
+                        let counted: u64 = inputs
+                            .days
+                            .iter()
+                            .map(|d| d.counts.iter().sum::<u64>())
+                            .sum();
+                        assert_eq!(inputs.agent_events, inputs.head.size);
+                        assert_eq!(
+                            counted, inputs.agent_events,
+                            "day counts at {}",
+                            inputs.head.size
+                        );
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let mut index = 3;
+        for round in 0..12u64 {
+            for n in 0..25u64 {
+                // Mostly single reports; now and then a batch that fills a run past its limit.
+                let count = if n % 10 == 9 { 20 } else { 1 };
+                let events = (0..count)
+                    .map(|_| new_event(&asn, "task_completed"))
+                    .collect();
+                let command = Command::AppendEvents {
+                    by: ADMIN.into(),
+                    events,
+                };
+                sm.apply(vec![entry(index, 1, vec![once(command)])])
+                    .await
+                    .expect("apply");
+                index += 1;
+            }
+            if round % 3 == 2 {
+                sm.get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+                    .expect("build");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("reader");
+        assert!(reads > 0);
+        sm.ledger().verify_chain().expect("chain");
+    });
+}
