@@ -271,16 +271,13 @@ impl Drop for WriteThroughOnDrop {
             return;
         }
         let result = (|| -> Result<(), StoreError> {
-            let applied = self.tree.get(crate::space::tagged(
-                crate::apply::T_META as u8,
-                META_LAST_APPLIED,
-            ))?;
-            for (key, value) in self.deferred.writes() {
+            let key = crate::space::tagged(crate::apply::T_META as u8, META_LAST_APPLIED);
+            let applied = match self.tree.get(key)? {
+                Some(bytes) => codec::decode::<Option<LogId>>(&bytes, "last_applied")?,
+                None => None,
+            };
+            for (key, value) in write_through_writes(&self.deferred, applied) {
                 self.tree.insert(key, value)?;
-            }
-            if let Some(applied) = applied {
-                let key = crate::space::tagged(crate::apply::T_META as u8, META_WRITTEN_THROUGH);
-                self.tree.insert(key, applied)?;
             }
             self.deferred.clear();
             Ok(())
@@ -293,6 +290,19 @@ impl Drop for WriteThroughOnDrop {
             );
         }
     }
+}
+
+/// A write-through's writes: every run and day count held, then `written_through` = `applied`
+/// (sled recovers a prefix of its writes, so the mark is there only if all before it are).
+fn write_through_writes(deferred: &Deferred, applied: Option<LogId>) -> Vec<(Vec<u8>, sled::IVec)> {
+    let mut writes = deferred.writes();
+    crate::apply::put(
+        &mut writes,
+        crate::apply::T_META,
+        META_WRITTEN_THROUGH,
+        codec::encode(&applied),
+    );
+    writes
 }
 
 /// For each snapshot copy under way: the value every key written since it began had then
@@ -930,13 +940,17 @@ impl Ledger {
 
     /// How many agent-days have day counts, in memory or in sled.
     fn trust_days_total(&self) -> Result<u64, StoreError> {
-        let mut keys: std::collections::BTreeSet<Vec<u8>> =
-            self.deferred.trust_keys().into_iter().collect();
+        let mut total = 0;
         for item in self.trust.iter() {
-            let (key, _) = item?;
-            keys.insert(key.to_vec());
+            item?;
+            total += 1;
         }
-        Ok(keys.len() as u64)
+        for key in self.deferred.trust_keys() {
+            if self.trust.get(&key)?.is_none() {
+                total += 1;
+            }
+        }
+        Ok(total)
     }
 
     /// Bytes (estimated) of the index runs and day counts held in memory, not yet written
@@ -960,14 +974,7 @@ impl Ledger {
         if self.deferred.is_empty() && self.written_through()? == applied {
             return Ok(());
         }
-        let mut writes = self.deferred.writes();
-        crate::apply::put(
-            &mut writes,
-            crate::apply::T_META,
-            META_WRITTEN_THROUGH,
-            codec::encode(&applied),
-        );
-        self.insert_all(writes)?;
+        self.insert_all(write_through_writes(&self.deferred, applied))?;
         self.deferred.clear();
         Ok(())
     }

@@ -216,6 +216,21 @@ fn written_len(segment: &[u8]) -> usize {
     at
 }
 
+/// The newest `limit` events of `asn`, all types and dates.
+fn newest(ledger: &raft_store::Ledger, asn: &str, limit: usize) -> raft_store::ActivityPage {
+    ledger
+        .agent_activity(ActivityQuery {
+            asn,
+            event_type: None,
+            from_ms: None,
+            to_ms: None,
+            window: None,
+            skip: 0,
+            limit,
+        })
+        .expect("activity")
+}
+
 fn seqs(events: &[Event]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
@@ -1459,18 +1474,7 @@ fn single_reports_extend_an_index_run_up_to_its_limit() {
     let by_type = raft_store::codec::IndexScope::AgentType(&asn, "task_completed");
     assert_eq!(runs(by_type), expected);
     let (_, sm) = raft_store::open(dir.path()).expect("reopen");
-    let page = sm
-        .ledger()
-        .agent_activity(ActivityQuery {
-            asn: &asn,
-            event_type: None,
-            from_ms: None,
-            to_ms: None,
-            window: None,
-            skip: 0,
-            limit: 1000,
-        })
-        .expect("query");
+    let page = newest(sm.ledger(), &asn, 1000);
     let size = sm.ledger().head().expect("head").size;
     assert_eq!(size, singles + 30);
     assert_eq!(seqs(&page.events), (1..=size).rev().collect::<Vec<_>>());
@@ -1691,17 +1695,7 @@ fn a_store_stopped_without_writing_through_is_restored_and_applies_the_log_again
             asns[0].clone()
         });
         let expected = |ledger: &raft_store::Ledger| {
-            let page = ledger
-                .agent_activity(ActivityQuery {
-                    asn: &asn,
-                    event_type: None,
-                    from_ms: None,
-                    to_ms: None,
-                    window: None,
-                    skip: 0,
-                    limit: 100,
-                })
-                .expect("activity");
+            let page = newest(ledger, &asn, 100);
             let inputs = ledger
                 .trust_inputs(&asn)
                 .expect("trust")
@@ -1778,17 +1772,7 @@ fn reads_stay_consistent_while_runs_move_from_memory_to_sled() {
             std::thread::spawn(move || {
                 let (mut reads, mut last_total) = (0u64, 0u64);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let page = ledger
-                        .agent_activity(ActivityQuery {
-                            asn: &asn,
-                            event_type: None,
-                            from_ms: None,
-                            to_ms: None,
-                            window: None,
-                            skip: 0,
-                            limit: 40,
-                        })
-                        .expect("activity");
+                    let page = newest(&ledger, &asn, 40);
                     // The agent's events are all the ledger's: seq 1..=total.
                     let expected: Vec<u64> = (1..=page.total).rev().take(40).collect();
                     assert_eq!(seqs(&page.events), expected, "a page of {}", page.total);
