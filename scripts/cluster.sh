@@ -41,6 +41,11 @@ STOP_TIMEOUT_S=10
 
 # Timing flags passed to every node (override with LEDGERD_EXTRA_ARGS).
 NODE_FLAGS=(--heartbeat-ms 250 --election-timeout-min-ms 1500 --election-timeout-max-ms 3000)
+# The three nodes share this machine's cores: each gets its share of async worker threads, at
+# least one, instead of one per core (docs/OPERATIONS.md, "Nodes that share a machine").
+# LEDGERD_EXTRA_ARGS="--worker-threads N" overrides it.
+WORKER_THREADS=$(($(nproc) / NODES))
+if ((WORKER_THREADS < 1)); then WORKER_THREADS=1; fi
 
 die() {
 	echo "cluster.sh: error: $*" >&2
@@ -131,6 +136,9 @@ start_node() {
 		--grpc-addr "127.0.0.1:$(grpc_port "$id")" "${NODE_FLAGS[@]}")
 	if [[ "$bootstrap" == yes ]]; then
 		args+=(--bootstrap)
+	fi
+	if [[ " ${LEDGERD_EXTRA_ARGS:-} " != *" --worker-threads"* ]]; then
+		args+=(--worker-threads "$WORKER_THREADS")
 	fi
 	# shellcheck disable=SC2206 # word splitting of the extra args is intended
 	args+=(${LEDGERD_EXTRA_ARGS:-})

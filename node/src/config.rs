@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// Async runtime threads a node may be given (`--worker-threads`), at most.
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ledgerd",
@@ -55,6 +58,13 @@ pub struct Config {
     /// the node with the longest log. Never use it while a majority may still be alive.
     #[arg(long)]
     pub force_single_voter: bool,
+
+    /// Threads of the async runtime that serves HTTP, gRPC and Raft; 0 (the default) means one
+    /// per CPU core. Where several nodes share a machine (a local cluster, a benchmark), give
+    /// each about its share of the cores: `scripts/cluster.sh` starts each of its three nodes
+    /// with cores / 3, at least 1 (docs/OPERATIONS.md, "Nodes that share a machine").
+    #[arg(long, env = "LEDGER_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 
     /// Raft heartbeat interval, in milliseconds.
     #[arg(long, env = "LEDGER_HEARTBEAT_MS", default_value_t = 250)]
@@ -185,6 +195,12 @@ impl Config {
             return Err(format!(
                 "--election-timeout-max-ms ({}) must be larger than --election-timeout-min-ms ({})",
                 self.election_timeout_max_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(format!(
+                "--worker-threads ({}) must be at most {WORKER_THREADS_MAX} (0: one per CPU core)",
+                self.worker_threads
             ));
         }
         if self.snapshot_logs == 0 {
@@ -400,6 +416,7 @@ mod tests {
         assert_eq!(config.http_addr, "10.0.0.11:8080".parse().expect("addr"));
         assert_eq!(config.snapshot_logs, 100_000);
         assert_eq!(config.snapshot_log_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.worker_threads, 0);
         // A flag wins over the file.
         let config =
             load(&["ledgerd", "--config", "../deploy/ledgerd.toml", "--id=7"]).expect("loads");
@@ -447,6 +464,30 @@ mod tests {
         .expect("parses");
         let error = config.validate().expect_err("invalid");
         assert!(error.contains("--http-request-timeout-ms"), "{error}");
+    }
+
+    /// `--worker-threads`: 0 (one per core) and the limit are accepted, one past it refused
+    /// with a message naming the flag.
+    #[test]
+    fn worker_threads_are_bounded() {
+        let with = |threads: usize| {
+            load(&[
+                "ledgerd",
+                "--id",
+                "1",
+                "--data-dir",
+                "/tmp/x",
+                "--worker-threads",
+                &threads.to_string(),
+            ])
+            .expect("parses")
+            .validate()
+        };
+        with(0).expect("one per core");
+        with(1).expect("one");
+        with(WORKER_THREADS_MAX).expect("at the limit");
+        let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
+        assert!(error.contains("--worker-threads"), "{error}");
     }
 
     #[test]

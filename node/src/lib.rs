@@ -350,7 +350,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         http_listener,
         api::router(Arc::clone(&service)).into_make_service_with_connect_info::<SocketAddr>(),
     );
-    tracing::info!(id = config.id, http = %config.http_addr, grpc = %config.grpc_addr, "ledgerd serving");
+    tracing::info!(
+        id = config.id,
+        http = %config.http_addr,
+        grpc = %config.grpc_addr,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "ledgerd serving"
+    );
 
     // openraft's core reports a fatal error in `metrics()` as it stops, and its channels close
     // when it has stopped. Wait for that on `server_metrics()`, which changes only with the
