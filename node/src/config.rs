@@ -406,6 +406,11 @@ mod tests {
         Config::load_from(args.iter().map(Into::into).collect())
     }
 
+    /// A node's minimal command line (`--id 1 --data-dir /tmp/x`) followed by `flags`.
+    fn load_with(flags: &[&str]) -> Result<Config, String> {
+        load(&[&["ledgerd", "--id", "1", "--data-dir", "/tmp/x"], flags].concat())
+    }
+
     /// The example shipped in deploy/ is valid and complete.
     #[test]
     fn the_example_config_file_loads() {
@@ -429,12 +434,7 @@ mod tests {
     fn the_write_deadline_stays_inside_the_dedup_window() {
         let max = raft_store::dedup::WRITE_DEADLINE_MS_MAX;
         let with = |deadline: u64| {
-            load(&[
-                "ledgerd",
-                "--id",
-                "1",
-                "--data-dir",
-                "/tmp/x",
+            load_with(&[
                 "--write-deadline-ms",
                 &deadline.to_string(),
                 "--http-request-timeout-ms",
@@ -452,16 +452,7 @@ mod tests {
 
     #[test]
     fn timeouts_must_exceed_the_write_deadline() {
-        let config = load(&[
-            "ledgerd",
-            "--id",
-            "1",
-            "--data-dir",
-            "/tmp/x",
-            "--http-request-timeout-ms",
-            "10000",
-        ])
-        .expect("parses");
+        let config = load_with(&["--http-request-timeout-ms", "10000"]).expect("parses");
         let error = config.validate().expect_err("invalid");
         assert!(error.contains("--http-request-timeout-ms"), "{error}");
     }
@@ -471,17 +462,9 @@ mod tests {
     #[test]
     fn worker_threads_are_bounded() {
         let with = |threads: usize| {
-            load(&[
-                "ledgerd",
-                "--id",
-                "1",
-                "--data-dir",
-                "/tmp/x",
-                "--worker-threads",
-                &threads.to_string(),
-            ])
-            .expect("parses")
-            .validate()
+            load_with(&["--worker-threads", &threads.to_string()])
+                .expect("parses")
+                .validate()
         };
         with(0).expect("one per core");
         with(1).expect("one");
@@ -492,16 +475,15 @@ mod tests {
 
     #[test]
     fn snapshot_triggers_must_be_positive() {
-        let base = ["ledgerd", "--id", "1", "--data-dir", "/tmp/x"];
         for (flag, name) in [
             ("--snapshot-logs=0", "--snapshot-logs"),
             ("--snapshot-log-bytes=0", "--snapshot-log-bytes"),
         ] {
-            let config = load(&[&base[..], &[flag]].concat()).expect("parses");
+            let config = load_with(&[flag]).expect("parses");
             let error = config.validate().expect_err("invalid");
             assert!(error.contains(name), "{error}");
         }
-        let config = load(&[&base[..], &["--snapshot-log-bytes=1"]].concat()).expect("parses");
+        let config = load_with(&["--snapshot-log-bytes=1"]).expect("parses");
         config.validate().expect("valid");
     }
 }
