@@ -39,13 +39,14 @@ BIN="$TARGET_DIR/$PROFILE_DIR/ledgerd"
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
 
-# Timing flags passed to every node (override with LEDGERD_EXTRA_ARGS).
-NODE_FLAGS=(--heartbeat-ms 250 --election-timeout-min-ms 1500 --election-timeout-max-ms 3000)
 # The three nodes share this machine's cores: each gets its share of async worker threads, at
 # least one, instead of one per core (docs/OPERATIONS.md, "Nodes that share a machine").
-# LEDGERD_EXTRA_ARGS="--worker-threads N" overrides it.
 WORKER_THREADS=$(($(nproc) / NODES))
 if ((WORKER_THREADS < 1)); then WORKER_THREADS=1; fi
+# Flags passed to every node; LEDGERD_EXTRA_ARGS comes after them, and a flag given again
+# takes its last value (e.g. LEDGERD_EXTRA_ARGS="--worker-threads 2 --heartbeat-ms 100").
+NODE_FLAGS=(--heartbeat-ms 250 --election-timeout-min-ms 1500 --election-timeout-max-ms 3000
+	--worker-threads "$WORKER_THREADS")
 
 die() {
 	echo "cluster.sh: error: $*" >&2
@@ -136,9 +137,6 @@ start_node() {
 		--grpc-addr "127.0.0.1:$(grpc_port "$id")" "${NODE_FLAGS[@]}")
 	if [[ "$bootstrap" == yes ]]; then
 		args+=(--bootstrap)
-	fi
-	if [[ " ${LEDGERD_EXTRA_ARGS:-} " != *" --worker-threads"* ]]; then
-		args+=(--worker-threads "$WORKER_THREADS")
 	fi
 	# shellcheck disable=SC2206 # word splitting of the extra args is intended
 	args+=(${LEDGERD_EXTRA_ARGS:-})

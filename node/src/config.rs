@@ -15,7 +15,11 @@ pub const WORKER_THREADS_MAX: usize = 1024;
 #[command(
     name = "ledgerd",
     version,
-    about = "One node of an asn-ledger cluster: Raft, peer gRPC and the HTTP API."
+    about = "One node of an asn-ledger cluster: Raft, peer gRPC and the HTTP API.",
+    // A flag given twice takes its last value, so a script's defaults can be overridden by
+    // flags appended after them (`scripts/cluster.sh`'s LEDGERD_EXTRA_ARGS). Repeatable flags
+    // (`--peer-route`) still collect every value.
+    args_override_self = true
 )]
 pub struct Config {
     /// A TOML file of options: keys are the long flag names without `--` (`http-addr` or
@@ -455,6 +459,27 @@ mod tests {
         let config = load_with(&["--http-request-timeout-ms", "10000"]).expect("parses");
         let error = config.validate().expect_err("invalid");
         assert!(error.contains("--http-request-timeout-ms"), "{error}");
+    }
+
+    /// A flag given again takes its last value; a repeatable one keeps all of them.
+    #[test]
+    fn a_later_flag_wins_and_repeatable_flags_collect() {
+        let config = load_with(&[
+            "--worker-threads",
+            "2",
+            "--heartbeat-ms=100",
+            "--worker-threads=1",
+            "--heartbeat-ms",
+            "200",
+            "--peer-route",
+            "127.0.0.1:1=127.0.0.1:2",
+            "--peer-route",
+            "127.0.0.1:3=127.0.0.1:4",
+        ])
+        .expect("parses");
+        assert_eq!(config.worker_threads, 1);
+        assert_eq!(config.heartbeat_ms, 200);
+        assert_eq!(config.peer_routes.len(), 2);
     }
 
     /// `--worker-threads`: 0 (one per core) and the limit are accepted, one past it refused
