@@ -12,8 +12,10 @@
 #   - activity queries: page 1 and page 2000 of an agent with 100,000 events, public and owner
 #     (scripts/bench_query.py, through a follower).
 # For each load it prints requests/s, events/s, p50/p99/max latency and the servers' CPU time per
-# event (user+system of the three server processes over the run, from /proc), and the share of
-# the VM's CPU time the host gave to other guests meanwhile (steal, from /proc/stat).
+# event (user+system of the three server processes over the run, from /proc), loadgen's own CPU
+# time per request (it shares the machine with the servers: one thread, a keep-alive connection
+# per client and node, no connection pool), and the share of the VM's CPU time the host gave to
+# other guests meanwhile (steal, from /proc/stat).
 #
 # --vs-etcd: installs Debian's etcd-server if missing, starts a 3-member etcd 3.4 on loopback
 # (client ports 12379/12479/12579, default durability: fsync on every commit) next to the ledger
@@ -224,12 +226,12 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = {r["label"]: r for r in rows}
 print(f"bench.sh results ({sys.argv[1]})")
 print()
-print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event | host steal % |")
-print("|---|---|---|---|---|---|---|---|")
+print("| load | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event | loadgen CPU µs/request | host steal % |")
+print("|---|---|---|---|---|---|---|---|---|")
 # The runs alternate between ledgerd and etcd; the table lists ledgerd's first.
 for r in sorted(rows, key=lambda r: r["label"].startswith("etcd")):
     if "events_per_s" in r:
-        print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} | {r.get('host_steal_pct')} |")
+        print(f"| {r['label']} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} | {r.get('client_cpu_us_per_request')} | {r.get('host_steal_pct')} |")
 q = by.get("ledger queries")
 if q:
     print()
