@@ -613,6 +613,30 @@ impl Api {
         self.send(request, 200).await
     }
 
+    /// Removes `victim` through `via`, as an operator following the API's advice would. A 503
+    /// or a lost answer leaves the outcome unknown (the change may have been made: a leader
+    /// that removes itself steps down, and the next must be elected, and may first have to
+    /// finish a joint configuration, within the write deadline): try again, up to three times,
+    /// and take "not a member" after such a try as done.
+    pub async fn remove_node_retrying(&self, via: u64, victim: u64) -> Result<()> {
+        let mut unknown = None;
+        for _ in 0..3 {
+            match self.remove_node(via, victim).await {
+                Ok(_) => return Ok(()),
+                Err(error) if error.status == Some(404) && unknown.is_some() => return Ok(()),
+                Err(error) if error.status.is_none() || error.status == Some(503) => {
+                    eprintln!("removing node {victim} through node {via}: {error}; again");
+                    unknown = Some(error);
+                }
+                Err(error) => bail!("removing node {victim} through node {via}: {error}"),
+            }
+        }
+        bail!(
+            "removing node {victim} through node {via} failed three times, last: {:?}",
+            unknown
+        )
+    }
+
     /// Any request with an optional `Authorization` header value; returns status and JSON body
     /// (`Value::Null` when the body is not JSON). For authorization tests.
     pub async fn raw(

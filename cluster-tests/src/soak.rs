@@ -347,7 +347,7 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
                 cluster.wait_ready(fresh).await?;
                 members.insert(fresh);
                 api.route(victim, false);
-                remove_with_retries(&api, via, victim).await?;
+                api.remove_node_retrying(via, victim).await?;
                 members.remove(&victim);
                 cluster.terminate(victim).await?;
                 monitor.forget(victim);
@@ -421,29 +421,6 @@ async fn drive(cluster: &mut Cluster, options: &SoakOptions) -> Result<SoakRepor
         report.final_size
     );
     Ok(report)
-}
-
-/// Removes `victim` through `via`. A 503 or a lost answer leaves the outcome unknown (the
-/// change may have been made): try again, and take "not a member" after such a try as done.
-async fn remove_with_retries(api: &Api, via: u64, victim: u64) -> Result<()> {
-    let mut unknown = None;
-    for _ in 0..3 {
-        match api.remove_node(via, victim).await {
-            Ok(_) => return Ok(()),
-            Err(error) if error.status == Some(404) && unknown.is_some() => return Ok(()),
-            Err(error) if error.status.is_none() || error.status == Some(503) => {
-                eprintln!("soak: removing node {victim} through node {via}: {error}; again");
-                unknown = Some(error);
-            }
-            Err(error) => {
-                anyhow::bail!("removing node {victim} through node {via}: {error}")
-            }
-        }
-    }
-    anyhow::bail!(
-        "removing node {victim} through node {via} failed three times, last: {:?}",
-        unknown
-    )
 }
 
 /// Directed links between members.
