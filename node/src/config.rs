@@ -63,12 +63,21 @@ pub struct Config {
     #[arg(long)]
     pub force_single_voter: bool,
 
-    /// Threads of the async runtime that serves HTTP, gRPC and Raft; 0 (the default) means one
-    /// per CPU core. Where several nodes share a machine (a local cluster, a benchmark), give
-    /// each about its share of the cores: `scripts/cluster.sh` starts each of its three nodes
-    /// with cores / 3, at least 1 (docs/OPERATIONS.md, "Nodes that share a machine").
+    /// Threads of the async runtime that serves the HTTP API (and, with
+    /// `--raft-worker-threads 0`, Raft too); 0 (the default) means one per CPU core. Where
+    /// several nodes share a machine (a local cluster, a benchmark), give each about its share
+    /// of the cores: `scripts/cluster.sh` starts each of its three nodes with cores / 3, at
+    /// least 1 (docs/OPERATIONS.md, "Nodes that share a machine").
     #[arg(long, env = "LEDGER_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// Threads of the async runtime that runs Raft apart from the HTTP API: openraft's core,
+    /// replication to the followers, the state machine's applies and the peer gRPC server
+    /// (docs/OPERATIONS.md, "Threads"). 1 (the default) is enough for the one core task and
+    /// the one state-machine task openraft runs; 0 runs Raft on the API's runtime, where its
+    /// messages wait in the same queue as client requests.
+    #[arg(long, env = "LEDGER_RAFT_WORKER_THREADS", default_value_t = 1)]
+    pub raft_worker_threads: usize,
 
     /// Raft heartbeat interval, in milliseconds.
     #[arg(long, env = "LEDGER_HEARTBEAT_MS", default_value_t = 250)]
@@ -205,6 +214,12 @@ impl Config {
             return Err(format!(
                 "--worker-threads ({}) must be at most {WORKER_THREADS_MAX} (0: one per CPU core)",
                 self.worker_threads
+            ));
+        }
+        if self.raft_worker_threads > WORKER_THREADS_MAX {
+            return Err(format!(
+                "--raft-worker-threads ({}) must be at most {WORKER_THREADS_MAX} (0: Raft runs on the API's runtime)",
+                self.raft_worker_threads
             ));
         }
         if self.snapshot_logs == 0 {
@@ -426,6 +441,7 @@ mod tests {
         assert_eq!(config.snapshot_logs, 100_000);
         assert_eq!(config.snapshot_log_bytes, 256 * 1024 * 1024);
         assert_eq!(config.worker_threads, 0);
+        assert_eq!(config.raft_worker_threads, 1);
         // A flag wins over the file.
         let config =
             load(&["ledgerd", "--config", "../deploy/ledgerd.toml", "--id=7"]).expect("loads");
@@ -496,6 +512,23 @@ mod tests {
         with(WORKER_THREADS_MAX).expect("at the limit");
         let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
         assert!(error.contains("--worker-threads"), "{error}");
+    }
+
+    /// `--raft-worker-threads`: 1 by default; 0 (Raft on the API's runtime) and the limit are
+    /// accepted, one past it refused with a message naming the flag.
+    #[test]
+    fn raft_worker_threads_are_bounded() {
+        assert_eq!(load_with(&[]).expect("parses").raft_worker_threads, 1);
+        let with = |threads: usize| {
+            load_with(&["--raft-worker-threads", &threads.to_string()])
+                .expect("parses")
+                .validate()
+        };
+        with(0).expect("on the API's runtime");
+        with(1).expect("one");
+        with(WORKER_THREADS_MAX).expect("at the limit");
+        let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
+        assert!(error.contains("--raft-worker-threads"), "{error}");
     }
 
     #[test]

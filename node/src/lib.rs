@@ -153,7 +153,16 @@ fn open_store(
     })
 }
 
-pub async fn run(config: Config) -> Result<(), RunError> {
+/// Runs the node until a signal, a fatal error or a failed start. Raft (openraft's core,
+/// replication and state-machine tasks, and the peer gRPC server) runs on `raft_runtime` when
+/// given, the HTTP API on the runtime this future runs on.
+pub async fn run(
+    config: Config,
+    raft_runtime: Option<tokio::runtime::Handle>,
+) -> Result<(), RunError> {
+    // openraft spawns its tasks on the runtime `Raft::new` runs on, and the tasks it spawns
+    // later from those; tonic spawns a connection's task on the runtime that accepts it.
+    let raft_runtime = raft_runtime.unwrap_or_else(tokio::runtime::Handle::current);
     init_logging(&config.log_format, config.access_log);
     if config.force_single_voter {
         return force_single_voter(&config).await;
@@ -210,17 +219,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     .validate()
     .map_err(|e| anyhow!("invalid Raft configuration: {e}"))?;
-    let raft = raft_store::Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        Network {
-            peers: peers.clone(),
-        },
-        log_store.clone(),
-        state_machine.clone(),
-    )
-    .await
-    .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
+    let raft = raft_runtime
+        .spawn(raft_store::Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network {
+                peers: peers.clone(),
+            },
+            log_store.clone(),
+            state_machine.clone(),
+        ))
+        .await
+        .map_err(|e| anyhow!("cannot start Raft: {e}"))?
+        .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
     tokio::spawn(snapshot_policy(
         raft.clone(),
         log_store.clone(),
@@ -325,19 +336,25 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         service: Arc::clone(&service),
         data_dir: Arc::clone(&data_dir),
     };
-    let grpc = tonic::transport::Server::builder()
-        .add_service(
-            proto::peer_server::PeerServer::new(peer_server)
-                .max_decoding_message_size(network::GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(network::GRPC_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_incoming(
-            // Small request/response frames: Nagle plus delayed ACKs would add ~40 ms a call.
-            tonic::transport::server::TcpIncoming::from(
-                tokio::net::TcpListener::from_std(grpc_listener).context("gRPC listener")?,
+    // Built on Raft's runtime, so that its listener and connections are polled by that
+    // runtime's I/O driver: an AppendEntries wakes Raft's thread, not the API's.
+    let mut grpc = raft_runtime.spawn(async move {
+        let incoming = tokio::net::TcpListener::from_std(grpc_listener)
+            .map_err(|e| format!("gRPC listener: {e}"))?;
+        tonic::transport::Server::builder()
+            .add_service(
+                proto::peer_server::PeerServer::new(peer_server)
+                    .max_decoding_message_size(network::GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(network::GRPC_MESSAGE_BYTES_MAX),
             )
-            .with_nodelay(Some(true)),
-        );
+            .serve_with_incoming(
+                // Small request/response frames: Nagle plus delayed ACKs would add ~40 ms a
+                // call.
+                tonic::transport::server::TcpIncoming::from(incoming).with_nodelay(Some(true)),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    });
     let http_listener = tokio::net::TcpListener::from_std(http_listener)
         .context("HTTP listener")?
         .tap_io(|tcp| {
@@ -355,6 +372,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         http = %config.http_addr,
         grpc = %config.grpc_addr,
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        raft_worker_threads = config.raft_worker_threads,
         "ledgerd serving"
     );
 
@@ -373,7 +391,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     };
     let result = tokio::select! {
-        result = grpc => result.map_err(|e| RunError::Fatal(format!("gRPC server failed: {e}"))),
+        result = &mut grpc => {
+            let message = match result {
+                Ok(Ok(())) => "it stopped".to_owned(),
+                Ok(Err(message)) => message,
+                Err(error) => error.to_string(),
+            };
+            Err(RunError::Fatal(format!("gRPC server failed: {message}")))
+        }
         result = http => result.map_err(|e| RunError::Fatal(format!("HTTP server failed: {e}"))),
         message = fatal => Err(RunError::Fatal(format!("raft stopped: {message}"))),
         () = shutdown_signal() => {
@@ -381,6 +406,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             Ok(())
         }
     };
+    grpc.abort();
     let _ = raft.shutdown().await;
     if result.is_ok() {
         // The state-machine worker has stopped: write the index runs and day counts it kept in

@@ -38,7 +38,28 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match runtime.block_on(node::run(config)) {
+    // Raft on a runtime of its own (`--raft-worker-threads`, docs/OPERATIONS.md "Threads"):
+    // an AppendEntries, a follower's answer or a commit then waits for the OS to schedule
+    // Raft's thread, never in a queue behind the client requests the API's workers are busy
+    // with.
+    let raft_runtime = if config.raft_worker_threads == 0 {
+        None
+    } else {
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(config.raft_worker_threads)
+            .thread_name("raft")
+            .build();
+        match built {
+            Ok(raft_runtime) => Some(raft_runtime),
+            Err(error) => {
+                eprintln!("ledgerd: error: cannot start Raft's async runtime: {error}");
+                std::process::exit(2);
+            }
+        }
+    };
+    let raft_handle = raft_runtime.as_ref().map(|r| r.handle().clone());
+    match runtime.block_on(node::run(config, raft_handle)) {
         Ok(()) => {}
         Err(node::RunError::Startup(error)) => {
             let message = format!("{error:#}").replace('\n', " ");

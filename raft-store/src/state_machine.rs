@@ -590,8 +590,18 @@ impl StateMachineStore {
                 .window
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            replace_state(&self.ledger, meta, &data).map_err(|e| snapshot_err(&e))?;
-            *window = crate::dedup::TxWindow::load(&self.ledger).map_err(|e| snapshot_err(&e))?;
+            let replace = || -> Result<crate::dedup::TxWindow, StoreError> {
+                replace_state(&self.ledger, meta, &data)?;
+                crate::dedup::TxWindow::load(&self.ledger)
+            };
+            // Rewriting the whole state takes a while for a large snapshot: off the async
+            // worker where the runtime allows it, so that Raft's other tasks (its core, the
+            // peer gRPC server: `ledgerd` gives Raft a runtime of one thread) go on meanwhile.
+            let replaced = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(replace),
+                _ => replace(),
+            };
+            *window = replaced.map_err(|e| snapshot_err(&e))?;
         }
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;
