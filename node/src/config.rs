@@ -498,37 +498,26 @@ mod tests {
         assert_eq!(config.peer_routes.len(), 2);
     }
 
-    /// `--worker-threads`: 0 (one per core) and the limit are accepted, one past it refused
-    /// with a message naming the flag.
+    /// `--worker-threads` (default 0: one per core) and `--raft-worker-threads` (default 1; 0:
+    /// Raft on the API's runtime): 0, 1 and the limit are accepted, one past it refused with a
+    /// message naming the flag.
     #[test]
-    fn worker_threads_are_bounded() {
-        let with = |threads: usize| {
-            load_with(&["--worker-threads", &threads.to_string()])
-                .expect("parses")
-                .validate()
-        };
-        with(0).expect("one per core");
-        with(1).expect("one");
-        with(WORKER_THREADS_MAX).expect("at the limit");
-        let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
-        assert!(error.contains("--worker-threads"), "{error}");
-    }
-
-    /// `--raft-worker-threads`: 1 by default; 0 (Raft on the API's runtime) and the limit are
-    /// accepted, one past it refused with a message naming the flag.
-    #[test]
-    fn raft_worker_threads_are_bounded() {
-        assert_eq!(load_with(&[]).expect("parses").raft_worker_threads, 1);
-        let with = |threads: usize| {
-            load_with(&["--raft-worker-threads", &threads.to_string()])
-                .expect("parses")
-                .validate()
-        };
-        with(0).expect("on the API's runtime");
-        with(1).expect("one");
-        with(WORKER_THREADS_MAX).expect("at the limit");
-        let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
-        assert!(error.contains("--raft-worker-threads"), "{error}");
+    fn thread_counts_are_bounded() {
+        let defaults = load_with(&[]).expect("parses");
+        assert_eq!(defaults.worker_threads, 0);
+        assert_eq!(defaults.raft_worker_threads, 1);
+        for flag in ["--worker-threads", "--raft-worker-threads"] {
+            let with = |threads: usize| {
+                load_with(&[flag, &threads.to_string()])
+                    .expect("parses")
+                    .validate()
+            };
+            for threads in [0, 1, WORKER_THREADS_MAX] {
+                with(threads).unwrap_or_else(|error| panic!("{flag} {threads}: {error}"));
+            }
+            let error = with(WORKER_THREADS_MAX + 1).expect_err("past the limit");
+            assert!(error.starts_with(&format!("{flag} (")), "{flag}: {error}");
+        }
     }
 
     #[test]
