@@ -154,15 +154,11 @@ fn open_store(
 }
 
 /// Runs the node until a signal, a fatal error or a failed start. Raft (openraft's core,
-/// replication and state-machine tasks, and the peer gRPC server) runs on `raft_runtime` when
-/// given, the HTTP API on the runtime this future runs on.
-pub async fn run(
-    config: Config,
-    raft_runtime: Option<tokio::runtime::Handle>,
-) -> Result<(), RunError> {
-    // openraft spawns its tasks on the runtime `Raft::new` runs on, and the tasks it spawns
-    // later from those; tonic spawns a connection's task on the runtime that accepts it.
-    let raft_runtime = raft_runtime.unwrap_or_else(tokio::runtime::Handle::current);
+/// replication and state-machine tasks, and the peer gRPC server) runs on `raft_runtime`, the
+/// HTTP API on the runtime this future runs on; they may be the same
+/// (`--raft-worker-threads 0`). openraft spawns its tasks on the runtime `Raft::new` runs on,
+/// and tonic a connection's task on the runtime that accepts it.
+pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result<(), RunError> {
     init_logging(&config.log_format, config.access_log);
     if config.force_single_voter {
         return force_single_voter(&config).await;

@@ -26,39 +26,19 @@ fn main() {
         eprintln!("ledgerd: error: {message}");
         std::process::exit(2);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if config.worker_threads > 0 {
-        builder.worker_threads(config.worker_threads);
-    }
-    let runtime = match builder.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ledgerd: error: cannot start the async runtime: {error}");
-            std::process::exit(2);
-        }
-    };
+    let runtime = start_runtime("the async runtime", config.worker_threads, None);
     // Raft on a runtime of its own (`--raft-worker-threads`, docs/OPERATIONS.md "Threads"):
     // an AppendEntries, a follower's answer or a commit then waits for the OS to schedule
     // Raft's thread, never in a queue behind the client requests the API's workers are busy
-    // with.
-    let raft_runtime = if config.raft_worker_threads == 0 {
-        None
-    } else {
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .worker_threads(config.raft_worker_threads)
-            .thread_name("raft")
-            .build();
-        match built {
-            Ok(raft_runtime) => Some(raft_runtime),
-            Err(error) => {
-                eprintln!("ledgerd: error: cannot start Raft's async runtime: {error}");
-                std::process::exit(2);
-            }
-        }
-    };
-    let raft_handle = raft_runtime.as_ref().map(|r| r.handle().clone());
+    // with. Not for `--force-single-voter`, which runs no Raft.
+    let raft_runtime = (config.raft_worker_threads > 0 && !config.force_single_voter).then(|| {
+        start_runtime(
+            "Raft's async runtime",
+            config.raft_worker_threads,
+            Some("raft"),
+        )
+    });
+    let raft_handle = raft_runtime.as_ref().unwrap_or(&runtime).handle().clone();
     match runtime.block_on(node::run(config, raft_handle)) {
         Ok(()) => {}
         Err(node::RunError::Startup(error)) => {
@@ -69,6 +49,26 @@ fn main() {
         Err(node::RunError::Fatal(message)) => {
             eprintln!("ledgerd: fatal: {}", message.replace('\n', " "));
             std::process::exit(70);
+        }
+    }
+}
+
+/// A multi-thread tokio runtime with `workers` threads (0: one per core), or exit code 2 with
+/// one line on stderr.
+fn start_runtime(what: &str, workers: usize, name: Option<&str>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    if let Some(name) = name {
+        builder.thread_name(name);
+    }
+    match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ledgerd: error: cannot start {what}: {error}");
+            std::process::exit(2);
         }
     }
 }
