@@ -520,6 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let committed = pending.commit().map_err(sm_write_err)?;
         tips.absorb(committed.tips);
         window.absorb(committed.clock_ms, committed.generated);
+        self.durability.wrote();
         // No fsync here: the log is the record. sled recovers a prefix of its writes, so after
         // a crash the state machine is behind the log and openraft applies again from
         // `last_applied` (written in the same batch); the log store fsyncs sled before it
