@@ -12,6 +12,11 @@
 //! Reports need registered agents: pass them with `--asn`, or give an admin `--key` and loadgen
 //! registers `--asns` agents under a new operator before the run. etcd puts need neither: each
 //! puts a fresh key with a `--value-bytes` value.
+//!
+//! `--trace FILE` writes every measured request as a line `start_us latency_us url_index`
+//! (start in µs after the measured window began), after a first line `# window_start_unix_us N`
+//! that places the window on the wall clock: to see *when* slow requests happen and line them
+//! up with what the servers did (docs/PERFORMANCE.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,6 +76,9 @@ struct Args {
     /// Seed of the ASN choice (printed; defaults to the clock).
     #[arg(long, env = "SEED")]
     seed: Option<u64>,
+    /// Write every measured request to this file (see the module documentation).
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -78,6 +86,8 @@ struct WorkerResult {
     /// Every request sent, measured or not.
     requests: u64,
     latencies_us: Vec<u64>,
+    /// With `--trace`: (start after the window began, latency, URL index), in µs.
+    trace: Vec<(u64, u64, usize)>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -154,6 +164,12 @@ async fn run(args: Args) -> Result<()> {
     let measure_from = started + Duration::from_secs(args.warmup_secs);
     let measure_until = measure_from + Duration::from_secs(args.duration_secs);
 
+    // The window's start on the wall clock, for `--trace`.
+    let window_start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|now| now + measure_from.saturating_duration_since(Instant::now()))
+        .map_or(0, |at| at.as_micros());
+    let tracing = args.trace.is_some();
     let cpu_before_ns = own_cpu_ns();
     let mut workers = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
@@ -216,9 +232,14 @@ async fn run(args: Args) -> Result<()> {
                     continue;
                 }
                 match label {
-                    None => result
-                        .latencies_us
-                        .push(done.duration_since(sent).as_micros() as u64),
+                    None => {
+                        let latency_us = done.duration_since(sent).as_micros() as u64;
+                        result.latencies_us.push(latency_us);
+                        if tracing {
+                            let start_us = sent.duration_since(measure_from).as_micros() as u64;
+                            result.trace.push((start_us, latency_us, index));
+                        }
+                    }
                     Some(label) => {
                         *result.errors.entry(label).or_insert(0) += 1;
                         // Do not spin on fast failures.
@@ -230,12 +251,14 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let mut latencies_us = Vec::new();
+    let mut trace = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut requests = 0;
     for worker in workers {
         let result = worker.await.context("a worker panicked")?;
         requests += result.requests;
         latencies_us.extend(result.latencies_us);
+        trace.extend(result.trace);
         for (label, count) in result.errors {
             *errors.entry(label).or_insert(0) += count;
         }
@@ -248,6 +271,18 @@ async fn run(args: Args) -> Result<()> {
         )),
         _ => None,
     };
+    if let Some(path) = &args.trace {
+        use std::io::Write;
+        trace.sort_unstable();
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating the trace file {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        writeln!(out, "# window_start_unix_us {window_start_unix_us}")?;
+        for (start_us, latency_us, index) in &trace {
+            writeln!(out, "{start_us} {latency_us} {index}")?;
+        }
+        out.flush()?;
+    }
     latencies_us.sort_unstable();
     let ok = latencies_us.len() as u64;
     let error_count: u64 = errors.values().sum();
