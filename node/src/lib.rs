@@ -288,6 +288,7 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         data_dir.store_dir(),
         log_store.sync_stats(),
         writer.stats.batch_commands.clone(),
+        writer.stats.batch_seconds.clone(),
     );
     let service = Arc::new(LedgerService {
         raft: raft.clone(),

@@ -21,8 +21,8 @@ use prometheus_client::registry::Unit;
 
 use crate::service::LedgerService;
 
-/// fsync latency buckets, in seconds (50 µs to about 1.6 s).
-fn fsync_buckets() -> impl Iterator<Item = f64> {
+/// Latency buckets (fsyncs, group-commit batches), in seconds (50 µs to about 1.6 s).
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 16)
 }
 
@@ -39,13 +39,14 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     /// Registers every metric. The fsync histogram is fed by the store's durability observer
-    /// (set here), `batch_commands` by the writer.
+    /// (set here), `batch_commands` and `batch_seconds` by the writer.
     pub fn new(
         store_dir: PathBuf,
         syncs: &raft_store::durability::SyncStats,
         batch_commands: Histogram,
+        batch_seconds: Histogram,
     ) -> Self {
-        let fsync_seconds = Histogram::new(fsync_buckets());
+        let fsync_seconds = Histogram::new(duration_buckets());
         let observed = fsync_seconds.clone();
         if syncs
             .observer
@@ -69,6 +70,14 @@ impl NodeMetrics {
             "ledger_group_commit_batch_commands",
             "Commands per group-commit batch (one Raft entry) proposed by this node",
             batch_commands,
+        );
+        registry.register_with_unit(
+            "ledger_group_commit_batch_duration",
+            "Group-commit batches proposed by this node, from proposal to answer: on the leader \
+             committed on a majority and applied, on a follower forwarded and answered by the \
+             leader (answered batches only)",
+            Unit::Seconds,
+            batch_seconds,
         );
         let http = api::metrics::HttpMetrics::default();
         http.register(&mut registry);

@@ -249,6 +249,8 @@ pub struct WriterStats {
     pub commands_total: std::sync::atomic::AtomicU64,
     /// Commands per batch (one Raft entry), for `/metrics`.
     pub batch_commands: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds from a batch's proposal to its answer (answered batches), for `/metrics`.
+    pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for WriterStats {
@@ -258,6 +260,9 @@ impl Default for WriterStats {
             commands_total: Default::default(),
             batch_commands: prometheus_client::metrics::histogram::Histogram::new(
                 crate::metrics::batch_buckets(),
+            ),
+            batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::duration_buckets(),
             ),
         }
     }
@@ -271,6 +276,20 @@ impl WriterStats {
             .fetch_add(commands as u64, std::sync::atomic::Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
         self.batch_commands.observe(commands as f64);
+    }
+
+    /// Proposes one batch through `router` and records how long its answer took.
+    async fn propose(
+        &self,
+        router: &Router,
+        commands: Vec<Proposal>,
+    ) -> Result<Vec<CommandResult>, ApiError> {
+        let started = std::time::Instant::now();
+        let results = router.propose(commands).await;
+        if results.is_ok() {
+            self.batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        results
     }
 }
 
@@ -343,7 +362,7 @@ impl Writer {
             self.stats.count_batch(count);
             let _permit = permit;
             // One result per command: `Router::propose` checks.
-            return self.router.propose(commands).await;
+            return self.stats.propose(&self.router, commands).await;
         }
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -397,6 +416,7 @@ async fn run(
         }
         stats.count_batch(commands_in_batch);
         let router = router.clone();
+        let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let _permit = permit;
             let mut commands = Vec::with_capacity(commands_in_batch);
@@ -405,7 +425,7 @@ async fn run(
                 replies.push((queued.commands.len(), queued.reply));
                 commands.extend(queued.commands);
             }
-            match router.propose(commands).await {
+            match stats.propose(&router, commands).await {
                 Ok(results) => {
                     let mut results = results.into_iter();
                     for (count, reply) in replies {

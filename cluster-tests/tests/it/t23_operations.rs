@@ -146,6 +146,21 @@ async fn metrics_scenario() -> Result<()> {
         );
         let events = value(samples, "ledger_events_total", &[])?;
         ensure!(events > 0.0, "node {id}: events {events}");
+        // Every node proposes batches: the leader its own, a follower the ones it forwards.
+        let batches = value(
+            samples,
+            "ledger_group_commit_batch_duration_seconds_count",
+            &[],
+        )?;
+        let batch_time = value(
+            samples,
+            "ledger_group_commit_batch_duration_seconds_sum",
+            &[],
+        )?;
+        ensure!(
+            batches > 0.0 && batch_time > 0.0,
+            "node {id}: {batches} batches answered in {batch_time} s"
+        );
         let age = value(samples, "ledger_checkpoint_age_seconds", &[])?;
         ensure!(
             (0.0..60.0).contains(&age),
@@ -207,6 +222,7 @@ async fn metrics_scenario() -> Result<()> {
         "ledger_fsync_duration_seconds_count",
         "ledger_events_total",
         "ledger_group_commit_batch_commands_count",
+        "ledger_group_commit_batch_duration_seconds_count",
     ] {
         let before = value(on_leader, name, &[])?;
         let after = value(&second, name, &[])?;
