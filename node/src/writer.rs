@@ -269,21 +269,20 @@ impl Default for WriterStats {
 }
 
 impl WriterStats {
-    fn count_batch(&self, commands: usize) {
-        self.batches_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.commands_total
-            .fetch_add(commands as u64, std::sync::atomic::Ordering::Relaxed);
-        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
-        self.batch_commands.observe(commands as f64);
-    }
-
-    /// Proposes one batch through `router` and records how long its answer took.
+    /// Proposes one batch (one Raft entry) through `router`: counts it and its commands, and
+    /// records how long its answer took.
     async fn propose(
         &self,
         router: &Router,
         commands: Vec<Proposal>,
     ) -> Result<Vec<CommandResult>, ApiError> {
+        let count = commands.len();
+        self.batches_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commands_total
+            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
+        self.batch_commands.observe(count as f64);
         let started = std::time::Instant::now();
         let results = router.propose(commands).await;
         if results.is_ok() {
@@ -359,7 +358,6 @@ impl Writer {
             && count <= self.batch_commands_max
             && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
         {
-            self.stats.count_batch(count);
             let _permit = permit;
             // One result per command: `Router::propose` checks.
             return self.stats.propose(&self.router, commands).await;
@@ -414,7 +412,6 @@ async fn run(
                 Err(_) => break,
             }
         }
-        stats.count_batch(commands_in_batch);
         let router = router.clone();
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
