@@ -92,6 +92,24 @@ impl HttpMetrics {
     }
 }
 
+/// One request counted in `ledger_http_requests_in_flight` until it is dropped: also when its
+/// client goes away first (hyper then drops the request's future, and a `dec` after an `.await`
+/// would never run).
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn count(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Middleware: counts and times every request, by its matched route.
 pub async fn track<B: Backend>(
     State(backend): State<Arc<B>>,
@@ -105,9 +123,9 @@ pub async fn track<B: Backend>(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    metrics.in_flight.inc();
+    let counted = InFlight::count(&metrics.in_flight);
     let response = next.run(request).await;
-    metrics.in_flight.dec();
+    drop(counted);
     let labels = RouteLabels {
         method,
         route,

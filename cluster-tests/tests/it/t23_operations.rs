@@ -477,6 +477,33 @@ async fn shedding_scenario() -> Result<()> {
     for id in &followers {
         cluster.pause(*id)?;
     }
+    // A client that gives up closes its connection: its request ends there, gives back its
+    // place and no longer counts as in flight.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let gave_up = impatient
+        .post(format!("{}/api/v1/activity/report", api.base_url(leader)?))
+        .bearer_auth(&key)
+        .json(&json!({ "asn": asn, "event_type": "abandoned" }))
+        .send()
+        .await;
+    ensure!(
+        gave_up.is_err(),
+        "a report was answered while the leader cannot commit: {gave_up:?}"
+    );
+    wait_for(
+        CONDITION_TIMEOUT,
+        "the abandoned report no longer in flight",
+        async || {
+            let samples = scrape(&cluster, leader).await?;
+            let in_flight = value(&samples, "ledger_http_requests_in_flight", &[])?;
+            // The scrape counts itself.
+            ensure!(in_flight == 1.0, "{in_flight} in flight");
+            Ok(())
+        },
+    )
+    .await?;
     let stuck: Vec<_> = (0..2)
         .map(|i| {
             let api = api.clone();
@@ -495,13 +522,30 @@ async fn shedding_scenario() -> Result<()> {
         })
         .collect();
     // /metrics is exempt from shedding and counts itself: 3 in flight = both reports.
-    wait_for(CONDITION_TIMEOUT, "both reports in flight", async || {
+    let in_flight = wait_for(CONDITION_TIMEOUT, "both reports in flight", async || {
         let samples = scrape(&cluster, leader).await?;
         let in_flight = value(&samples, "ledger_http_requests_in_flight", &[])?;
-        ensure!(in_flight >= 3.0, "{in_flight} in flight");
+        let answered = stuck.iter().filter(|task| task.is_finished()).count();
+        ensure!(
+            in_flight >= 3.0,
+            "{in_flight} in flight, {answered} of the 2 reports answered"
+        );
         Ok(())
     })
-    .await?;
+    .await;
+    if let Err(error) = in_flight {
+        // Say what became of the reports that should be stuck.
+        let mut answers = Vec::new();
+        for task in stuck {
+            if task.is_finished() {
+                answers.push(format!("{:?}", task.await?));
+            } else {
+                answers.push("still waiting".to_owned());
+                task.abort();
+            }
+        }
+        bail!("{error:#}; the reports: {answers:?}");
+    }
     let answers = burst(&cluster, leader, &key, &asn, 1).await?;
     let (status, body, retry_after) = &answers[0];
     ensure!(*status == 503, "third report: {status} {body}");
