@@ -68,6 +68,15 @@ async fn scrape(cluster: &Cluster, node: u64) -> Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// `ledger_http_requests_in_flight` of `node`, the scrape that reads it included.
+async fn in_flight(cluster: &Cluster, node: u64) -> Result<f64> {
+    value(
+        &scrape(cluster, node).await?,
+        "ledger_http_requests_in_flight",
+        &[],
+    )
+}
+
 /// The value of the one sample named `name` whose labels contain every `labels` fragment.
 fn value(samples: &[Sample], name: &str, labels: &[&str]) -> Result<f64> {
     let found: Vec<&Sample> = samples
@@ -479,13 +488,12 @@ async fn shedding_scenario() -> Result<()> {
     }
     // A client that gives up closes its connection: its request ends there, gives back its
     // place and no longer counts as in flight.
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()?;
-    let gave_up = impatient
+    let gave_up = api
+        .http()
         .post(format!("{}/api/v1/activity/report", api.base_url(leader)?))
         .bearer_auth(&key)
         .json(&json!({ "asn": asn, "event_type": "abandoned" }))
+        .timeout(Duration::from_millis(500))
         .send()
         .await;
     ensure!(
@@ -496,8 +504,7 @@ async fn shedding_scenario() -> Result<()> {
         CONDITION_TIMEOUT,
         "the abandoned report no longer in flight",
         async || {
-            let samples = scrape(&cluster, leader).await?;
-            let in_flight = value(&samples, "ledger_http_requests_in_flight", &[])?;
+            let in_flight = in_flight(&cluster, leader).await?;
             // The scrape counts itself.
             ensure!(in_flight == 1.0, "{in_flight} in flight");
             Ok(())
@@ -522,27 +529,21 @@ async fn shedding_scenario() -> Result<()> {
         })
         .collect();
     // /metrics is exempt from shedding and counts itself: 3 in flight = both reports.
-    let in_flight = wait_for(CONDITION_TIMEOUT, "both reports in flight", async || {
-        let samples = scrape(&cluster, leader).await?;
-        let in_flight = value(&samples, "ledger_http_requests_in_flight", &[])?;
-        let answered = stuck.iter().filter(|task| task.is_finished()).count();
-        ensure!(
-            in_flight >= 3.0,
-            "{in_flight} in flight, {answered} of the 2 reports answered"
-        );
+    let both = wait_for(CONDITION_TIMEOUT, "both reports in flight", async || {
+        let in_flight = in_flight(&cluster, leader).await?;
+        ensure!(in_flight >= 3.0, "{in_flight} in flight");
         Ok(())
     })
     .await;
-    if let Err(error) = in_flight {
+    if let Err(error) = both {
         // Say what became of the reports that should be stuck.
         let mut answers = Vec::new();
         for task in stuck {
-            if task.is_finished() {
-                answers.push(format!("{:?}", task.await?));
+            answers.push(if task.is_finished() {
+                format!("{:?}", task.await?)
             } else {
-                answers.push("still waiting".to_owned());
-                task.abort();
-            }
+                "still waiting".to_owned()
+            });
         }
         bail!("{error:#}; the reports: {answers:?}");
     }
