@@ -36,6 +36,7 @@ pub use ledger::Ledger;
 pub use ledger::ProofFailure;
 pub use ledger::TRUST_READ_ATTEMPTS_MAX;
 pub use ledger::TrustInputs;
+pub use log_store::APPEND_ENTRIES_BYTES_MAX;
 pub use log_store::ForcedMembership;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;

@@ -55,6 +55,16 @@ use crate::wal::{self, MetaFile, RecordId, Wal};
 /// The log directory inside a store directory.
 pub const LOG_DIR: &str = "raft-log";
 
+/// Bytes of log records one AppendEntries carries at most, besides its first entry (which it
+/// carries whatever its size, up to [`crate::ENTRY_BYTES_MAX`]). openraft 0.9 counts only
+/// entries (`max_payload_entries`), and uses the heartbeat interval as the deadline of every
+/// AppendEntries: a follower behind by dozens of large entries (batches of 1000 events, about
+/// 0.5 MiB each) got them in one message of tens of MiB that it could not take within that
+/// deadline while the cluster was busy, so the leader gave up and sent the same bytes again,
+/// and the follower stayed behind for as long as the load lasted; past 64 MiB
+/// (`GRPC_MESSAGE_BYTES_MAX` in `node`) the message could not be sent at all.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 4 << 20;
+
 #[derive(Clone)]
 pub struct LogStore {
     files: Files,
@@ -489,6 +499,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&n) => n,
             Bound::Unbounded => u64::MAX,
         };
+        self.read_entries(start, end)
+    }
+
+    /// At most [`APPEND_ENTRIES_BYTES_MAX`] of records (at least one entry): what replication
+    /// sends in one AppendEntries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let end = self
+            .wal()
+            .end_within(start, end, APPEND_ENTRIES_BYTES_MAX as u64);
+        self.read_entries(start, end)
+    }
+}
+
+impl LogStore {
+    /// The entries of `[start, end)` that the log holds, decoded and checked.
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let records = self.wal().read(start, end).map_err(read_err)?;
         let mut entries = Vec::with_capacity(records.len());
         for (id, payload) in records {

@@ -567,6 +567,29 @@ impl Wal {
         self.last_index().map(|last| (self.first_index, last))
     }
 
+    /// The end (exclusive) of the longest run of records from `from`, ending at `to` at the
+    /// latest, whose records take at most `bytes_max` bytes; at least one record when `from`
+    /// is in the log, however large. `from` itself when it is not.
+    pub fn end_within(&self, from: u64, to: u64, bytes_max: u64) -> u64 {
+        let Some((first, last)) = self.range() else {
+            return from;
+        };
+        if from < first || from > last {
+            return from;
+        }
+        let to = to.min(last + 1);
+        let mut end = from;
+        let mut bytes = 0u64;
+        while end < to {
+            bytes += u64::from(self.locations[(end - first) as usize].len);
+            if bytes > bytes_max && end > from {
+                break;
+            }
+            end += 1;
+        }
+        end
+    }
+
     fn segment(&self, number: u64) -> &Segment {
         let at = number - self.segments_dropped;
         &self.segments[at as usize]
@@ -811,6 +834,36 @@ mod tests {
             .into_iter()
             .map(|(_, p)| String::from_utf8(p).expect("utf8"))
             .collect()
+    }
+
+    #[test]
+    fn a_limited_read_ends_where_the_bytes_run_out_but_holds_one_record_at_least() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(&dir.path().join("raft-log")).expect("open").wal;
+        append(&mut wal, 1..=9);
+        // A record of "entry N" (N < 10) is a header and 7 bytes.
+        let record = RECORD_HEADER_BYTES as u64 + 7;
+        assert_eq!(
+            wal.end_within(1, 10, 3 * record),
+            4,
+            "exactly three records fit"
+        );
+        assert_eq!(
+            wal.end_within(1, 10, 3 * record + record - 1),
+            4,
+            "one byte short of four"
+        );
+        assert_eq!(wal.end_within(1, 10, 4 * record), 5);
+        assert_eq!(wal.end_within(2, 4, 100 * record), 4, "never past `to`");
+        assert_eq!(
+            wal.end_within(8, 100, 100 * record),
+            10,
+            "never past the log"
+        );
+        assert_eq!(wal.end_within(3, 10, 1), 4, "one record, however large");
+        assert_eq!(wal.end_within(3, 10, 0), 4);
+        assert_eq!(wal.end_within(10, 20, record), 10, "nothing past the log");
+        assert_eq!(wal.end_within(0, 20, record), 0, "nothing before it");
     }
 
     #[test]

@@ -1831,3 +1831,66 @@ fn reads_stay_consistent_while_runs_move_from_memory_to_sled() {
         sm.ledger().verify_chain().expect("chain");
     });
 }
+
+/// What replication sends in one AppendEntries (`limited_get_log_entries`) is bounded by bytes,
+/// not only by openraft's entry count: a follower behind by many large entries gets them in
+/// messages of a few MiB, each of which it can take within the leader's deadline.
+#[test]
+fn one_append_entries_carries_a_bounded_number_of_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (mut log, _sm) = raft_store::open(dir.path()).expect("open");
+        log.save_vote(&Vote::new(1, 1)).await.expect("save vote");
+        // 20 entries of about 1 MiB (what a batch of 1000 events with 1 KiB of metadata each
+        // makes), as a follower would find them missing.
+        let big = |index: u64| {
+            let mut events = Vec::new();
+            for n in 0..1000 {
+                let mut event = new_event("ASN-2026-0000-0000-X", "task_completed");
+                event.metadata_json = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(1000));
+                events.push(event);
+            }
+            entry(
+                index,
+                1_000,
+                vec![once(Command::AppendEvents {
+                    by: ADMIN.to_owned(),
+                    events,
+                })],
+            )
+        };
+        let entries: Vec<Entry> = (1..=20).map(big).collect();
+        let entry_bytes = postcard::to_allocvec(&entries[0]).expect("encode").len();
+        assert!(entry_bytes > 1 << 20, "an entry of {entry_bytes} bytes");
+        log.blocking_append(entries).await.expect("append");
+
+        let mut sent = 0;
+        let mut next = 1;
+        while next <= 20 {
+            let batch = log
+                .limited_get_log_entries(next, 21)
+                .await
+                .expect("limited read");
+            assert!(!batch.is_empty(), "never nothing for a range the log holds");
+            assert_eq!(
+                batch[0].log_id,
+                log_id(next),
+                "a prefix of the range asked for"
+            );
+            let bytes = batch.len() * entry_bytes;
+            assert!(
+                bytes <= raft_store::APPEND_ENTRIES_BYTES_MAX + entry_bytes,
+                "{} entries, {bytes} bytes in one AppendEntries",
+                batch.len()
+            );
+            next += batch.len() as u64;
+            sent += 1;
+        }
+        assert!(sent >= 5, "20 MiB went in {sent} messages");
+        // A range that fits is read whole, as before.
+        assert_eq!(
+            log.limited_get_log_entries(4, 6).await.expect("read").len(),
+            2
+        );
+    });
+}
