@@ -61,7 +61,7 @@ while [[ $# -gt 0 ]]; do
 		QUERY_EVENTS=20000
 		;;
 	-h | --help)
-		sed -n '2,32p' "$0"
+		sed -n '2,34p' "$0"
 		exit 0
 		;;
 	*)
