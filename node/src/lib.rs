@@ -200,7 +200,9 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         .iter()
         .map(|r| (r.from.to_string(), r.to.to_string()))
         .collect();
-    let peers = Peers::new(Arc::clone(&local), routes);
+    let append_entries_bytes =
+        prometheus_client::metrics::histogram::Histogram::new(metrics::message_bytes_buckets());
+    let peers = Peers::new(Arc::clone(&local), routes, append_entries_bytes.clone());
     let raft_config = openraft::Config {
         cluster_name: "asn-ledger".into(),
         heartbeat_interval: config.heartbeat_ms,
@@ -289,6 +291,7 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         log_store.sync_stats(),
         writer.stats.batch_commands.clone(),
         writer.stats.batch_seconds.clone(),
+        append_entries_bytes,
     );
     let service = Arc::new(LedgerService {
         raft: raft.clone(),

@@ -31,6 +31,16 @@ pub fn batch_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(1.0, 2.0, 13)
 }
 
+/// Message size buckets, in bytes (1 KiB to 64 MiB, the gRPC limit), finer around the 4 MiB
+/// that one AppendEntries carries at most besides its first entry (`APPEND_ENTRIES_BYTES_MAX`).
+pub fn message_bytes_buckets() -> impl Iterator<Item = f64> {
+    [
+        1.0, 16.0, 256.0, 1024.0, 2048.0, 4096.0, 6144.0, 8192.0, 16384.0, 32768.0, 65536.0,
+    ]
+    .into_iter()
+    .map(|kib| kib * 1024.0)
+}
+
 pub struct NodeMetrics {
     registry: Registry,
     pub http: api::metrics::HttpMetrics,
@@ -39,12 +49,14 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     /// Registers every metric. The fsync histogram is fed by the store's durability observer
-    /// (set here), `batch_commands` and `batch_seconds` by the writer.
+    /// (set here), `batch_commands` and `batch_seconds` by the writer, `append_entries_bytes`
+    /// by the Raft network ([`crate::network::Peers`]).
     pub fn new(
         store_dir: PathBuf,
         syncs: &raft_store::durability::SyncStats,
         batch_commands: Histogram,
         batch_seconds: Histogram,
+        append_entries_bytes: Histogram,
     ) -> Self {
         let fsync_seconds = Histogram::new(duration_buckets());
         let observed = fsync_seconds.clone();
@@ -78,6 +90,13 @@ impl NodeMetrics {
              leader (answered batches only)",
             Unit::Seconds,
             batch_seconds,
+        );
+        registry.register_with_unit(
+            "ledger_raft_append_entries_sent",
+            "AppendEntries messages this node sent as leader (heartbeats included): count and \
+             encoded size",
+            Unit::Bytes,
+            append_entries_bytes,
         );
         let http = api::metrics::HttpMetrics::default();
         http.register(&mut registry);

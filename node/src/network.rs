@@ -89,14 +89,21 @@ pub struct Peers {
     /// Peer address → the address to dial instead (`--peer-route`).
     routes: Arc<HashMap<String, String>>,
     channels: Arc<Mutex<HashMap<(String, Traffic), Channel>>>,
+    /// The encoded size of every AppendEntries this node sends (`ledger_raft_append_entries_sent_bytes`).
+    append_entries_bytes: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Peers {
-    pub fn new(local: Arc<Local>, routes: HashMap<String, String>) -> Self {
+    pub fn new(
+        local: Arc<Local>,
+        routes: HashMap<String, String>,
+        append_entries_bytes: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
         Self {
             local,
             routes: Arc::new(routes),
             channels: Arc::default(),
+            append_entries_bytes,
         }
     }
 
@@ -222,17 +229,16 @@ impl PeerClient {
 }
 
 impl PeerClient {
-    /// One Raft RPC on the Raft connection: `rpc` postcard-encoded, sent with `call` under
-    /// openraft's deadline, the reply (or the remote `RaftError`) decoded.
-    async fn raft_call<Request, Reply, Call, Sent>(
+    /// One Raft RPC on the Raft connection: `data` (a postcard-encoded openraft request) sent
+    /// with `call` under openraft's deadline, the reply (or the remote `RaftError`) decoded.
+    async fn raft_call<Reply, Call, Sent>(
         &self,
-        rpc: &Request,
+        data: Vec<u8>,
         option: &RPCOption,
         what: &str,
         call: Call,
     ) -> RpcResult<Reply>
     where
-        Request: Serialize,
         Reply: DeserializeOwned,
         Call: FnOnce(GrpcClient<Channel>, tonic::Request<proto::RaftRequest>) -> Sent,
         Sent:
@@ -244,7 +250,7 @@ impl PeerClient {
             .map_err(status_to_rpc_error)?;
         let request = self.peers.request(
             self.target,
-            proto::RaftRequest { data: encode(rpc) },
+            proto::RaftRequest { data },
             Some(option.hard_ttl()),
         );
         let reply = call(client, request)
@@ -261,8 +267,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let data = encode(&rpc);
+        self.peers.append_entries_bytes.observe(data.len() as f64);
         self.raft_call(
-            &rpc,
+            data,
             &option,
             "append-entries reply",
             |mut client, request| async move { client.append_entries(request).await },
@@ -276,7 +284,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.raft_call(
-            &rpc,
+            encode(&rpc),
             &option,
             "vote reply",
             |mut client, request| async move { client.vote(request).await },

@@ -5,6 +5,16 @@
 //! `last_log_index` and SIGKILL it; make 300 sequential appends (one Raft entry each); wait until
 //! the leader's `purged_index` passes the recorded index; restart the follower; wait for equal
 //! heads; the follower must report a snapshot covering the purged range and hold the same log.
+//!
+//! Second goal: a follower behind by many large entries catches up from the log in messages of
+//! bounded size, not in one message of everything it misses (which it could not take within the
+//! leader's AppendEntries deadline under load, and which past 64 MiB could not be sent at all).
+//!
+//! Method: 3 nodes; SIGKILL a follower; 12 batches of 1000 events with about 700 bytes of
+//! metadata each (about 0.9 MiB a batch, one Raft entry each, 11 MiB in all); restart it; wait
+//! until it has applied the leader's index; the leader's `ledger_raft_append_entries_sent_bytes`
+//! must show the catch-up (more than 10 MiB sent) and no message above 6 MiB
+//! (`APPEND_ENTRIES_BYTES_MAX`, 4 MiB, plus one entry).
 
 use std::time::Duration;
 
@@ -95,6 +105,115 @@ async fn scenario() -> Result<()> {
     check::same_size(&head, &log)?;
     cluster.finish();
     Ok(())
+}
+
+const LARGE_BATCHES: usize = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_over_large_entries_in_bounded_messages() {
+    let Some(guard) = slow_test("t04_large_entries") else {
+        return;
+    };
+    guard.run(large_entries()).await;
+}
+
+async fn large_entries() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let api = cluster.api();
+    let leader = api.leader_id(CONDITION_TIMEOUT).await?;
+    let follower = (1..=3).find(|id| *id != leader).context("no follower")?;
+    let key = api.fixture()?.write_key.secret()?.to_owned();
+    let asn = api.agent_asn(0)?;
+    cluster.kill(follower)?;
+    let (sent_before, _) = append_entries_sent(&cluster, leader).await?;
+    let pad = "x".repeat(700);
+    for batch in 0..LARGE_BATCHES {
+        let events: Vec<serde_json::Value> = (0..1000)
+            .map(|n| {
+                serde_json::json!({
+                    "asn": asn,
+                    "event_type": "task_completed",
+                    "metadata": { "batch": batch, "n": n, "pad": pad },
+                })
+            })
+            .collect();
+        let created = api
+            .report_batch(leader, &key, &events, Some(&format!("t04-large-{batch}")))
+            .await
+            .map_err(|e| anyhow::anyhow!("batch {batch}: {e:?}"))?;
+        ensure!(
+            created.len() == 1000,
+            "batch {batch}: {} events",
+            created.len()
+        );
+    }
+    cluster.restart(follower)?;
+    cluster.wait_ready(follower).await?;
+    api.wait_applied(&[follower], Duration::from_secs(120))
+        .await?;
+    let (sent_after, largest) = append_entries_sent(&cluster, leader).await?;
+    let sent = sent_after - sent_before;
+    eprintln!(
+        "t04: the leader sent {sent:.0} bytes of AppendEntries; its largest message was at most \
+         {largest:.0} bytes"
+    );
+    ensure!(
+        sent > 10.0 * 1024.0 * 1024.0,
+        "the leader sent only {sent:.0} bytes of AppendEntries: the catch-up did not go through it"
+    );
+    ensure!(
+        largest <= 6.0 * 1024.0 * 1024.0,
+        "an AppendEntries of more than 6 MiB (bucket up to {largest:.0} bytes): the catch-up was \
+         not cut into bounded messages"
+    );
+    cluster.finish();
+    Ok(())
+}
+
+/// The leader's `ledger_raft_append_entries_sent_bytes`: the bytes sent, and the upper bound of
+/// the smallest bucket that holds every message (infinite when one is past the last bucket).
+async fn append_entries_sent(cluster: &Cluster, node: u64) -> Result<(f64, f64)> {
+    let url = format!("{}/metrics", cluster.api().base_url(node)?);
+    let text = reqwest::get(&url)
+        .await
+        .context("GET /metrics")?
+        .text()
+        .await?;
+    let name = "ledger_raft_append_entries_sent_bytes";
+    let mut sum = None;
+    let mut count = None;
+    let mut buckets = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with(name)) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("malformed line {line:?}"))?;
+        let value: f64 = value.parse().with_context(|| format!("{line:?}"))?;
+        if series == format!("{name}_sum") {
+            sum = Some(value);
+        } else if series == format!("{name}_count") {
+            count = Some(value);
+        } else if let Some(le) = series
+            .strip_prefix(&format!("{name}_bucket{{le=\""))
+            .and_then(|rest| rest.strip_suffix("\"}"))
+        {
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().with_context(|| format!("{line:?}"))?
+            };
+            buckets.push((le, value));
+        }
+    }
+    let (sum, count) = (
+        sum.with_context(|| format!("no {name}_sum"))?,
+        count.with_context(|| format!("no {name}_count"))?,
+    );
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let largest = buckets
+        .iter()
+        .find(|(_, cumulative)| *cumulative >= count)
+        .map_or(f64::INFINITY, |(le, _)| *le);
+    Ok((sum, largest))
 }
 
 fn merge(mut first: History, second: History) -> History {

@@ -232,6 +232,8 @@ async fn metrics_scenario() -> Result<()> {
         "ledger_events_total",
         "ledger_group_commit_batch_commands_count",
         "ledger_group_commit_batch_duration_seconds_count",
+        "ledger_raft_append_entries_sent_bytes_count",
+        "ledger_raft_append_entries_sent_bytes_sum",
     ] {
         let before = value(on_leader, name, &[])?;
         let after = value(&second, name, &[])?;
