@@ -499,7 +499,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&n) => n,
             Bound::Unbounded => u64::MAX,
         };
-        self.read_entries(start, end)
+        let records = self.wal().read(start, end).map_err(read_err)?;
+        decode_records(records)
     }
 
     /// At most [`APPEND_ENTRIES_BYTES_MAX`] of records (at least one entry): what replication
@@ -509,32 +510,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let end = self
-            .wal()
-            .end_within(start, end, APPEND_ENTRIES_BYTES_MAX as u64);
-        self.read_entries(start, end)
+        // One look at the log for both: where the bytes run out, and the records up to there.
+        let records = {
+            let wal = self.wal();
+            let end = wal.end_within(start, end, APPEND_ENTRIES_BYTES_MAX as u64);
+            wal.read(start, end).map_err(read_err)?
+        };
+        decode_records(records)
     }
 }
 
-impl LogStore {
-    /// The entries of `[start, end)` that the log holds, decoded and checked.
-    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
-        let records = self.wal().read(start, end).map_err(read_err)?;
-        let mut entries = Vec::with_capacity(records.len());
-        for (id, payload) in records {
-            let entry: Entry = codec::decode(&payload, "log entry").map_err(read_err)?;
-            // A record's header and its entry must agree.
-            assert_eq!(
-                RecordId::of(&entry.log_id),
-                id,
-                "the Raft log record of index {} holds entry {}",
-                id.index,
-                entry.log_id
-            );
-            entries.push(entry);
-        }
-        Ok(entries)
+/// Log records as entries, each checked against its record's header.
+fn decode_records(records: Vec<(RecordId, Vec<u8>)>) -> Result<Vec<Entry>, StorageError> {
+    let mut entries = Vec::with_capacity(records.len());
+    for (id, payload) in records {
+        let entry: Entry = codec::decode(&payload, "log entry").map_err(read_err)?;
+        // A record's header and its entry must agree.
+        assert_eq!(
+            RecordId::of(&entry.log_id),
+            id,
+            "the Raft log record of index {} holds entry {}",
+            id.index,
+            entry.log_id
+        );
+        entries.push(entry);
     }
+    Ok(entries)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

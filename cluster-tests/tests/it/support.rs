@@ -1,8 +1,8 @@
-//! Helpers shared by the API scenarios (t09, t10): raw requests with a key, error-envelope
-//! checks, and a well-formed ASN that no agent has.
+//! Helpers shared by the scenarios: raw requests with a key, error-envelope checks, and a
+//! well-formed ASN that no agent has (t09, t10); a node's `/metrics` read as samples (t04, t23).
 
 use anyhow::{Context, Result, bail, ensure};
-use cluster_tests::{Api, Body};
+use cluster_tests::{Api, Body, Cluster};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -150,4 +150,69 @@ pub fn is_uuid_v7(text: &str) -> bool {
 /// True for a UUID in the canonical hyphenated form.
 pub fn is_uuid(text: &str) -> bool {
     text.len() == 36 && uuid::Uuid::parse_str(text).is_ok()
+}
+
+/// One sample of the text format: metric name, its labels as written, value.
+#[derive(Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: String,
+    pub value: f64,
+}
+
+pub async fn scrape(cluster: &Cluster, node: u64) -> Result<Vec<Sample>> {
+    let url = format!("{}/metrics", cluster.api().base_url(node)?);
+    let response = reqwest::get(&url).await.context("GET /metrics")?;
+    ensure!(
+        response.status() == 200,
+        "GET /metrics: {}",
+        response.status()
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    ensure!(
+        content_type.starts_with("application/openmetrics-text"),
+        "content type {content_type}"
+    );
+    let text = response.text().await?;
+    ensure!(text.ends_with("# EOF\n"), "no # EOF at the end");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("malformed line {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("value of {line:?}"))?;
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels: labels.to_owned(),
+            value,
+        });
+    }
+    Ok(samples)
+}
+
+/// The value of the one sample named `name` whose labels contain every `labels` fragment.
+pub fn value(samples: &[Sample], name: &str, labels: &[&str]) -> Result<f64> {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|l| s.labels.contains(l)))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.value),
+        [] => bail!("no sample {name}{labels:?}"),
+        many => {
+            // Histograms by route/status: sum the series that match.
+            Ok(many.iter().map(|s| s.value).sum())
+        }
+    }
 }

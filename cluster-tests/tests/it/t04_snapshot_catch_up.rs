@@ -22,6 +22,7 @@ use anyhow::{Context, Result, ensure};
 use cluster_tests::{Cluster, History, Options, Workload, check, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
+use crate::support::{scrape, value};
 
 const APPENDS_BEFORE: u64 = 10;
 const APPENDS_WHILE_DOWN: u64 = 300;
@@ -170,44 +171,30 @@ async fn large_entries() -> Result<()> {
     Ok(())
 }
 
-/// The leader's `ledger_raft_append_entries_sent_bytes`: the bytes sent, and the upper bound of
-/// the smallest bucket that holds every message (infinite when one is past the last bucket).
+/// `node`'s `ledger_raft_append_entries_sent_bytes`: the bytes sent, and the upper bound of the
+/// smallest bucket that holds every message (infinite when one is past the last bucket).
 async fn append_entries_sent(cluster: &Cluster, node: u64) -> Result<(f64, f64)> {
-    let url = format!("{}/metrics", cluster.api().base_url(node)?);
-    let text = reqwest::get(&url)
-        .await
-        .context("GET /metrics")?
-        .text()
-        .await?;
-    let name = "ledger_raft_append_entries_sent_bytes";
-    let mut sum = None;
-    let mut count = None;
+    const NAME: &str = "ledger_raft_append_entries_sent_bytes";
+    let samples = scrape(cluster, node).await?;
+    let sum = value(&samples, &format!("{NAME}_sum"), &[])?;
+    let count = value(&samples, &format!("{NAME}_count"), &[])?;
     let mut buckets = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with(name)) {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .with_context(|| format!("malformed line {line:?}"))?;
-        let value: f64 = value.parse().with_context(|| format!("{line:?}"))?;
-        if series == format!("{name}_sum") {
-            sum = Some(value);
-        } else if series == format!("{name}_count") {
-            count = Some(value);
-        } else if let Some(le) = series
-            .strip_prefix(&format!("{name}_bucket{{le=\""))
-            .and_then(|rest| rest.strip_suffix("\"}"))
-        {
-            let le: f64 = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().with_context(|| format!("{line:?}"))?
-            };
-            buckets.push((le, value));
-        }
+    for sample in samples
+        .iter()
+        .filter(|s| s.name == format!("{NAME}_bucket"))
+    {
+        let le = sample
+            .labels
+            .strip_prefix("le=\"")
+            .and_then(|rest| rest.strip_suffix('"'))
+            .with_context(|| format!("bucket labels {:?}", sample.labels))?;
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().with_context(|| format!("bucket bound {le:?}"))?
+        };
+        buckets.push((le, sample.value));
     }
-    let (sum, count) = (
-        sum.with_context(|| format!("no {name}_sum"))?,
-        count.with_context(|| format!("no {name}_count"))?,
-    );
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let largest = buckets
         .iter()

@@ -18,55 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::CONDITION_TIMEOUT;
-
-/// One sample of the text format: metric name, its labels as written, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: String,
-    value: f64,
-}
-
-async fn scrape(cluster: &Cluster, node: u64) -> Result<Vec<Sample>> {
-    let url = format!("{}/metrics", cluster.api().base_url(node)?);
-    let response = reqwest::get(&url).await.context("GET /metrics")?;
-    ensure!(
-        response.status() == 200,
-        "GET /metrics: {}",
-        response.status()
-    );
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    ensure!(
-        content_type.starts_with("application/openmetrics-text"),
-        "content type {content_type}"
-    );
-    let text = response.text().await?;
-    ensure!(text.ends_with("# EOF\n"), "no # EOF at the end");
-    let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .with_context(|| format!("malformed line {line:?}"))?;
-        let (name, labels) = match series.split_once('{') {
-            Some((name, labels)) => (name, labels.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let value: f64 = value
-            .parse()
-            .with_context(|| format!("value of {line:?}"))?;
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels: labels.to_owned(),
-            value,
-        });
-    }
-    Ok(samples)
-}
+use crate::support::{Sample, scrape, value};
 
 /// `ledger_http_requests_in_flight` of `node`, the scrape that reads it included.
 async fn in_flight(cluster: &Cluster, node: u64) -> Result<f64> {
@@ -75,22 +27,6 @@ async fn in_flight(cluster: &Cluster, node: u64) -> Result<f64> {
         "ledger_http_requests_in_flight",
         &[],
     )
-}
-
-/// The value of the one sample named `name` whose labels contain every `labels` fragment.
-fn value(samples: &[Sample], name: &str, labels: &[&str]) -> Result<f64> {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|l| s.labels.contains(l)))
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(one.value),
-        [] => bail!("no sample {name}{labels:?}"),
-        many => {
-            // Histograms by route/status: sum the series that match.
-            Ok(many.iter().map(|s| s.value).sum())
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
