@@ -175,11 +175,18 @@ pub struct EventView<'a> {
     /// `hash` of the agent's previous event (zeros for its first).
     #[schema(schema_with = crate::openapi::hash_schema)]
     pub agent_prev_hash: String,
-    /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`.
-    pub signature: String,
-    /// The signer's key name and C2SP key id (hex), as listed by `GET /api/v1/ledger/keys`.
-    pub signer: String,
-    pub key_id: String,
+    /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`. Every event a
+    /// node serves carries one, except in a batch answer, where only the last event does: its
+    /// `hash` commits through `prev_hash` to every event of the batch before it (docs/VERIFYING.md
+    /// section 9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// The signer's key name, as listed by `GET /api/v1/ledger/keys`; present with `signature`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The signer's C2SP key id (hex); present with `signature`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// One event to report. Unknown fields are refused.
@@ -208,7 +215,10 @@ pub struct ReportBatch {
     events: Vec<ReportEvent>,
 }
 
-/// The events a batch appended, in ledger order.
+/// The events a batch appended, in ledger order (consecutive `seq`). Only the last carries a
+/// signature: each event's `hash` commits to `prev_hash`, the `hash` of the event before it, so
+/// one signature over the last vouches for the whole batch, and an answer of 1,000 events costs
+/// one signature instead of 1,000 (docs/VERIFYING.md section 9).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct BatchAppended<'a> {
     pub data: Vec<EventView<'a>>,
@@ -218,6 +228,11 @@ impl<'a> EventView<'a> {
     /// Checks the event's hash before serving it (a node never serves, nor signs, an event that
     /// does not verify) and signs it.
     pub fn new(event: &'a Event, signing: &Signing<'_>) -> Result<Self, ApiError> {
+        Self::checked(event, signing, true)
+    }
+
+    /// As [`EventView::new`], signed only if `sign`.
+    fn checked(event: &'a Event, signing: &Signing<'_>, sign: bool) -> Result<Self, ApiError> {
         if raft_store::chain::event_hash(event) != event.hash {
             let reason = format!(
                 "event {} does not match its hash: this node's store is damaged",
@@ -249,9 +264,9 @@ impl<'a> EventView<'a> {
             hash: hex_lower(&event.hash),
             prev_hash: hex_lower(&event.prev_hash),
             agent_prev_hash: hex_lower(&event.agent_prev_hash),
-            signature: hex_lower(&verifier::event::sign(&event.hash, signing.key)),
-            signer: signing.signer.name.clone(),
-            key_id: signing.signer.key_id_hex.clone(),
+            signature: sign.then(|| hex_lower(&verifier::event::sign(&event.hash, signing.key))),
+            signer: sign.then(|| signing.signer.name.clone()),
+            key_id: sign.then(|| signing.signer.key_id_hex.clone()),
         })
     }
 }
@@ -263,6 +278,31 @@ pub fn views<'a>(
     events
         .iter()
         .map(|event| EventView::new(event, signing))
+        .collect()
+}
+
+/// The views of a batch's events (consecutive in the ledger): each checked against its hash,
+/// only the last signed, since its hash commits to the others through `prev_hash`.
+pub fn batch_views<'a>(
+    events: &'a [Event],
+    signing: &Signing<'_>,
+) -> Result<Vec<EventView<'a>>, ApiError> {
+    let last = events.len().saturating_sub(1);
+    // The results may come from the leader over gRPC: a break in the chain is an error, not a
+    // panic, and without the chain the one signature would not cover the batch.
+    if let Some(pair) = events
+        .windows(2)
+        .find(|pair| pair[1].seq != pair[0].seq + 1 || pair[1].prev_hash != pair[0].hash)
+    {
+        return Err(ApiError::internal(format!(
+            "the batch's events are not one chain: seq {} follows seq {}",
+            pair[1].seq, pair[0].seq
+        )));
+    }
+    events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| EventView::checked(event, signing, index == last))
         .collect()
 }
 
@@ -557,7 +597,7 @@ pub async fn report_batch<B: Backend>(
     Ok((
         StatusCode::CREATED,
         Json(BatchAppended {
-            data: views(&events, &Signing::of(backend.as_ref())?)?,
+            data: batch_views(&events, &Signing::of(backend.as_ref())?)?,
         }),
     )
         .into_response())
@@ -851,7 +891,99 @@ pub async fn ledger_head<B: Backend>(
 
 #[cfg(test)]
 mod tests {
+    use super::SignerName;
+    use super::Signing;
+    use super::batch_views;
     use super::hex_lower;
+    use raft_store::types::Event;
+    use raft_store::types::Severity;
+
+    /// A chain of `count` events from seq 1, each hash computed as a node computes it.
+    fn chain(count: u64) -> Vec<Event> {
+        let mut events: Vec<Event> = Vec::new();
+        for seq in 1..=count {
+            let mut event = Event {
+                seq,
+                id: [seq as u8; 16],
+                agent_id: [7; 16],
+                asn: "ASN-2026-0004-8271-L".into(),
+                event_type: "task_completed".into(),
+                severity: Severity::Info,
+                metadata_json: format!(r#"{{"n":{seq}}}"#),
+                reported_by: "operator".into(),
+                created_at_ms: 1_780_000_000_000 + seq as i64,
+                prev_hash: events.last().map_or([0; 32], |e| e.hash),
+                agent_prev_hash: events.last().map_or([0; 32], |e| e.hash),
+                hash: [0; 32],
+            };
+            event.hash = raft_store::chain::event_hash(&event);
+            events.push(event);
+        }
+        events
+    }
+
+    fn signer() -> SignerName {
+        SignerName {
+            origin: "asn-ledger/test".into(),
+            name: "asn-ledger/test/node-1".into(),
+            key_id_hex: "00000000".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_answer_signs_its_last_event_and_the_chain_covers_the_rest() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let name = signer();
+        let signing = Signing {
+            fail_stop: Box::new(|reason| panic!("fail-stop: {reason}")),
+            signer: &name,
+            key: &key,
+        };
+        let events = chain(5);
+        let views = batch_views(&events, &signing).expect("a chain of 5");
+        assert_eq!(views.len(), 5);
+        for view in &views[..4] {
+            assert!(view.signature.is_none() && view.signer.is_none() && view.key_id.is_none());
+            let json = serde_json::to_value(view).expect("serialisable");
+            assert!(json.get("signature").is_none(), "{json}");
+        }
+        let last = &views[4];
+        let signature: [u8; 64] = hex::decode(last.signature.as_deref().expect("signed"))
+            .expect("hex")
+            .try_into()
+            .expect("64 bytes");
+        verifier::event::verify_signature(
+            &events[4].hash,
+            &signature,
+            &key.verifying_key().to_bytes(),
+        )
+        .expect("the last event's signature verifies");
+        assert_eq!(last.signer.as_deref(), Some(name.name.as_str()));
+        // What a client checks: each hash, each link, the last signature.
+        for pair in events.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+        // A batch of one is signed too.
+        let one = batch_views(&events[..1], &signing).expect("one event");
+        assert!(one[0].signature.is_some());
+    }
+
+    #[test]
+    fn a_batch_whose_events_are_not_one_chain_is_not_served() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let name = signer();
+        let signing = Signing {
+            fail_stop: Box::new(|reason| panic!("fail-stop: {reason}")),
+            signer: &name,
+            key: &key,
+        };
+        let mut events = chain(4);
+        events.remove(2);
+        let error = batch_views(&events, &signing)
+            .err()
+            .expect("a gap is refused");
+        assert!(error.message.contains("seq 4 follows seq 2"), "{error:?}");
+    }
 
     #[test]
     fn hex_lower_is_what_hex_encode_gives() {

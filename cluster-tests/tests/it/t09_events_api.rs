@@ -1177,6 +1177,19 @@ async fn batches(ctx: &Ctx) -> Result<()> {
         "a batch of 5 answered {} events",
         data.len()
     );
+    // One signature for the batch, on its last event: its hash covers the others through
+    // prev_hash (docs/VERIFYING.md section 9); the other events carry none.
+    for (i, event) in body["data"].as_array().into_iter().flatten().enumerate() {
+        let signed: Vec<bool> = ["signature", "signer", "key_id"]
+            .iter()
+            .map(|field| event.get(*field).is_some_and(Value::is_string))
+            .collect();
+        let want = i == 4;
+        ensure!(
+            signed == [want; 3],
+            "batch answer #{i}: signature, signer, key_id present {signed:?}, expected {want}"
+        );
+    }
     for (i, (event, request)) in data.iter().zip(&sent).enumerate() {
         ensure!(
             event.asn == request["asn"]
