@@ -922,23 +922,37 @@ mod tests {
         events
     }
 
-    fn signer() -> SignerName {
-        SignerName {
-            origin: "asn-ledger/test".into(),
-            name: "asn-ledger/test/node-1".into(),
-            key_id_hex: "00000000".into(),
+    /// A node's signing key and names, for [`Signing`].
+    struct Node {
+        key: ed25519_dalek::SigningKey,
+        name: SignerName,
+    }
+
+    impl Node {
+        fn new() -> Self {
+            Self {
+                key: ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+                name: SignerName {
+                    origin: "asn-ledger/test".into(),
+                    name: "asn-ledger/test/node-1".into(),
+                    key_id_hex: "00000000".into(),
+                },
+            }
+        }
+
+        fn signing(&self) -> Signing<'_> {
+            Signing {
+                fail_stop: Box::new(|reason| panic!("fail-stop: {reason}")),
+                signer: &self.name,
+                key: &self.key,
+            }
         }
     }
 
     #[test]
     fn a_batch_answer_signs_its_last_event_and_the_chain_covers_the_rest() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-        let name = signer();
-        let signing = Signing {
-            fail_stop: Box::new(|reason| panic!("fail-stop: {reason}")),
-            signer: &name,
-            key: &key,
-        };
+        let node = Node::new();
+        let signing = node.signing();
         let events = chain(5);
         let views = batch_views(&events, &signing).expect("a chain of 5");
         assert_eq!(views.len(), 5);
@@ -955,12 +969,16 @@ mod tests {
         verifier::event::verify_signature(
             &events[4].hash,
             &signature,
-            &key.verifying_key().to_bytes(),
+            &node.key.verifying_key().to_bytes(),
         )
         .expect("the last event's signature verifies");
-        assert_eq!(last.signer.as_deref(), Some(name.name.as_str()));
-        // What a client checks: each hash, each link, the last signature.
-        for pair in events.windows(2) {
+        assert_eq!(last.signer.as_deref(), Some(node.name.name.as_str()));
+        // What a client checks besides: each hash (the views show the stored ones, checked
+        // against the events) and each link.
+        for (view, event) in views.iter().zip(&events) {
+            assert_eq!(view.hash, hex::encode(raft_store::chain::event_hash(event)));
+        }
+        for pair in views.windows(2) {
             assert_eq!(pair[1].prev_hash, pair[0].hash);
         }
         // A batch of one is signed too.
@@ -970,13 +988,8 @@ mod tests {
 
     #[test]
     fn a_batch_whose_events_are_not_one_chain_is_not_served() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-        let name = signer();
-        let signing = Signing {
-            fail_stop: Box::new(|reason| panic!("fail-stop: {reason}")),
-            signer: &name,
-            key: &key,
-        };
+        let node = Node::new();
+        let signing = node.signing();
         let mut events = chain(4);
         events.remove(2);
         let error = batch_views(&events, &signing)
