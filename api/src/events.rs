@@ -290,10 +290,9 @@ pub fn batch_views<'a>(
     let last = events.len().saturating_sub(1);
     // The results may come from the leader over gRPC: a break in the chain is an error, not a
     // panic, and without the chain the one signature would not cover the batch.
-    if let Some(pair) = events
-        .windows(2)
-        .find(|pair| pair[1].seq != pair[0].seq + 1 || pair[1].prev_hash != pair[0].hash)
-    {
+    if let Some(pair) = events.windows(2).find(|pair| {
+        pair[0].seq.checked_add(1) != Some(pair[1].seq) || pair[1].prev_hash != pair[0].hash
+    }) {
         return Err(ApiError::internal(format!(
             "the batch's events are not one chain: seq {} follows seq {}",
             pair[1].seq, pair[0].seq
