@@ -14,8 +14,8 @@
 # For each load it prints requests/s, events/s, p50/p99/max latency and the servers' CPU time per
 # event (user+system of the three server processes over the run, from /proc), loadgen's own CPU
 # time per request (it shares the machine with the servers: one thread, a keep-alive connection
-# per client and node, no connection pool), and the share of the VM's CPU time the host gave to
-# other guests meanwhile (steal, from /proc/stat).
+# per client and node, no connection pool), the share of the VM's CPU time the host gave to
+# other guests meanwhile (steal, from /proc/stat), and the share nobody used (idle, and I/O wait).
 #
 # --vs-etcd: installs Debian's etcd-server if missing, starts a 3-member etcd 3.4 on loopback
 # (client ports 12379/12479/12579, default durability: fsync on every commit) next to the ledger
@@ -152,13 +152,17 @@ out["cpu_us_per_event"] = round((after - before) / events * 1e6, 1) if events el
 old, new = ([int(x) for x in line.split()[1:9]] for line in sys.argv[6:8])
 delta = [b - a for a, b in zip(old, new)]
 out["host_steal_pct"] = round(100 * delta[7] / sum(delta), 1) if sum(delta) else None
+# The share of the machine nobody used (idle, and idle waiting for the disk): a system that
+# leaves much of it is bound by its waits, not by its CPU.
+out["host_idle_pct"] = round(100 * delta[3] / sum(delta), 1) if sum(delta) else None
+out["host_iowait_pct"] = round(100 * delta[4] / sum(delta), 1) if sum(delta) else None
 print(json.dumps(out))
 EOF
 	tail -n 1 "$RESULTS" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("  %-28s %3s %10.0f events/s  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  errors %d  cpu %s us/event  steal %s%%"
-      % (r["label"], "#%d" % r["round"], r["events_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["cpu_us_per_event"], r["host_steal_pct"]))' >&2
+print("  %-28s %3s %10.0f events/s  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  errors %d  cpu %s us/event  steal %s%%  idle %s%%  iowait %s%%"
+      % (r["label"], "#%d" % r["round"], r["events_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["cpu_us_per_event"], r["host_steal_pct"], r["host_idle_pct"], r["host_iowait_pct"]))' >&2
 }
 
 ledger_pids() {
@@ -254,12 +258,12 @@ def median(label, key):
     return statistics.median(values) if values else None
 print(f"bench.sh results ({sys.argv[1]})")
 print()
-print("| load | round | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event | loadgen CPU µs/request | host steal % |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| load | round | events/s | p50 ms | p99 ms | max ms | errors | server CPU µs/event | loadgen CPU µs/request | host steal % | idle % | I/O wait % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 # The runs alternate between ledgerd and etcd; the table lists ledgerd's first.
 for r in sorted(rows, key=lambda r: r["label"].startswith("etcd")):
     if "events_per_s" in r:
-        print(f"| {r['label']} | {r.get('round', 1)} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} | {r.get('client_cpu_us_per_request')} | {r.get('host_steal_pct')} |")
+        print(f"| {r['label']} | {r.get('round', 1)} | {r['events_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {r['errors']} | {r['cpu_us_per_event']} | {r.get('client_cpu_us_per_request')} | {r.get('host_steal_pct')} | {r.get('host_idle_pct')} | {r.get('host_iowait_pct')} |")
 q = runs.get("ledger queries", [None])[0]
 if q:
     print()
