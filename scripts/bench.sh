@@ -151,11 +151,14 @@ out["cpu_us_per_event"] = round((after - before) / events * 1e6, 1) if events el
 # of /proc/stat): runs with much steal are slower for reasons outside both systems.
 old, new = ([int(x) for x in line.split()[1:9]] for line in sys.argv[6:8])
 delta = [b - a for a, b in zip(old, new)]
-out["host_steal_pct"] = round(100 * delta[7] / sum(delta), 1) if sum(delta) else None
+def share(column):
+    """The share of the machine's CPU time in one /proc/stat column during the run, in %."""
+    return round(100 * delta[column] / sum(delta), 1) if sum(delta) else None
+out["host_steal_pct"] = share(7)
 # The share of the machine nobody used (idle, and idle waiting for the disk): a system that
 # leaves much of it is bound by its waits, not by its CPU.
-out["host_idle_pct"] = round(100 * delta[3] / sum(delta), 1) if sum(delta) else None
-out["host_iowait_pct"] = round(100 * delta[4] / sum(delta), 1) if sum(delta) else None
+out["host_idle_pct"] = share(3)
+out["host_iowait_pct"] = share(4)
 print(json.dumps(out))
 EOF
 	tail -n 1 "$RESULTS" | python3 -c '
