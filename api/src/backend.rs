@@ -119,6 +119,18 @@ pub trait Backend: Send + Sync + 'static {
         proposal: Proposal,
     ) -> impl Future<Output = Result<CommandResult, ApiError>> + Send;
 
+    /// As [`Backend::submit`], for a write whose answer this node signs: with the answer's seat
+    /// in its group when answers made at the same time share one signature
+    /// ([`crate::answer_group`]). By default each answer signs on its own.
+    fn submit_answer(
+        &self,
+        proposal: Proposal,
+    ) -> impl Future<
+        Output = Result<(CommandResult, Option<crate::answer_group::GroupSeat>), ApiError>,
+    > + Send {
+        async move { self.submit(proposal).await.map(|result| (result, None)) }
+    }
+
     /// Waits until this node has applied every write acknowledged before the call.
     fn linearize(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
 

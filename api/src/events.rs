@@ -28,6 +28,8 @@ use sha2::Digest;
 use crate::ApiError;
 use crate::Backend;
 use crate::Consistency;
+use crate::answer_group::GroupSeat;
+use crate::answer_group::SignatureProof;
 use crate::auth;
 use crate::limits::*;
 
@@ -175,10 +177,11 @@ pub struct EventView<'a> {
     /// `hash` of the agent's previous event (zeros for its first).
     #[schema(schema_with = crate::openapi::hash_schema)]
     pub agent_prev_hash: String,
-    /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`. Every event a
-    /// node serves carries one, except in a batch answer, where only the last event does: its
-    /// `hash` commits through `prev_hash` to every event of the batch before it (docs/VERIFYING.md
-    /// section 9).
+    /// Ed25519 signature (hex) over `asn-ledger/event-signature/v1\0 || hash`, or, with
+    /// `signature_proof`, over the root of the answer group the event's answer belongs to.
+    /// Every event a node serves carries one, except in a batch answer, where only the last
+    /// event does: its `hash` commits through `prev_hash` to every event of the batch before it
+    /// (docs/VERIFYING.md section 9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
     /// The signer's key name, as listed by `GET /api/v1/ledger/keys`; present with `signature`.
@@ -187,6 +190,24 @@ pub struct EventView<'a> {
     /// The signer's C2SP key id (hex); present with `signature`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Present when `signature` is an answer group's (answers the node made at the same time
+    /// share one signature): the inclusion proof of `SHA-256(0x00 || hash)` in the group's
+    /// Merkle tree, whose root, with the group's size, the signature covers
+    /// (docs/VERIFYING.md section 9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_proof: Option<SignatureProof>,
+}
+
+/// How an event served is signed.
+#[derive(Clone, Copy)]
+pub enum Sign<'s> {
+    /// Not at all (the events of a batch answer but its last).
+    No,
+    /// With a signature of its own.
+    Alone,
+    /// With its answer group's signature and its proof in the group; alone if the seat is not
+    /// this event's.
+    InGroup(&'s GroupSeat),
 }
 
 /// One event to report. Unknown fields are refused.
@@ -228,11 +249,15 @@ impl<'a> EventView<'a> {
     /// Checks the event's hash before serving it (a node never serves, nor signs, an event that
     /// does not verify) and signs it.
     pub fn new(event: &'a Event, signing: &Signing<'_>) -> Result<Self, ApiError> {
-        Self::checked(event, signing, true)
+        Self::checked(event, signing, Sign::Alone)
     }
 
-    /// As [`EventView::new`], signed only if `sign`.
-    fn checked(event: &'a Event, signing: &Signing<'_>, sign: bool) -> Result<Self, ApiError> {
+    /// As [`EventView::new`], signed as `sign` says.
+    pub fn checked(
+        event: &'a Event,
+        signing: &Signing<'_>,
+        sign: Sign<'_>,
+    ) -> Result<Self, ApiError> {
         if raft_store::chain::event_hash(event) != event.hash {
             let reason = format!(
                 "event {} does not match its hash: this node's store is damaged",
@@ -251,6 +276,18 @@ impl<'a> EventView<'a> {
                 event.seq
             ))
         })?;
+        let (signature, signature_proof) = match sign {
+            Sign::No => (None, None),
+            Sign::InGroup(seat) if seat.holds(&event.hash) => {
+                let (signature, proof) = seat.sign(signing.key)?;
+                (Some(signature), Some(proof))
+            }
+            Sign::Alone | Sign::InGroup(_) => (
+                Some(hex_lower(&verifier::event::sign(&event.hash, signing.key))),
+                None,
+            ),
+        };
+        let signed = signature.is_some();
         Ok(Self {
             id: uuid::Uuid::from_bytes(event.id).to_string(),
             agent_id: uuid::Uuid::from_bytes(event.agent_id).to_string(),
@@ -264,9 +301,10 @@ impl<'a> EventView<'a> {
             hash: hex_lower(&event.hash),
             prev_hash: hex_lower(&event.prev_hash),
             agent_prev_hash: hex_lower(&event.agent_prev_hash),
-            signature: sign.then(|| hex_lower(&verifier::event::sign(&event.hash, signing.key))),
-            signer: sign.then(|| signing.signer.name.clone()),
-            key_id: sign.then(|| signing.signer.key_id_hex.clone()),
+            signature,
+            signer: signed.then(|| signing.signer.name.clone()),
+            key_id: signed.then(|| signing.signer.key_id_hex.clone()),
+            signature_proof,
         })
     }
 }
@@ -282,10 +320,12 @@ pub fn views<'a>(
 }
 
 /// The views of a batch's events (consecutive in the ledger): each checked against its hash,
-/// only the last signed, since its hash commits to the others through `prev_hash`.
+/// only the last signed (in its answer group, with `seat`), since its hash commits to the
+/// others through `prev_hash`.
 pub fn batch_views<'a>(
     events: &'a [Event],
     signing: &Signing<'_>,
+    seat: Option<&GroupSeat>,
 ) -> Result<Vec<EventView<'a>>, ApiError> {
     let last = events.len().saturating_sub(1);
     // The results may come from the leader over gRPC: a break in the chain is an error, not a
@@ -301,7 +341,14 @@ pub fn batch_views<'a>(
     events
         .iter()
         .enumerate()
-        .map(|(index, event)| EventView::checked(event, signing, index == last))
+        .map(|(index, event)| {
+            let sign = match seat {
+                _ if index != last => Sign::No,
+                Some(seat) => Sign::InGroup(seat),
+                None => Sign::Alone,
+            };
+            EventView::checked(event, signing, sign)
+        })
         .collect()
 }
 
@@ -489,16 +536,19 @@ async fn append(
     headers: &HeaderMap,
     key: &ApiKeyRecord,
     events: Vec<NewEvent>,
-) -> Result<Vec<Event>, ApiError> {
+) -> Result<(Vec<Event>, Option<GroupSeat>), ApiError> {
     let tx = tx_key(headers, key, &events, backend.ledger())?;
     let command = Command::AppendEvents {
         by: key.id.clone(),
         events,
     };
-    match backend.submit(raft_store::Proposal { tx, command }).await? {
-        CommandResult::Appended { events, .. } => Ok(events),
-        CommandResult::Rejected { code, message } => Err(ApiError::from_reject(code, message)),
-        other => Err(ApiError::internal(format!(
+    match backend
+        .submit_answer(raft_store::Proposal { tx, command })
+        .await?
+    {
+        (CommandResult::Appended { events, .. }, seat) => Ok((events, seat)),
+        (CommandResult::Rejected { code, message }, _) => Err(ApiError::from_reject(code, message)),
+        (other, _) => Err(ApiError::internal(format!(
             "unexpected result for an append: {other:?}"
         ))),
     }
@@ -532,13 +582,18 @@ pub async fn report<B: Backend>(
     let body = read_body(body).await?;
     let value: Value = parse_json(&body)?;
     let event = validate_event(&value, "")?;
-    let events = append(backend.as_ref(), &headers, &key, vec![event]).await?;
+    let (events, seat) = append(backend.as_ref(), &headers, &key, vec![event]).await?;
     let event = events
         .first()
         .ok_or_else(|| ApiError::internal("the ledger appended no event"))?;
+    let sign = seat.as_ref().map_or(Sign::Alone, Sign::InGroup);
     Ok((
         StatusCode::CREATED,
-        Json(EventView::new(event, &Signing::of(backend.as_ref())?)?),
+        Json(EventView::checked(
+            event,
+            &Signing::of(backend.as_ref())?,
+            sign,
+        )?),
     )
         .into_response())
 }
@@ -592,11 +647,11 @@ pub async fn report_batch<B: Backend>(
         .enumerate()
         .map(|(index, item)| validate_event(item, &format!("events[{index}].")))
         .collect::<Result<Vec<_>, _>>()?;
-    let events = append(backend.as_ref(), &headers, &key, events).await?;
+    let (events, seat) = append(backend.as_ref(), &headers, &key, events).await?;
     Ok((
         StatusCode::CREATED,
         Json(BatchAppended {
-            data: batch_views(&events, &Signing::of(backend.as_ref())?)?,
+            data: batch_views(&events, &Signing::of(backend.as_ref())?, seat.as_ref())?,
         }),
     )
         .into_response())
@@ -953,7 +1008,7 @@ mod tests {
         let node = Node::new();
         let signing = node.signing();
         let events = chain(5);
-        let views = batch_views(&events, &signing).expect("a chain of 5");
+        let views = batch_views(&events, &signing, None).expect("a chain of 5");
         assert_eq!(views.len(), 5);
         for view in &views[..4] {
             assert!(view.signature.is_none() && view.signer.is_none() && view.key_id.is_none());
@@ -981,7 +1036,7 @@ mod tests {
             assert_eq!(pair[1].prev_hash, pair[0].hash);
         }
         // A batch of one is signed too.
-        let one = batch_views(&events[..1], &signing).expect("one event");
+        let one = batch_views(&events[..1], &signing, None).expect("one event");
         assert!(one[0].signature.is_some());
     }
 
@@ -991,7 +1046,7 @@ mod tests {
         let signing = node.signing();
         let mut events = chain(4);
         events.remove(2);
-        let error = batch_views(&events, &signing)
+        let error = batch_views(&events, &signing, None)
             .err()
             .expect("a gap is refused");
         assert!(error.message.contains("seq 4 follows seq 2"), "{error:?}");

@@ -7,6 +7,7 @@
 //! - Every limit is a named constant below, with its unit in the name.
 
 mod admin;
+pub mod answer_group;
 mod auth;
 mod backend;
 mod error;

@@ -463,3 +463,41 @@ async fn a_proof_for_impossible_sizes_names_the_field() {
         "{json}"
     );
 }
+
+/// Every `$ref` in the document names a schema it defines (a type used only inside another
+/// one must still be listed).
+#[test]
+fn every_schema_reference_resolves() {
+    fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", serde_json::Value::String(target)) => found.push(target.clone()),
+                        _ => refs(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let document = serde_json::to_value(api::openapi::document()).expect("the document is JSON");
+    let mut found = Vec::new();
+    refs(&document, &mut found);
+    assert!(
+        found
+            .iter()
+            .any(|r| r == "#/components/schemas/SignatureProof"),
+        "an event's signature_proof is described by reference"
+    );
+    for target in found {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{target}: not a schema reference"));
+        assert!(
+            document["components"]["schemas"].get(name).is_some(),
+            "{target} is referenced but not defined"
+        );
+    }
+}

@@ -92,6 +92,9 @@ pub struct ServedEvent {
     pub hash: Hash,
     pub signature: [u8; 64],
     pub signer: String,
+    /// The event's inclusion proof in its answer group, when `signature` is the group's
+    /// (docs/VERIFYING.md section 9).
+    pub signature_proof: Option<verifier::proof::InclusionProof>,
 }
 
 fn uuid_bytes(value: &Value, field: &str) -> Result<[u8; 16]> {
@@ -131,6 +134,13 @@ impl ServedEvent {
                 hash: hex32(&value["hash"], "hash")?,
                 signature,
                 signer: text(value, "signer")?.to_owned(),
+                signature_proof: match value.get("signature_proof") {
+                    None | Some(Value::Null) => None,
+                    Some(proof) => Some(
+                        verifier::proof::InclusionProof::from_json_value(proof.clone())
+                            .map_err(|e| anyhow!("signature_proof: {e}"))?,
+                    ),
+                },
             })
         };
         inner().map_err(|e| anyhow!("event {seq}: {e}"))
@@ -164,8 +174,13 @@ impl ServedEvent {
                 self.seq, self.signer
             )
         })?;
-        verifier::event::verify_signature(&self.hash, &self.signature, public_key)
-            .map_err(|e| anyhow!("event {}: signature of {}: {e}", self.seq, self.signer))
+        verifier::event::verify_answer_signature(
+            &self.hash,
+            &self.signature,
+            self.signature_proof.as_ref(),
+            public_key,
+        )
+        .map_err(|e| anyhow!("event {}: signature of {}: {e}", self.seq, self.signer))
     }
 }
 

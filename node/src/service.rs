@@ -706,6 +706,13 @@ impl api::Backend for LedgerService {
         self.writer.submit(proposal).await
     }
 
+    async fn submit_answer(
+        &self,
+        proposal: raft_store::Proposal,
+    ) -> Result<(CommandResult, Option<api::answer_group::GroupSeat>), ApiError> {
+        self.writer.submit_answer(proposal).await
+    }
+
     async fn linearize(&self) -> Result<(), ApiError> {
         self.read_barrier().await
     }

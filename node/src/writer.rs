@@ -33,6 +33,9 @@ use tokio::sync::oneshot;
 use crate::network::Peers;
 use crate::network::Traffic;
 use api::ApiError;
+use api::answer_group::AnswerGroup;
+use api::answer_group::GroupSeat;
+use api::answer_group::signed_event;
 
 /// Bytes of commands in one batch, at most (estimated), to keep a Raft entry well under
 /// `raft_store::ENTRY_BYTES_MAX`.
@@ -240,7 +243,37 @@ impl Router {
 /// One submission: a command of this node's API, or a whole batch forwarded by a follower.
 struct Queued {
     commands: Vec<Proposal>,
-    reply: oneshot::Sender<Result<Vec<CommandResult>, ApiError>>,
+    /// Whether this node answers the command and signs the answer (a report through its API):
+    /// then the answer may share its signature with the others of the batch.
+    answered_here: bool,
+    reply: oneshot::Sender<Result<Answered, ApiError>>,
+}
+
+/// The results of one submission, one per command, and the seat of its answer in the batch's
+/// answer group, if it has one.
+type Answered = (Vec<CommandResult>, Option<GroupSeat>);
+
+/// The answer group of a batch's answers that this node signs: one seat for each submission
+/// answered here whose one result appended events (`answers[i]` is a submission's results and
+/// whether it is answered here), `None` for the others and when fewer than two are.
+fn group_seats(answers: &[(Vec<CommandResult>, bool)]) -> Vec<Option<GroupSeat>> {
+    let members: Vec<(usize, &raft_store::Event)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(index, (results, answered_here))| match results.as_slice() {
+                [result] if *answered_here => signed_event(result).map(|event| (index, event)),
+                _ => None,
+            },
+        )
+        .collect();
+    let mut seats = vec![None; answers.len()];
+    if let Some(group) = AnswerGroup::seats(members.iter().map(|(_, event)| *event)) {
+        for ((index, _), seat) in members.iter().zip(group) {
+            seats[*index] = Some(seat);
+        }
+    }
+    seats
 }
 
 /// Statistics of group commit, for metrics.
@@ -343,6 +376,19 @@ impl Writer {
             .ok_or_else(|| ApiError::internal("the writer answered no result"))
     }
 
+    /// As [`Writer::submit`], for a command whose answer this node signs: with the answer's
+    /// seat in the answer group of its batch, if the batch has one (`api::answer_group`).
+    pub async fn submit_answer(
+        &self,
+        command: Proposal,
+    ) -> Result<(CommandResult, Option<GroupSeat>), ApiError> {
+        let (mut results, seat) = self.submit_inner(vec![command], true).await?;
+        let result = results
+            .pop()
+            .ok_or_else(|| ApiError::internal("the writer answered no result"))?;
+        Ok((result, seat))
+    }
+
     /// Submits commands that stay together in one Raft entry (a batch a follower forwarded
     /// to this leader: it joins this node's group commit instead of being an entry of its
     /// own). One result per command, in order.
@@ -350,6 +396,14 @@ impl Writer {
         &self,
         commands: Vec<Proposal>,
     ) -> Result<Vec<CommandResult>, ApiError> {
+        Ok(self.submit_inner(commands, false).await?.0)
+    }
+
+    async fn submit_inner(
+        &self,
+        commands: Vec<Proposal>,
+        answered_here: bool,
+    ) -> Result<Answered, ApiError> {
         let count = commands.len();
         // Nothing queued and a slot free: no batch to join, propose from here. (A command the
         // writer's task took from the queue and holds while it waits for a slot has no slot
@@ -359,12 +413,17 @@ impl Writer {
             && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
         {
             let _permit = permit;
-            // One result per command: `Router::propose` checks.
-            return self.stats.propose(&self.router, commands).await;
+            // One result per command: `Router::propose` checks. A batch of its own: no
+            // answer to share a signature with.
+            return Ok((self.stats.propose(&self.router, commands).await?, None));
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Queued { commands, reply })
+            .try_send(Queued {
+                commands,
+                answered_here,
+                reply,
+            })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => ApiError::unavailable(format!(
                     "overloaded: {} writes are already queued on this node",
@@ -374,7 +433,7 @@ impl Writer {
                     ApiError::unavailable("this node is shutting down")
                 }
             })?;
-        let results = answer.await.map_err(|_| {
+        let (results, seat) = answer.await.map_err(|_| {
             ApiError::unavailable("this node is shutting down; the write's outcome is unknown")
         })??;
         if results.len() != count {
@@ -383,7 +442,7 @@ impl Writer {
                 results.len()
             )));
         }
-        Ok(results)
+        Ok((results, seat))
     }
 }
 
@@ -419,18 +478,26 @@ async fn run(
             let mut commands = Vec::with_capacity(commands_in_batch);
             let mut replies = Vec::with_capacity(batch.len());
             for queued in batch {
-                replies.push((queued.commands.len(), queued.reply));
+                replies.push((queued.commands.len(), queued.answered_here, queued.reply));
                 commands.extend(queued.commands);
             }
             match stats.propose(&router, commands).await {
                 Ok(results) => {
                     let mut results = results.into_iter();
-                    for (count, reply) in replies {
-                        let _ = reply.send(Ok(results.by_ref().take(count).collect()));
+                    let mut answers = Vec::with_capacity(replies.len());
+                    let mut senders = Vec::with_capacity(replies.len());
+                    for (count, answered_here, reply) in replies {
+                        answers.push((results.by_ref().take(count).collect(), answered_here));
+                        senders.push(reply);
+                    }
+                    let seats = group_seats(&answers);
+                    for (((results, _), seat), reply) in answers.into_iter().zip(seats).zip(senders)
+                    {
+                        let _ = reply.send(Ok((results, seat)));
                     }
                 }
                 Err(error) => {
-                    for (_, reply) in replies {
+                    for (_, _, reply) in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }

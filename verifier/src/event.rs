@@ -217,6 +217,8 @@ pub enum SignatureError {
     PublicKey,
     #[error("the signature does not verify")]
     Invalid,
+    #[error("the signature's proof is malformed: {0}")]
+    Proof(crate::merkle::VerifyError),
 }
 
 /// Verifies a node's signature over the event whose chain hash is `hash` (strict RFC 8032).
@@ -229,6 +231,62 @@ pub fn verify_signature(
         .map_err(|_| SignatureError::PublicKey)?;
     let signature = ed25519_dalek::Signature::from_bytes(signature);
     key.verify_strict(&signature_message(hash), &signature)
+        .map_err(|_| SignatureError::Invalid)
+}
+
+/// Domain of a group signature. Answers that a node makes together (single reports whose
+/// writes committed in the same Raft entry) share one signature: over the root of an RFC 9162
+/// Merkle tree whose leaf `i` is `SHA-256(0x00 || hash_i)`, `hash_i` the chain hash of the event
+/// answer `i` signs. Each answer carries its event's inclusion proof in that tree
+/// (docs/VERIFYING.md section 9).
+pub const GROUP_SIGNATURE_DOMAIN: &[u8] = b"asn-ledger/answer-group-signature/v1\0";
+
+/// The leaf of the event whose chain hash is `hash` in an answer group's tree.
+pub fn group_leaf(hash: &Hash) -> Hash {
+    crate::merkle::leaf_hash(hash)
+}
+
+/// The exact bytes a node signs for an answer group: [`GROUP_SIGNATURE_DOMAIN`], the group's
+/// size (`u64` big-endian) and its tree's root.
+pub fn group_signature_message(tree_size: u64, root: &Hash) -> Vec<u8> {
+    let mut message = Vec::with_capacity(GROUP_SIGNATURE_DOMAIN.len() + 8 + root.len());
+    message.extend_from_slice(GROUP_SIGNATURE_DOMAIN);
+    message.extend_from_slice(&tree_size.to_be_bytes());
+    message.extend_from_slice(root);
+    message
+}
+
+/// Signs an answer group of `tree_size` events whose tree has root `root`.
+pub fn sign_group(tree_size: u64, root: &Hash, key: &ed25519_dalek::SigningKey) -> [u8; 64] {
+    use ed25519_dalek::Signer as _;
+    key.sign(&group_signature_message(tree_size, root))
+        .to_bytes()
+}
+
+/// Verifies the signature an answer carries for the event whose chain hash is `hash`: over
+/// the hash itself when the answer has no `signature_proof`, otherwise over the root of its
+/// group, which `proof` (the event's inclusion proof in the group's tree) leads to from
+/// [`group_leaf`]`(hash)`.
+pub fn verify_answer_signature(
+    hash: &Hash,
+    signature: &[u8; 64],
+    proof: Option<&crate::proof::InclusionProof>,
+    public_key: &[u8; 32],
+) -> Result<(), SignatureError> {
+    let Some(proof) = proof else {
+        return verify_signature(hash, signature, public_key);
+    };
+    let root = crate::merkle::inclusion_root(
+        &group_leaf(hash),
+        proof.leaf_index,
+        proof.tree_size,
+        &proof.hashes,
+    )
+    .map_err(SignatureError::Proof)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
+        .map_err(|_| SignatureError::PublicKey)?;
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    key.verify_strict(&group_signature_message(proof.tree_size, &root), &signature)
         .map_err(|_| SignatureError::Invalid)
 }
 
@@ -259,5 +317,82 @@ mod signature_tests {
                 "hash byte {i}"
             );
         }
+    }
+
+    #[test]
+    fn group_signatures_verify_for_every_member_and_any_changed_byte_fails() {
+        use crate::merkle::MemoryTree;
+        use crate::proof::InclusionProof;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public = key.verifying_key().to_bytes();
+        for size in 1..=9u64 {
+            let hashes: Vec<Hash> = (0..size).map(|i| [i as u8 + 1; 32]).collect();
+            let tree = MemoryTree::from_leaves(hashes.iter().map(group_leaf)).expect("tree");
+            let root = tree.root(size).expect("root");
+            let signature = sign_group(size, &root, &key);
+            for (index, hash) in hashes.iter().enumerate() {
+                let proof = InclusionProof {
+                    leaf_index: index as u64,
+                    tree_size: size,
+                    hashes: tree.inclusion_proof(index as u64, size).expect("proof"),
+                };
+                assert_eq!(
+                    verify_answer_signature(hash, &signature, Some(&proof), &public),
+                    Ok(()),
+                    "member {index} of {size}"
+                );
+                // Another member's hash, the plain form, a changed signature, proof hash,
+                // index or size: each fails.
+                let other = hashes[(index + 1) % hashes.len()];
+                if size > 1 {
+                    assert!(
+                        verify_answer_signature(&other, &signature, Some(&proof), &public).is_err()
+                    );
+                }
+                assert!(verify_answer_signature(hash, &signature, None, &public).is_err());
+                let mut bad = signature;
+                bad[index % 64] ^= 1;
+                assert!(verify_answer_signature(hash, &bad, Some(&proof), &public).is_err());
+                for (h, byte) in (0..proof.hashes.len()).flat_map(|h| [(h, 0), (h, 31)]) {
+                    let mut changed = proof.clone();
+                    changed.hashes[h][byte] ^= 1;
+                    assert!(
+                        verify_answer_signature(hash, &signature, Some(&changed), &public).is_err()
+                    );
+                }
+                let mut moved = proof.clone();
+                moved.leaf_index = (moved.leaf_index + 1) % size;
+                if size > 1 {
+                    assert!(
+                        verify_answer_signature(hash, &signature, Some(&moved), &public).is_err()
+                    );
+                }
+                let mut grown = proof.clone();
+                grown.tree_size += 1;
+                assert!(verify_answer_signature(hash, &signature, Some(&grown), &public).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_signature_is_not_an_event_signature() {
+        // The domains differ: neither kind of signature verifies as the other.
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public = key.verifying_key().to_bytes();
+        let hash = [42u8; 32];
+        let alone = sign(&hash, &key);
+        let root = group_leaf(&hash);
+        let proof = crate::proof::InclusionProof {
+            leaf_index: 0,
+            tree_size: 1,
+            hashes: Vec::new(),
+        };
+        assert_eq!(sign_group(1, &root, &key).len(), 64);
+        assert!(verify_answer_signature(&hash, &alone, Some(&proof), &public).is_err());
+        assert_eq!(
+            verify_answer_signature(&hash, &sign_group(1, &root, &key), Some(&proof), &public),
+            Ok(())
+        );
+        assert!(verify_signature(&hash, &sign_group(1, &root, &key), &public).is_err());
     }
 }

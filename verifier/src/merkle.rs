@@ -248,6 +248,22 @@ pub fn verify_inclusion(
     proof: &[Hash],
     root: &Hash,
 ) -> Result<(), VerifyError> {
+    if inclusion_root(leaf, index, size, proof)? != *root {
+        return Err(VerifyError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// The root that the inclusion proof `proof` of `leaf` (a leaf hash) as leaf
+/// `index` of a tree of `size` leaves leads to (RFC 9162 §2.1.3.2 without its
+/// last comparison). Every proof element is used; a proof of the wrong length
+/// is rejected.
+pub fn inclusion_root(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+) -> Result<Hash, VerifyError> {
     if index >= size {
         return Err(VerifyError::IndexOutOfRange { index, size });
     }
@@ -285,10 +301,7 @@ pub fn verify_inclusion(
             got: proof.len(),
         });
     }
-    if r != *root {
-        return Err(VerifyError::RootMismatch);
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// RFC 9162 §2.1.4.2: verifies that the tree of `old` leaves with root

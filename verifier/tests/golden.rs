@@ -258,6 +258,35 @@ fn generate() -> Value {
         })
         .collect();
     let receipt_proof = tree.inclusion_proof(2, 7).expect("proof");
+    // An answer group (docs/VERIFYING.md section 9): the answers for events 1, 2 and 3 share
+    // one signature by the first key over their group tree's root.
+    let group_hashes: Vec<Hash> = events[..3]
+        .iter()
+        .map(|e| event::event_hash(&e.fields()))
+        .collect();
+    let group_tree =
+        MemoryTree::from_leaves(group_hashes.iter().map(event::group_leaf)).expect("tree");
+    let group_size = group_hashes.len() as u64;
+    let group_root = group_tree.root(group_size).expect("root");
+    let group_signature =
+        event::sign_group(group_size, &group_root, &SigningKey::from_bytes(&keys[0].1));
+    let group_members: Vec<Value> = group_hashes
+        .iter()
+        .enumerate()
+        .map(|(index, hash)| {
+            let index = index as u64;
+            json!({
+                "hash": hash_to_hex(hash),
+                "leaf": hash_to_hex(&event::group_leaf(hash)),
+                "signature_proof": InclusionProof {
+                    leaf_index: index,
+                    tree_size: group_size,
+                    hashes: group_tree.inclusion_proof(index, group_size).expect("proof"),
+                }
+                .to_json_value(),
+            })
+        })
+        .collect();
     json!({
         "description": "asn-ledger verification golden vectors (docs/VERIFYING.md). Hashes and byte strings are lowercase hex. Written once by verifier/tests/golden.rs; never edit by hand.",
         "events": event_docs,
@@ -266,6 +295,14 @@ fn generate() -> Value {
         "consistency_proofs": consistency,
         "keys": key_docs,
         "checkpoints": checkpoints,
+        "answer_group": {
+            "signer": keys[0].0,
+            "tree_size": group_size,
+            "root": hash_to_hex(&group_root),
+            "signed_message": hex::encode(event::group_signature_message(group_size, &group_root)),
+            "signature": hex::encode(group_signature),
+            "members": group_members,
+        },
         "receipt": {
             "event_seq": 3,
             "proof": InclusionProof { leaf_index: 2, tree_size: 7, hashes: receipt_proof }.to_json_value(),
@@ -336,6 +373,24 @@ fn golden_vectors_verify() {
                 &roots[proof.tree_size as usize - 1],
             )
             .expect("inclusion verifies");
+    }
+    let group = &stored["answer_group"];
+    let signer = keys
+        .iter()
+        .find(|(name, _)| group["signer"] == name.as_str())
+        .expect("the group's signer is a golden key");
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(
+        group["signature"].as_str().expect("signature"),
+        &mut signature,
+    )
+    .expect("hex");
+    for member in group["members"].as_array().expect("members") {
+        let hash = verifier::hash_from_hex(member["hash"].as_str().expect("hash")).expect("hex");
+        let proof =
+            InclusionProof::from_json_value(member["signature_proof"].clone()).expect("proof");
+        event::verify_answer_signature(&hash, &signature, Some(&proof), &signer.1)
+            .expect("the group signature verifies for every member");
     }
     for p in stored["consistency_proofs"]
         .as_array()

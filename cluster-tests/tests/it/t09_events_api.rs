@@ -118,7 +118,7 @@ async fn scenario() -> Result<()> {
         agent2,
     };
 
-    let sections: [(&str, Section); 13] = [
+    let sections: [(&str, Section); 14] = [
         ("presumed parts", |c| Box::pin(presumed_parts(c))),
         ("report fields", |c| Box::pin(report_fields(c))),
         ("validation", |c| Box::pin(validation(c))),
@@ -128,6 +128,9 @@ async fn scenario() -> Result<()> {
         }),
         ("deactivation", |c| Box::pin(deactivation(c))),
         ("batches", |c| Box::pin(batches(c))),
+        ("answers made together share a signature", |c| {
+            Box::pin(answer_groups(c))
+        }),
         ("pagination", |c| Box::pin(pagination(c))),
         ("type filter and public window", |c| {
             Box::pin(type_filter(c))
@@ -1378,6 +1381,110 @@ async fn batches(ctx: &Ctx) -> Result<()> {
 }
 
 /// Pagination arithmetic on an agent with 67 events, as the owner.
+/// Concurrent single reports (docs/VERIFYING.md section 9): every answer's signature verifies
+/// with the published keys, alone or through its answer group's proof; the answers of a group
+/// have distinct places in it and one size; a changed proof does not verify. A node groups the
+/// answers of writes that came back from the leader together, which concurrent reports make
+/// likely but not certain: waves of them go to every node until one has grouped answers.
+async fn answer_groups(ctx: &Ctx) -> Result<()> {
+    const WAVE_REPORTS: usize = 48;
+    const WAVES_MAX: usize = 20;
+    let api = &ctx.api;
+    let agent = ctx.agent("t09-answer-groups").await?;
+    let keys = expect_status(
+        "the ledger's keys",
+        send(
+            api,
+            Method::GET,
+            1,
+            "/api/v1/ledger/keys",
+            None,
+            &[],
+            Body::None,
+        )
+        .await?,
+        200,
+    )?;
+    let keys = ledgerctl::Keys::from_json(&keys)?;
+    for wave in 0..WAVES_MAX {
+        let answers = futures::future::try_join_all((0..WAVE_REPORTS).map(|i| {
+            let request = json!({
+                "asn": agent.asn,
+                "event_type": "task_completed",
+                "metadata": { "wave": wave, "i": i },
+            });
+            async move {
+                let node = 1 + (i % 3) as u64;
+                let got = send(
+                    api,
+                    Method::POST,
+                    node,
+                    REPORT,
+                    Some(&ctx.write1),
+                    &[],
+                    Body::Json(request),
+                );
+                expect_status("a concurrent report", got.await?, 201)
+            }
+        }))
+        .await?;
+        // (signer, signature) -> the (leaf_index, tree_size) of each answer that carries it.
+        let mut groups: std::collections::HashMap<(String, String), Vec<(u64, u64)>> =
+            std::collections::HashMap::new();
+        for answer in &answers {
+            let served = ledgerctl::ServedEvent::from_json(answer)?;
+            served
+                .check(&keys)
+                .with_context(|| format!("the answer {answer}"))?;
+            let Some(proof) = &served.signature_proof else {
+                continue;
+            };
+            let mut changed = served.clone();
+            if let Some(hash) = changed
+                .signature_proof
+                .as_mut()
+                .and_then(|p| p.hashes.first_mut())
+            {
+                hash[0] ^= 1;
+            }
+            ensure!(
+                changed.check(&keys).is_err(),
+                "seq {}: its answer still verifies with a changed signature_proof",
+                served.seq
+            );
+            let signature = answer["signature"].as_str().unwrap_or_default().to_owned();
+            groups
+                .entry((served.signer.clone(), signature))
+                .or_default()
+                .push((proof.leaf_index, proof.tree_size));
+        }
+        for ((signer, _), members) in &groups {
+            let size = members[0].1;
+            let mut places: Vec<u64> = members.iter().map(|(index, _)| *index).collect();
+            places.sort_unstable();
+            places.dedup();
+            ensure!(
+                size >= 2
+                    && members.iter().all(|(_, s)| *s == size)
+                    && places.len() == members.len()
+                    && places.iter().all(|index| *index < size),
+                "an answer group of {signer}: places and sizes {members:?}"
+            );
+        }
+        if !groups.is_empty() {
+            let grouped: usize = groups.values().map(Vec::len).sum();
+            eprintln!(
+                "t09: wave {wave}: {grouped} of {WAVE_REPORTS} answers in {} groups",
+                groups.len()
+            );
+            return Ok(());
+        }
+    }
+    bail!(
+        "no answer of {WAVES_MAX} waves of {WAVE_REPORTS} concurrent reports was in an answer group"
+    )
+}
+
 async fn pagination(ctx: &Ctx) -> Result<()> {
     let api = &ctx.api;
     let (agent, newest_first) = agent_with_67(ctx, "t09-pages").await?;
