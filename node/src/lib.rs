@@ -291,6 +291,7 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         log_store.sync_stats(),
         writer.stats.batch_commands.clone(),
         writer.stats.batch_seconds.clone(),
+        writer.stats.answers_per_signature.clone(),
         append_entries_bytes,
     );
     let service = Arc::new(LedgerService {

@@ -56,6 +56,7 @@ impl NodeMetrics {
         syncs: &raft_store::durability::SyncStats,
         batch_commands: Histogram,
         batch_seconds: Histogram,
+        answers_per_signature: Histogram,
         append_entries_bytes: Histogram,
     ) -> Self {
         let fsync_seconds = Histogram::new(duration_buckets());
@@ -90,6 +91,12 @@ impl NodeMetrics {
              leader (answered batches only)",
             Unit::Seconds,
             batch_seconds,
+        );
+        registry.register(
+            "ledger_answers_per_signature",
+            "Answers to reports per signature this node made for them: 1 for an answer signed on \
+             its own, the group's size for answers that share one signature (an answer group)",
+            answers_per_signature,
         );
         registry.register_with_unit(
             "ledger_raft_append_entries_sent",

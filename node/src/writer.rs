@@ -255,8 +255,12 @@ type Answered = (Vec<CommandResult>, Option<GroupSeat>);
 
 /// The answer group of a batch's answers that this node signs: one seat for each submission
 /// answered here whose one result appended events (`answers[i]` is a submission's results and
-/// whether it is answered here), `None` for the others and when fewer than two are.
-fn group_seats(answers: &[(Vec<CommandResult>, bool)]) -> Vec<Option<GroupSeat>> {
+/// whether it is answered here), `None` for the others and when fewer than two are. Counts the
+/// group in `stats`.
+fn group_seats(
+    answers: &[(Vec<CommandResult>, bool)],
+    stats: &WriterStats,
+) -> Vec<Option<GroupSeat>> {
     let members: Vec<(usize, &raft_store::Event)> = answers
         .iter()
         .enumerate()
@@ -269,6 +273,8 @@ fn group_seats(answers: &[(Vec<CommandResult>, bool)]) -> Vec<Option<GroupSeat>>
         .collect();
     let mut seats = vec![None; answers.len()];
     if let Some(group) = AnswerGroup::seats(members.iter().map(|(_, event)| *event)) {
+        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
+        stats.answers_per_signature.observe(group.len() as f64);
         for ((index, _), seat) in members.iter().zip(group) {
             seats[*index] = Some(seat);
         }
@@ -284,6 +290,9 @@ pub struct WriterStats {
     pub batch_commands: prometheus_client::metrics::histogram::Histogram,
     /// Seconds from a batch's proposal to its answer (answered batches), for `/metrics`.
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Answers per signature of this node's answers to reports: 1 for an answer signed on its
+    /// own, the group's size for an answer group (`api::answer_group`), for `/metrics`.
+    pub answers_per_signature: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for WriterStats {
@@ -296,6 +305,9 @@ impl Default for WriterStats {
             ),
             batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 crate::metrics::duration_buckets(),
+            ),
+            answers_per_signature: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::batch_buckets(),
             ),
         }
     }
@@ -386,6 +398,9 @@ impl Writer {
         let result = results
             .pop()
             .ok_or_else(|| ApiError::internal("the writer answered no result"))?;
+        if seat.is_none() && signed_event(&result).is_some() {
+            self.stats.answers_per_signature.observe(1.0);
+        }
         Ok((result, seat))
     }
 
@@ -490,7 +505,7 @@ async fn run(
                         answers.push((results.by_ref().take(count).collect(), answered_here));
                         senders.push(reply);
                     }
-                    let seats = group_seats(&answers);
+                    let seats = group_seats(&answers, &stats);
                     for (((results, _), seat), reply) in answers.into_iter().zip(seats).zip(senders)
                     {
                         let _ = reply.send(Ok((results, seat)));
