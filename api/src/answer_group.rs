@@ -38,6 +38,9 @@ pub fn signed_event(result: &CommandResult) -> Option<&Event> {
 /// its root once an answer of the group needed it.
 #[derive(Debug)]
 pub struct AnswerGroup {
+    /// The signed events' chain hashes, in order: leaf `i` of `tree` is `SHA-256(0x00 ||
+    /// hashes[i])`.
+    hashes: Vec<Hash>,
     tree: MemoryTree,
     root: Hash,
     /// Lowercase hex of the signature over (size, root), made by the first answer served.
@@ -58,22 +61,23 @@ impl AnswerGroup {
     /// signs an event that does not verify: the answer of that one then finds it on its own,
     /// and stops the node.
     pub fn seats<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Vec<GroupSeat>> {
-        let mut leaves = Vec::new();
+        let mut hashes = Vec::new();
         for event in events {
-            if leaves.len() == ANSWER_GROUP_ANSWERS_MAX
+            if hashes.len() == ANSWER_GROUP_ANSWERS_MAX
                 || raft_store::chain::event_hash(event) != event.hash
             {
                 return None;
             }
-            leaves.push(verifier::event::group_leaf(&event.hash));
+            hashes.push(event.hash);
         }
-        if leaves.len() < 2 {
+        if hashes.len() < 2 {
             return None;
         }
-        let size = leaves.len() as u64;
-        let tree = MemoryTree::from_leaves(leaves).ok()?;
+        let size = hashes.len() as u64;
+        let tree = MemoryTree::from_leaves(hashes.iter().map(verifier::event::group_leaf)).ok()?;
         let root = tree.root(size).ok()?;
         let group = Arc::new(Self {
+            hashes,
             tree,
             root,
             signature: OnceLock::new(),
@@ -111,8 +115,8 @@ impl GroupSeat {
     pub fn holds(&self, hash: &Hash) -> bool {
         usize::try_from(self.index)
             .ok()
-            .and_then(|index| self.group.tree.leaves.get(index))
-            .is_some_and(|leaf| *leaf == verifier::event::group_leaf(hash))
+            .and_then(|index| self.group.hashes.get(index))
+            .is_some_and(|held| held == hash)
     }
 
     /// The group's signature (made now with `key` if no answer of the group made it yet) and

@@ -200,7 +200,7 @@ pub struct EventView<'a> {
 
 /// How an event served is signed.
 #[derive(Clone, Copy)]
-pub enum Sign<'s> {
+pub(crate) enum Sign<'s> {
     /// Not at all (the events of a batch answer but its last).
     No,
     /// With a signature of its own.
@@ -253,7 +253,7 @@ impl<'a> EventView<'a> {
     }
 
     /// As [`EventView::new`], signed as `sign` says.
-    pub fn checked(
+    pub(crate) fn checked(
         event: &'a Event,
         signing: &Signing<'_>,
         sign: Sign<'_>,

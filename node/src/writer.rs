@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use crate::network::Peers;
 use crate::network::Traffic;
 use api::ApiError;
+use api::answer_group::ANSWER_GROUP_ANSWERS_MAX;
 use api::answer_group::AnswerGroup;
 use api::answer_group::GroupSeat;
 use api::answer_group::signed_event;
@@ -253,10 +254,10 @@ struct Queued {
 /// answer group, if it has one.
 type Answered = (Vec<CommandResult>, Option<GroupSeat>);
 
-/// The answer group of a batch's answers that this node signs: one seat for each submission
+/// The answer groups of a batch's answers that this node signs: a seat for each submission
 /// answered here whose one result appended events (`answers[i]` is a submission's results and
-/// whether it is answered here), `None` for the others and when fewer than two are. Counts the
-/// group in `stats`.
+/// whether it is answered here), in groups of at most `ANSWER_GROUP_ANSWERS_MAX`; `None` for
+/// the others, and for an answer left alone. Counts the groups in `stats`.
 fn group_seats(
     answers: &[(Vec<CommandResult>, bool)],
     stats: &WriterStats,
@@ -272,11 +273,13 @@ fn group_seats(
         )
         .collect();
     let mut seats = vec![None; answers.len()];
-    if let Some(group) = AnswerGroup::seats(members.iter().map(|(_, event)| *event)) {
-        #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
-        stats.answers_per_signature.observe(group.len() as f64);
-        for ((index, _), seat) in members.iter().zip(group) {
-            seats[*index] = Some(seat);
+    for members in members.chunks(ANSWER_GROUP_ANSWERS_MAX) {
+        if let Some(group) = AnswerGroup::seats(members.iter().map(|(_, event)| *event)) {
+            #[allow(clippy::cast_precision_loss, reason = "a histogram sample")]
+            stats.answers_per_signature.observe(group.len() as f64);
+            for ((index, _), seat) in members.iter().zip(group) {
+                seats[*index] = Some(seat);
+            }
         }
     }
     seats
@@ -518,5 +521,71 @@ async fn run(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appended(seq: u64) -> Vec<CommandResult> {
+        let mut event = raft_store::Event {
+            seq,
+            id: [1; 16],
+            agent_id: [2; 16],
+            asn: "ASN-2026-0384-7721-A".into(),
+            event_type: "task_completed".into(),
+            severity: raft_store::Severity::Info,
+            metadata_json: "{}".into(),
+            reported_by: "operator".into(),
+            created_at_ms: 1_790_000_000_000,
+            prev_hash: [0; 32],
+            agent_prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        event.hash = raft_store::chain::event_hash(&event);
+        vec![CommandResult::Appended {
+            events: vec![event],
+            replayed: false,
+        }]
+    }
+
+    /// Answers here are grouped, at most `ANSWER_GROUP_ANSWERS_MAX` to a group; forwarded
+    /// batches, results without events and an answer left over alone are not.
+    #[test]
+    fn groups_hold_this_nodes_answers_up_to_the_limit() {
+        let stats = WriterStats::default();
+        let here = ANSWER_GROUP_ANSWERS_MAX + 1;
+        let mut answers: Vec<(Vec<CommandResult>, bool)> = (0..here as u64)
+            .map(|seq| (appended(seq + 1), true))
+            .collect();
+        answers.push((appended(1_000), false));
+        answers.push((vec![CommandResult::Done], true));
+        answers.push((
+            appended(2_000).into_iter().chain(appended(2_001)).collect(),
+            false,
+        ));
+        let seats = group_seats(&answers, &stats);
+        assert_eq!(seats.len(), answers.len());
+        assert!(
+            seats[..ANSWER_GROUP_ANSWERS_MAX]
+                .iter()
+                .all(Option::is_some)
+        );
+        // The one past the limit would be a group of one: signed alone.
+        assert!(
+            seats[ANSWER_GROUP_ANSWERS_MAX..]
+                .iter()
+                .all(Option::is_none)
+        );
+        for (seat, (results, _)) in seats.iter().zip(&answers) {
+            if let (Some(seat), Some(event)) = (seat, signed_event(&results[0])) {
+                assert!(seat.holds(&event.hash));
+            }
+        }
+
+        let two: Vec<(Vec<CommandResult>, bool)> = vec![(appended(1), true), (appended(2), true)];
+        assert!(group_seats(&two, &stats).iter().all(Option::is_some));
+        assert!(group_seats(&two[..1], &stats)[0].is_none());
     }
 }
