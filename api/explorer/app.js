@@ -7,6 +7,7 @@
 (function () {
   const EVENT_DOMAIN = "asn-ledger/event/v1\u0000";
   const SIGNATURE_DOMAIN = "asn-ledger/event-signature/v1\u0000";
+  const GROUP_SIGNATURE_DOMAIN = "asn-ledger/answer-group-signature/v1\u0000";
   const SEVERITIES = ["info", "warning", "error", "critical"];
   const utf8 = new TextEncoder();
 
@@ -174,6 +175,11 @@
     for (const name of ["seq", "id", "agent_id", "asn", "event_type", "severity", "reported_by",
       "created_at", "hash", "prev_hash", "agent_prev_hash", "signature", "signer", "key_id"]) {
       fact(facts, name, e[name]);
+    }
+    if (e.signature_proof) {
+      const g = e.signature_proof;
+      fact(facts, "signature_proof", "place " + g.leaf_index + " of " + g.tree_size +
+        " in its answer group, " + g.hashes.length + " hashes");
     }
     text("entry-metadata", JSON.stringify(e.metadata, null, 2));
     text("entry-title", "Entry " + e.seq);
@@ -392,11 +398,26 @@
     if (!signer) fail("the signer " + e.signer + " is not a key of /api/v1/ledger/keys");
     if (signer.keyIdHex !== e.key_id) fail("the event's key_id does not match its signer's key");
     const signature = hexToBytes(e.signature, 64, "signature");
-    const message = concat([utf8.encode(SIGNATURE_DOMAIN), hash]);
-    if (!(await ed25519Verify(signer.publicKey, signature, message))) {
-      fail("the signature of " + e.signer + " does not verify");
+    if (e.signature_proof) {
+      // An answer group's signature (docs/VERIFYING.md section 9): over the root of the group's
+      // tree, which the event's proof leads to from SHA-256(0x00 || hash).
+      const group = e.signature_proof;
+      const groupPath = group.hashes.map((h, n) => hexToBytes(h, 32, "signature_proof hash " + n));
+      const groupLeaf = await sha256(concat([new Uint8Array([0]), hash]));
+      const groupRoot = await inclusionRoot(group.leaf_index, group.tree_size, groupLeaf, groupPath);
+      const message = concat([utf8.encode(GROUP_SIGNATURE_DOMAIN), u64(group.tree_size), groupRoot]);
+      if (!(await ed25519Verify(signer.publicKey, signature, message))) {
+        fail("the group signature of " + e.signer + " does not verify");
+      }
+      step("signature: Ed25519 of " + e.signer + " over its answer group of " + group.tree_size +
+        " events verifies, the event's place in it proven by " + groupPath.length + " hashes");
+    } else {
+      const message = concat([utf8.encode(SIGNATURE_DOMAIN), hash]);
+      if (!(await ed25519Verify(signer.publicKey, signature, message))) {
+        fail("the signature of " + e.signer + " does not verify");
+      }
+      step("signature: Ed25519 of " + e.signer + " over the hash verifies");
     }
-    step("signature: Ed25519 of " + e.signer + " over the hash verifies");
 
     if (!proofAnswer) fail("no inclusion proof could be fetched");
     if (proofAnswer.event.hash !== e.hash) fail("the proof is for another event (hash " + proofAnswer.event.hash.slice(0, 16) + "…)");

@@ -11,7 +11,8 @@
 //!
 //! The node's writer makes the groups ([`AnswerGroup::seats`]) when a batch's results come
 //! back; the first answer of the group to be served signs the root, the others reuse its
-//! signature.
+//! signature. A page of events (`events::views`) is one group too: one signature instead of
+//! one per event.
 
 use std::sync::Arc;
 use std::sync::OnceLock;

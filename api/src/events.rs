@@ -309,14 +309,29 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// The views of a page of events: each checked against its hash; signed together, in answer
+/// groups of at most `ANSWER_GROUP_ANSWERS_MAX` events (one signature each, and each event's
+/// proof in its group), or alone when a group would hold one event.
 pub fn views<'a>(
     events: &'a [Event],
     signing: &Signing<'_>,
 ) -> Result<Vec<EventView<'a>>, ApiError> {
-    events
-        .iter()
-        .map(|event| EventView::new(event, signing))
-        .collect()
+    let mut views = Vec::with_capacity(events.len());
+    for chunk in events.chunks(crate::answer_group::ANSWER_GROUP_ANSWERS_MAX) {
+        match crate::answer_group::AnswerGroup::seats(chunk) {
+            Some(seats) => {
+                for (event, seat) in chunk.iter().zip(&seats) {
+                    views.push(EventView::checked(event, signing, Sign::InGroup(seat))?);
+                }
+            }
+            None => {
+                for event in chunk {
+                    views.push(EventView::new(event, signing)?);
+                }
+            }
+        }
+    }
+    Ok(views)
 }
 
 /// The views of a batch's events (consecutive in the ledger): each checked against its hash,
@@ -1038,6 +1053,53 @@ mod tests {
         // A batch of one is signed too.
         let one = batch_views(&events[..1], &signing, None).expect("one event");
         assert!(one[0].signature.is_some());
+    }
+
+    /// A page's events share one signature, each with its proof; the page of one event is
+    /// signed alone; a page larger than a group makes several groups.
+    #[test]
+    fn a_page_is_signed_in_answer_groups() {
+        let node = Node::new();
+        let signing = node.signing();
+        let public = node.key.verifying_key().to_bytes();
+        let limit = crate::answer_group::ANSWER_GROUP_ANSWERS_MAX;
+        for count in [1, 2, 5, limit as u64 + 3] {
+            let events = chain(count);
+            let views = super::views(&events, &signing).expect("a page");
+            let mut signatures = std::collections::BTreeSet::new();
+            for (index, (view, event)) in views.iter().zip(&events).enumerate() {
+                let signature: [u8; 64] = hex::decode(view.signature.as_deref().expect("signed"))
+                    .expect("hex")
+                    .try_into()
+                    .expect("64 bytes");
+                signatures.insert(signature);
+                let proof = view.signature_proof.as_ref().map(|proof| {
+                    verifier::proof::InclusionProof::from_json_value(
+                        serde_json::to_value(proof).expect("json"),
+                    )
+                    .expect("section 7's JSON")
+                });
+                let group_size = if index < limit {
+                    count.min(limit as u64)
+                } else {
+                    3
+                };
+                assert_eq!(
+                    proof.as_ref().map(|p| p.tree_size),
+                    (count > 1).then_some(group_size),
+                    "event {index} of {count}"
+                );
+                verifier::event::verify_answer_signature(
+                    &event.hash,
+                    &signature,
+                    proof.as_ref(),
+                    &public,
+                )
+                .expect("every event's signature verifies");
+            }
+            let groups = if count as usize > limit { 2 } else { 1 };
+            assert_eq!(signatures.len(), groups, "signatures for a page of {count}");
+        }
     }
 
     #[test]

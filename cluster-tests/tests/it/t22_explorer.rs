@@ -384,6 +384,21 @@ fn alter_activity(path: &str, body: &mut Value) {
     }
 }
 
+/// Changes a hash of every listed event's answer-group proof on the way to the browser (a
+/// page's events share one signature, each with its proof: docs/VERIFYING.md section 9).
+fn alter_group_proof(path: &str, body: &mut Value) {
+    if path.contains("/activity")
+        && let Some(events) = body["data"].as_array_mut()
+    {
+        for event in events {
+            if let Some(Value::String(hash)) = event.pointer_mut("/signature_proof/hashes/0") {
+                let flipped = if hash.starts_with('0') { "1" } else { "0" };
+                hash.replace_range(..1, flipped);
+            }
+        }
+    }
+}
+
 async fn tamper(client: &Client, base: &str, asn: &str) -> Result<()> {
     let proxy = TamperingProxy::start(base, alter_activity).await?;
     search(client, &proxy.url(), asn, None).await?;
@@ -392,6 +407,15 @@ async fn tamper(client: &Client, base: &str, asn: &str) -> Result<()> {
     ensure!(
         result.starts_with("failed: the event's hash does not match its fields"),
         "a tampered entry must fail on its hash: {result}"
+    );
+    drop(proxy);
+    let proxy = TamperingProxy::start(base, alter_group_proof).await?;
+    search(client, &proxy.url(), asn, None).await?;
+    let result = verify_first_entry(client).await?;
+    eprintln!("t22: tampered signature proof: {result}");
+    ensure!(
+        result.starts_with("failed: the group signature of"),
+        "an entry whose signature proof was changed must fail on its signature: {result}"
     );
     Ok(())
 }
