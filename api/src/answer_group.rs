@@ -60,7 +60,9 @@ impl AnswerGroup {
     /// or `None`: for fewer than two events or more than [`ANSWER_GROUP_ANSWERS_MAX`] (each
     /// answer then signs its own), or when one of them does not match its hash. A node never
     /// signs an event that does not verify: the answer of that one then finds it on its own,
-    /// and stops the node.
+    /// and stops the node. (Each view checks its event again as it serves it, in
+    /// `EventView::checked`: about 0.3 µs, kept so that the check before serving stays next to
+    /// the serving, whatever made the group.)
     pub fn seats<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Vec<GroupSeat>> {
         let mut hashes = Vec::new();
         for event in events {
