@@ -157,31 +157,7 @@ impl GroupSeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chain(n: u64) -> Vec<Event> {
-        let mut prev = [0u8; 32];
-        (1..=n)
-            .map(|seq| {
-                let mut event = Event {
-                    seq,
-                    id: [seq as u8; 16],
-                    agent_id: [9; 16],
-                    asn: "ASN-2026-0384-7721-A".into(),
-                    event_type: "task_completed".into(),
-                    severity: raft_store::Severity::Info,
-                    metadata_json: "{}".into(),
-                    reported_by: "operator".into(),
-                    created_at_ms: 1_790_000_000_000,
-                    prev_hash: prev,
-                    agent_prev_hash: [0; 32],
-                    hash: [0; 32],
-                };
-                event.hash = raft_store::chain::event_hash(&event);
-                prev = event.hash;
-                event
-            })
-            .collect()
-    }
+    use crate::events::tests::chain;
 
     #[test]
     fn every_seat_verifies_and_the_group_signs_once() {

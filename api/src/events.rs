@@ -959,7 +959,7 @@ pub async fn ledger_head<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::SignerName;
     use super::Signing;
     use super::batch_views;
@@ -968,7 +968,7 @@ mod tests {
     use raft_store::types::Severity;
 
     /// A chain of `count` events from seq 1, each hash computed as a node computes it.
-    fn chain(count: u64) -> Vec<Event> {
+    pub(crate) fn chain(count: u64) -> Vec<Event> {
         let mut events: Vec<Event> = Vec::new();
         for seq in 1..=count {
             let mut event = Event {
