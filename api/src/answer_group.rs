@@ -100,19 +100,6 @@ impl AnswerGroup {
     }
 }
 
-/// What an answer in a group carries beside `signature`: its event's inclusion proof in the
-/// group's tree (the JSON form of docs/VERIFYING.md section 7).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SignatureProof {
-    /// The answer's place in its group, from 0.
-    pub leaf_index: u64,
-    /// The number of answers in the group, at least 2.
-    pub tree_size: u64,
-    /// The inclusion proof from `SHA-256(0x00 || hash)` to the group's root, deepest first.
-    #[schema(schema_with = crate::openapi::hashes_schema)]
-    pub hashes: Vec<String>,
-}
-
 impl GroupSeat {
     /// Whether this seat is the one of the event whose chain hash is `hash`.
     pub fn holds(&self, hash: &Hash) -> bool {
@@ -123,11 +110,12 @@ impl GroupSeat {
     }
 
     /// The group's signature (made now with `key` if no answer of the group made it yet) and
-    /// this answer's proof.
+    /// this answer's inclusion proof in the group's tree, in the verifier's JSON form (the one
+    /// of docs/VERIFYING.md section 7, as `GET /api/v1/ledger/entries/{seq}/proof` serves it).
     pub fn sign(
         &self,
         key: &ed25519_dalek::SigningKey,
-    ) -> Result<(String, SignatureProof), crate::ApiError> {
+    ) -> Result<(String, serde_json::Value), crate::ApiError> {
         let group = &self.group;
         let signature = group
             .signature
@@ -143,14 +131,12 @@ impl GroupSeat {
             .tree
             .inclusion_proof(self.index, group.size())
             .map_err(|e| crate::ApiError::internal(format!("answer group proof: {e}")))?;
-        Ok((
-            signature,
-            SignatureProof {
-                leaf_index: self.index,
-                tree_size: group.size(),
-                hashes: hashes.iter().map(|h| crate::events::hex_lower(h)).collect(),
-            },
-        ))
+        let proof = verifier::proof::InclusionProof {
+            leaf_index: self.index,
+            tree_size: group.size(),
+            hashes,
+        };
+        Ok((signature, proof.to_json_value()))
     }
 }
 
@@ -174,10 +160,8 @@ mod tests {
                 signatures.insert(signature.clone());
                 let mut bytes = [0u8; 64];
                 hex::decode_to_slice(&signature, &mut bytes).expect("hex");
-                let proof = verifier::proof::InclusionProof::from_json_value(
-                    serde_json::to_value(&proof).expect("json"),
-                )
-                .expect("the proof's JSON is section 7's");
+                let proof = verifier::proof::InclusionProof::from_json_value(proof)
+                    .expect("the proof's JSON is section 7's");
                 assert_eq!(
                     verifier::event::verify_answer_signature(
                         &event.hash,

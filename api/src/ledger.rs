@@ -201,11 +201,13 @@ pub struct ProofParams {
     consistency: Option<String>,
 }
 
-/// An RFC 9162 inclusion proof (verifier::proof::InclusionProof as JSON).
+/// An RFC 9162 inclusion proof (verifier::proof::InclusionProof as JSON): of an event in the
+/// ledger's tree, or, as an event's `signature_proof`, in its answer group's tree
+/// (docs/VERIFYING.md section 9).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct InclusionProofView {
-    /// `seq - 1`.
+    /// `seq - 1` in the ledger's tree; the answer's place in an answer group.
     leaf_index: u64,
     tree_size: u64,
     /// Sibling hashes (hex), leaf to root.

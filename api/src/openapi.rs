@@ -208,15 +208,6 @@ pub fn hash_schema() -> Object {
         .build()
 }
 
-/// The hashes of an answer group's inclusion proof: at most 8 (a group holds at most
-/// `ANSWER_GROUP_ANSWERS_MAX` = 256 answers).
-pub fn hashes_schema() -> utoipa::openapi::schema::Array {
-    utoipa::openapi::schema::ArrayBuilder::new()
-        .items(hash_schema())
-        .max_items(Some(8))
-        .build()
-}
-
 /// `Idempotency-Key`: 1 to `IDEMPOTENCY_KEY_BYTES_MAX` bytes of visible ASCII.
 pub fn idempotency_key_schema() -> Object {
     string(1, IDEMPOTENCY_KEY_BYTES_MAX)

@@ -227,10 +227,19 @@ pub fn verify_signature(
     signature: &[u8; 64],
     public_key: &[u8; 32],
 ) -> Result<(), SignatureError> {
+    verify_message(&signature_message(hash), signature, public_key)
+}
+
+/// Verifies an Ed25519 signature over `message` (strict RFC 8032).
+fn verify_message(
+    message: &[u8],
+    signature: &[u8; 64],
+    public_key: &[u8; 32],
+) -> Result<(), SignatureError> {
     let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
         .map_err(|_| SignatureError::PublicKey)?;
     let signature = ed25519_dalek::Signature::from_bytes(signature);
-    key.verify_strict(&signature_message(hash), &signature)
+    key.verify_strict(message, &signature)
         .map_err(|_| SignatureError::Invalid)
 }
 
@@ -283,11 +292,11 @@ pub fn verify_answer_signature(
         &proof.hashes,
     )
     .map_err(SignatureError::Proof)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
-        .map_err(|_| SignatureError::PublicKey)?;
-    let signature = ed25519_dalek::Signature::from_bytes(signature);
-    key.verify_strict(&group_signature_message(proof.tree_size, &root), &signature)
-        .map_err(|_| SignatureError::Invalid)
+    verify_message(
+        &group_signature_message(proof.tree_size, &root),
+        signature,
+        public_key,
+    )
 }
 
 #[cfg(test)]
