@@ -11,6 +11,7 @@ pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod peer_server;
+pub mod pipe;
 pub mod service;
 pub mod writer;
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
 use std::time::Duration;
+use std::time::Instant;
 
 use openraft::RaftNetwork;
 use openraft::RaftNetworkFactory;
@@ -39,6 +40,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
+
+use crate::pipe::CallError;
+use crate::pipe::Pipe;
 
 /// Largest gRPC message either side encodes or decodes, in bytes.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -91,7 +95,23 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<(String, Traffic), Channel>>>,
     /// The encoded size of every AppendEntries this node sends (`ledger_raft_append_entries_sent_bytes`).
     append_entries_bytes: prometheus_client::metrics::histogram::Histogram,
+    forwards: Arc<Mutex<Forwards>>,
 }
+
+/// A pipe of forwarded batches to a leader.
+pub type ForwardPipe = Pipe<proto::ForwardWriteRequest, proto::ForwardWriteReply>;
+
+/// The pipes of forwarded batches, by leader address and id.
+#[derive(Default)]
+struct Forwards {
+    pipes: HashMap<(String, NodeId), Arc<ForwardPipe>>,
+    /// Leaders that did not serve the stream (older builds), and until when to use unary calls.
+    unary_until: HashMap<(String, NodeId), Instant>,
+}
+
+/// How long a peer that did not serve a stream (an older build) gets unary calls before the
+/// stream is tried again (it may have been upgraded meanwhile), in milliseconds.
+pub const UNARY_FALLBACK_MS: u64 = 60_000;
 
 impl Peers {
     pub fn new(
@@ -104,6 +124,59 @@ impl Peers {
             routes: Arc::new(routes),
             channels: Arc::default(),
             append_entries_bytes,
+            forwards: Arc::default(),
+        }
+    }
+
+    fn forwards(&self) -> std::sync::MutexGuard<'_, Forwards> {
+        self.forwards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The open pipe for batches forwarded to `leader` at `addr`, opened now if there is none;
+    /// `None` while that leader gets unary calls ([`Peers::forward_unsupported`]).
+    pub fn forward_pipe(
+        &self,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<Option<Arc<ForwardPipe>>, tonic::Status> {
+        let key = (addr.to_owned(), leader);
+        let mut forwards = self.forwards();
+        if let Some(until) = forwards.unary_until.get(&key) {
+            if Instant::now() < *until {
+                return Ok(None);
+            }
+            forwards.unary_until.remove(&key);
+        }
+        if let Some(pipe) = forwards.pipes.get(&key)
+            && pipe.is_open()
+        {
+            return Ok(Some(Arc::clone(pipe)));
+        }
+        let mut client = self.client(addr, Traffic::Client)?;
+        let peers = self.clone();
+        let pipe = Arc::new(Pipe::open(move |requests| async move {
+            client
+                .forward_write_stream(peers.request(leader, requests, None))
+                .await
+        }));
+        forwards.pipes.insert(key, Arc::clone(&pipe));
+        Ok(Some(pipe))
+    }
+
+    /// `leader` at `addr` does not serve forwarded-batch streams: unary calls for a while.
+    pub fn forward_unsupported(&self, leader: NodeId, addr: &str) {
+        let key = (addr.to_owned(), leader);
+        let until = Instant::now() + Duration::from_millis(UNARY_FALLBACK_MS);
+        let mut forwards = self.forwards();
+        forwards.pipes.remove(&key);
+        if forwards.unary_until.insert(key, until).is_none() {
+            tracing::info!(
+                leader,
+                "the leader does not serve forwarded-batch streams (an older build?): unary calls for {} s",
+                UNARY_FALLBACK_MS / 1000
+            );
         }
     }
 
@@ -191,14 +264,22 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.grpc_addr.clone(),
             peers: self.peers.clone(),
+            append_entries: None,
+            unary_until: None,
         }
     }
 }
 
+/// openraft's client to one peer, owned by the replication to that peer.
 pub struct PeerClient {
     target: NodeId,
     addr: String,
     peers: Peers,
+    /// The stream that carries AppendEntries to the peer (opened by the first call, again by
+    /// the first call after it closed).
+    append_entries: Option<Pipe<proto::RaftRequest, proto::RaftReply>>,
+    /// Set when the peer did not serve the stream (an older build): unary calls until then.
+    unary_until: Option<Instant>,
 }
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, LedgerNode, E>>;
@@ -229,6 +310,27 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// The open AppendEntries pipe to the peer, opened now if there is none.
+    fn append_entries_pipe(&mut self) -> RpcResult<&Pipe<proto::RaftRequest, proto::RaftReply>> {
+        let pipe = match self.append_entries.take() {
+            Some(pipe) if pipe.is_open() => pipe,
+            _ => {
+                let mut client = self
+                    .peers
+                    .client(&self.addr, Traffic::Raft)
+                    .map_err(status_to_rpc_error)?;
+                let peers = self.peers.clone();
+                let target = self.target;
+                Pipe::open(move |requests| async move {
+                    client
+                        .append_entries_stream(peers.request(target, requests, None))
+                        .await
+                })
+            }
+        };
+        Ok(self.append_entries.insert(pipe))
+    }
+
     /// One Raft RPC on the Raft connection: `data` (a postcard-encoded openraft request) sent
     /// with `call` under openraft's deadline, the reply (or the remote `RaftError`) decoded.
     async fn raft_call<Reply, Call, Sent>(
@@ -250,7 +352,7 @@ impl PeerClient {
             .map_err(status_to_rpc_error)?;
         let request = self.peers.request(
             self.target,
-            proto::RaftRequest { data },
+            proto::RaftRequest { data, call_id: 0 },
             Some(option.hard_ttl()),
         );
         let reply = call(client, request)
@@ -269,6 +371,31 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let data = encode(&rpc);
         self.peers.append_entries_bytes.observe(data.len() as f64);
+        if self
+            .unary_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.unary_until = None;
+        }
+        if self.unary_until.is_none() {
+            let request = proto::RaftRequest { data, call_id: 0 };
+            let pipe = self.append_entries_pipe()?;
+            match pipe.call(request, option.hard_ttl()).await {
+                Ok(reply) => return self.decode_reply(reply, "append-entries reply"),
+                Err(CallError::Failed(status)) => return Err(status_to_rpc_error(status)),
+                Err(CallError::Unsupported) => {
+                    tracing::info!(
+                        peer = self.target,
+                        "the peer does not serve AppendEntries streams (an older build?): unary calls for {} s",
+                        UNARY_FALLBACK_MS / 1000
+                    );
+                    self.unary_until =
+                        Some(Instant::now() + Duration::from_millis(UNARY_FALLBACK_MS));
+                    self.append_entries = None;
+                }
+            }
+        }
+        let data = encode(&rpc);
         self.raft_call(
             data,
             &option,

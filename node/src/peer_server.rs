@@ -103,18 +103,121 @@ impl PeerServer {
         match result {
             Ok(value) => proto::RaftReply {
                 data: encode(&value),
-                error: Vec::new(),
+                ..Default::default()
             },
             Err(error) => proto::RaftReply {
-                data: Vec::new(),
                 error: encode(&error),
+                ..Default::default()
             },
         }
     }
 }
 
+/// The replies of a peer stream.
+type Replies<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// The answer to one forwarded batch (postcard of `Vec<Proposal>`), from this node if it leads.
+async fn forwarded(
+    service: &LedgerService,
+    commands: &[u8],
+) -> Result<proto::ForwardWriteReply, Status> {
+    let commands: Vec<raft_store::Proposal> =
+        postcard::from_bytes(commands).map_err(|e| invalid(format!("commands: {e}")))?;
+    // Only the leader takes forwarded batches: anyone else says so, and the follower finds the
+    // leader itself (no second hop).
+    let leader = service.raft.metrics().borrow().current_leader;
+    let this_node = service.node_id();
+    if leader != Some(this_node) {
+        return Ok(proto::ForwardWriteReply {
+            not_leader: true,
+            has_leader: leader.is_some(),
+            leader_id: leader.unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    let started = std::time::Instant::now();
+    let count = commands.len();
+    // The batch joins this leader's group commit: with its own writes and the other followers'
+    // batches it becomes one Raft entry, one fsync per node.
+    let result = service.writer.submit_many(commands).await;
+    tracing::debug!(
+        commands = count,
+        micros = started.elapsed().as_micros() as u64,
+        "forwarded batch proposed"
+    );
+    Ok(match result {
+        Ok(results) => proto::ForwardWriteReply {
+            results: encode(&results),
+            ..Default::default()
+        },
+        Err(error) => proto::ForwardWriteReply {
+            error: error.message,
+            ..Default::default()
+        },
+    })
+}
+
 #[tonic::async_trait]
 impl proto::peer_server::Peer for PeerServer {
+    type AppendEntriesStreamStream = Replies<proto::RaftReply>;
+    type ForwardWriteStreamStream = Replies<proto::ForwardWriteReply>;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<tonic::Streaming<proto::RaftRequest>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        self.check(&request, true)?;
+        let raft = self.service.raft.clone();
+        // One call at a time, in the order received, as the leader's replication sends them.
+        let replies = request.into_inner().then(move |request| {
+            let raft = raft.clone();
+            async move {
+                let request = request?;
+                let rpc = decode(&request.data, "append-entries").map_err(invalid)?;
+                let mut reply = Self::raft_reply(raft.append_entries(rpc).await);
+                reply.call_id = request.call_id;
+                Ok(reply)
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn forward_write_stream(
+        &self,
+        request: Request<tonic::Streaming<proto::ForwardWriteRequest>>,
+    ) -> Result<Response<Self::ForwardWriteStreamStream>, Status> {
+        self.check(&request, true)?;
+        let mut batches = request.into_inner();
+        let (replies, answered) = tokio::sync::mpsc::unbounded_channel();
+        let service = Arc::clone(&self.service);
+        // Batches are answered as they are applied, several at a time: a follower's writer
+        // keeps more than one in flight.
+        tokio::spawn(async move {
+            loop {
+                let batch = match batches.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = replies.send(Err(status));
+                        break;
+                    }
+                };
+                let service = Arc::clone(&service);
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    let reply = forwarded(&service, &batch.commands).await.map(|mut reply| {
+                        reply.call_id = batch.call_id;
+                        reply
+                    });
+                    let _ = replies.send(reply);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(answered),
+        )))
+    }
+
     async fn append_entries(
         &self,
         request: Request<proto::RaftRequest>,
@@ -185,41 +288,7 @@ impl proto::peer_server::Peer for PeerServer {
         request: Request<proto::ForwardWriteRequest>,
     ) -> Result<Response<proto::ForwardWriteReply>, Status> {
         self.check(&request, true)?;
-        let commands: Vec<raft_store::Proposal> =
-            postcard::from_bytes(&request.into_inner().commands)
-                .map_err(|e| invalid(format!("commands: {e}")))?;
-        // Only the leader takes forwarded batches: anyone else says so, and the follower finds
-        // the leader itself (no second hop).
-        let leader = self.service.raft.metrics().borrow().current_leader;
-        let this_node = self.service.node_id();
-        if leader != Some(this_node) {
-            return Ok(Response::new(proto::ForwardWriteReply {
-                not_leader: true,
-                has_leader: leader.is_some(),
-                leader_id: leader.unwrap_or_default(),
-                ..Default::default()
-            }));
-        }
-        let started = std::time::Instant::now();
-        let count = commands.len();
-        // The batch joins this leader's group commit: with its own writes and the other
-        // followers' batches it becomes one Raft entry, one fsync per node.
-        let result = self.service.writer.submit_many(commands).await;
-        tracing::debug!(
-            commands = count,
-            micros = started.elapsed().as_micros() as u64,
-            "forwarded batch proposed"
-        );
-        let reply = match result {
-            Ok(results) => proto::ForwardWriteReply {
-                results: encode(&results),
-                ..Default::default()
-            },
-            Err(error) => proto::ForwardWriteReply {
-                error: error.message,
-                ..Default::default()
-            },
-        };
+        let reply = forwarded(&self.service, &request.into_inner().commands).await?;
         Ok(Response::new(reply))
     }
 

@@ -9,7 +9,7 @@
 //! to the writer's task would only add to its latency.
 //!
 //! [`Router::propose`] sends a batch to the leader: locally with `client_write` when this node
-//! leads, otherwise over gRPC (`ForwardWrite`). While there is no leader, or the leader changes
+//! leads, otherwise over gRPC (`ForwardWriteStream`, on a [`crate::pipe`]). While there is no leader, or the leader changes
 //! under it, it retries until the write deadline, then answers 503. Every command carries a
 //! dedup key, so a retry of a batch that did commit returns the first result instead of
 //! appending twice.
@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::network::Peers;
 use crate::network::Traffic;
+use crate::pipe::CallError;
 use api::ApiError;
 use api::answer_group::ANSWER_GROUP_ANSWERS_MAX;
 use api::answer_group::AnswerGroup;
@@ -160,6 +161,39 @@ impl Router {
         }
     }
 
+    /// Sends one forwarded batch to `leader`: on the pipe to it, or as a unary call to a leader
+    /// that does not serve the pipe (an older build). `Err` is why it got no answer.
+    async fn forward_once(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        commands: &[Proposal],
+        remaining: Duration,
+    ) -> Result<proto::ForwardWriteReply, String> {
+        let unanswered = |status: tonic::Status| format!("leader {leader}: {}", status.message());
+        let message = || proto::ForwardWriteRequest {
+            commands: raft_store::codec::encode(&commands),
+            call_id: 0,
+        };
+        if let Some(pipe) = self.peers.forward_pipe(leader, addr).map_err(unanswered)? {
+            match pipe.call(message(), remaining).await {
+                Ok(reply) => return Ok(reply),
+                Err(CallError::Failed(status)) => return Err(unanswered(status)),
+                Err(CallError::Unsupported) => self.peers.forward_unsupported(leader, addr),
+            }
+        }
+        let mut client = self
+            .peers
+            .client(addr, Traffic::Client)
+            .map_err(unanswered)?;
+        let request = self.peers.request(leader, message(), Some(remaining));
+        match tokio::time::timeout(remaining, client.forward_write(request)).await {
+            Err(_elapsed) => Err(format!("leader {leader} did not answer in time")),
+            Ok(Err(status)) => Err(unanswered(status)),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+        }
+    }
+
     async fn forward(
         &self,
         leader: NodeId,
@@ -167,27 +201,16 @@ impl Router {
         commands: &[Proposal],
         remaining: Duration,
     ) -> Attempt {
-        let mut client = match self.peers.client(addr, Traffic::Client) {
-            Ok(client) => client,
-            Err(status) => return Attempt::Fail(ApiError::internal(status.message().to_owned())),
-        };
-        let message = proto::ForwardWriteRequest {
-            commands: raft_store::codec::encode(&commands),
-        };
-        let request = self.peers.request(leader, message, Some(remaining));
         let started = Instant::now();
-        let reply = tokio::time::timeout(remaining, client.forward_write(request)).await;
+        let reply = self.forward_once(leader, addr, commands, remaining).await;
         tracing::debug!(
             commands = commands.len(),
             micros = started.elapsed().as_micros() as u64,
             "forwarded batch answered"
         );
         let reply = match reply {
-            Err(_) => return Attempt::Retry(format!("leader {leader} did not answer in time")),
-            Ok(Err(status)) => {
-                return Attempt::Retry(format!("leader {leader}: {}", status.message()));
-            }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(reply) => reply,
+            Err(reason) => return Attempt::Retry(reason),
         };
         if reply.not_leader {
             return Attempt::Retry(format!("node {leader} is no longer the leader"));
