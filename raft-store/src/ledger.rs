@@ -253,8 +253,23 @@ pub struct Ledger {
     /// Index runs and day counts applied but held in memory ([`crate::deferred`]); reads merge
     /// them over sled's.
     pub(crate) deferred: Deferred,
+    /// API key records read from sled, for the key check of every request ([`Ledger::api_key`]).
+    key_cache: Arc<Mutex<KeyCache>>,
     /// Writes them through when the last handle goes.
     _write_through_on_drop: Arc<WriteThroughOnDrop>,
+}
+
+/// The most API key records [`Ledger::api_key`] keeps in memory (about 200 bytes each); past
+/// it, keys not yet held are read from sled every time.
+pub const KEY_CACHE_KEYS_MAX: usize = 10_000;
+
+/// API key records as read from sled. Emptied after every write to the keys' space (a key
+/// created or revoked) and every install of a whole state, so it never holds a record sled no
+/// longer has; `generation` counts those emptyings, so a read that raced one is not kept.
+#[derive(Default)]
+struct KeyCache {
+    generation: u64,
+    records: HashMap<String, ApiKeyRecord>,
 }
 
 /// Writes the deferred runs and day counts through to sled when the last [`Ledger`] handle is
@@ -447,6 +462,7 @@ impl Ledger {
             copies: Arc::default(),
             dedup_clock_ms: Arc::default(),
             deferred: deferred.clone(),
+            key_cache: Arc::default(),
             _write_through_on_drop: Arc::new(WriteThroughOnDrop {
                 tree: tree.clone(),
                 deferred,
@@ -484,10 +500,24 @@ impl Ledger {
                 }
             }
         }
+        let writes_keys = writes
+            .iter()
+            .any(|(key, _)| key.first() == Some(&(crate::apply::T_KEYS as u8)));
         for (key, value) in writes {
             self.tree.insert(key, value)?;
         }
+        // After the writes: a read that began before them is not kept (its generation is past).
+        if writes_keys {
+            self.forget_keys();
+        }
         Ok(())
+    }
+
+    /// Empties the API key cache (after the keys' space changed).
+    fn forget_keys(&self) {
+        let mut cache = lock(&self.key_cache);
+        cache.generation += 1;
+        cache.records.clear();
     }
 
     /// Begins a copy of the whole state as it is now, to be read by [`StateCopy::read`] on
@@ -534,7 +564,9 @@ impl Ledger {
     /// Applies `batch` (keys already tagged with their space) atomically: installing or
     /// clearing a whole state.
     pub(crate) fn apply_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
-        Ok(self.tree.apply_batch(batch)?)
+        let result = self.tree.apply_batch(batch);
+        self.forget_keys();
+        Ok(result?)
     }
 
     /// The key spaces in the order of [`SM_TREES`].
@@ -881,8 +913,25 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The API key with this id, if any: from memory once read (every request checks its key),
+    /// else from sled.
     pub fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        decode_opt(self.keys.get(id.as_bytes())?, "api key")
+        let generation = {
+            let cache = lock(&self.key_cache);
+            if let Some(record) = cache.records.get(id) {
+                return Ok(Some(record.clone()));
+            }
+            cache.generation
+        };
+        let record: Option<ApiKeyRecord> = decode_opt(self.keys.get(id.as_bytes())?, "api key")?;
+        // Unknown ids are not kept: anyone can present any number of them.
+        if let Some(record) = &record {
+            let mut cache = lock(&self.key_cache);
+            if cache.generation == generation && cache.records.len() < KEY_CACHE_KEYS_MAX {
+                cache.records.insert(id.to_owned(), record.clone());
+            }
+        }
+        Ok(record)
     }
 
     pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {

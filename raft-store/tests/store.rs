@@ -335,6 +335,11 @@ fn authorization_is_decided_when_applied() {
             RejectCode::Forbidden,
             "only admins create keys"
         );
+        // The key check's cache holds the key now (`Ledger::api_key`)...
+        let ledger = sm.ledger().clone();
+        let read = |id: &str| ledger.api_key(id).expect("read key").expect("key");
+        assert!(!read("report").revoked);
+        assert!(!read("report").revoked, "read again, from memory");
         let commands = vec![
             append_as("report", 1, 0, &[mine]),
             append_as("read", 2, 0, &[mine]),
@@ -380,6 +385,11 @@ fn authorization_is_decided_when_applied() {
         assert_eq!(code, RejectCode::NotFound);
         assert!(message.starts_with("events[1]"), "{message}");
         assert!(matches!(results[6], CommandResult::Key(ref k) if k.revoked));
+        // ...and sees its revocation as soon as it is applied.
+        assert!(
+            read("report").revoked,
+            "the cache forgot the key when it changed"
+        );
         assert_eq!(
             rejected(&results[7]).0,
             RejectCode::Unauthorized,
