@@ -129,7 +129,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside out: protection, then metrics (which see protection's answers too), then the
-        // request's span (request id, route, key id) and its id.
+        // access log (and, with it on, the request's span) and the request id.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&backend),
             protect::protect::<B>,
@@ -138,13 +138,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             Arc::clone(&backend),
             metrics::track::<B>,
         ))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(access_log)
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(access))
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
             tower_http::request_id::MakeRequestUuid,
@@ -152,10 +146,44 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .with_state(backend)
 }
 
-/// The span every request runs in: its id (`x-request-id`, taken from the client or made
-/// here), method and path; `key_id` is filled in once an API key is authenticated. Secrets
-/// (the `Authorization` header, key secrets) are never recorded.
-fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+/// The access log (target `access`, off unless `ledgerd --access-log`): with it on, every
+/// request runs in a span (its id, method, path, and `key_id` once an API key is
+/// authenticated; [`request_span`]) and gets one line when answered. With it off (the default)
+/// there is no span, which saves about 2% of a report's CPU, and only answers 5xx are logged,
+/// at warn, with the request's id, method and path as fields of their own.
+async fn access(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+
+    let started = std::time::Instant::now();
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        let span = request_span(&request);
+        let response = next.run(request).instrument(span.clone()).await;
+        span.in_scope(|| access_log(&response, started.elapsed()));
+        return response;
+    }
+    let request_id = request.headers().get("x-request-id").cloned();
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
+        tracing::warn!(
+            target: "access",
+            request_id,
+            method = %method,
+            path = uri.path(),
+            status = response.status().as_u16(),
+            latency_us = micros(started.elapsed()),
+            "answered"
+        );
+    }
+    response
+}
+
+/// The span every request runs in while the access log is on: its id (`x-request-id`, taken
+/// from the client or made here), method and path; `key_id` is filled in once an API key is
+/// authenticated. Secrets (the `Authorization` header, key secrets) are never recorded.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -170,15 +198,14 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
     )
 }
 
-/// One access-log line per answered request, with target `access` (off unless `ledgerd
-/// --access-log`); answers 5xx are logged at warn.
-fn access_log(
-    response: &axum::http::Response<axum::body::Body>,
-    latency: std::time::Duration,
-    _span: &tracing::Span,
-) {
+fn micros(elapsed: std::time::Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One access-log line per answered request, in the request's span; answers 5xx at warn.
+fn access_log(response: &Response, latency: std::time::Duration) {
     let status = response.status().as_u16();
-    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let latency_us = micros(latency);
     if response.status().is_server_error() {
         tracing::warn!(target: "access", status, latency_us, "answered");
     } else {

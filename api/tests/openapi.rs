@@ -503,3 +503,69 @@ fn every_schema_reference_resolves() {
         );
     }
 }
+
+/// A log writer into memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Without `--access-log` (ledgerd's default filter has `access=warn`) requests run in no span,
+/// yet an answer 5xx is still logged, with its request id, method and path; other answers are
+/// not logged.
+#[test]
+fn answers_5xx_are_logged_with_their_request_id_without_the_access_log() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,access=warn"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    tracing::subscriber::with_default(subscriber, || {
+        let router = probe_router();
+        for (uri, request_id) in [("/api/v1/cluster", "probe-5xx"), ("/livez", "probe-200")] {
+            let request = Request::get(uri)
+                .header("x-request-id", request_id)
+                .body(Body::empty())
+                .expect("request");
+            let response = runtime
+                .block_on(router.clone().oneshot(request))
+                .expect("infallible");
+            let expected = if uri == "/livez" {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            assert_eq!(response.status(), expected, "{uri}");
+        }
+    });
+    let text = String::from_utf8(captured.0.lock().expect("log").clone()).expect("utf-8");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+        .filter(|line: &serde_json::Value| line["target"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 1, "one access line, for the 5xx: {text}");
+    let fields = &lines[0]["fields"];
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(fields["request_id"], "probe-5xx");
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["path"], "/api/v1/cluster");
+    assert_eq!(fields["status"], 503);
+}
