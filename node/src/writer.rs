@@ -9,10 +9,10 @@
 //! to the writer's task would only add to its latency.
 //!
 //! [`Router::propose`] sends a batch to the leader: locally with `client_write` when this node
-//! leads, otherwise over gRPC (`ForwardWriteStream`, on a [`crate::pipe`]). While there is no leader, or the leader changes
-//! under it, it retries until the write deadline, then answers 503. Every command carries a
-//! dedup key, so a retry of a batch that did commit returns the first result instead of
-//! appending twice.
+//! leads, otherwise over gRPC (`ForwardWriteStream`, on a [`crate::pipe`]). While there is no
+//! leader, or the leader changes under it, it retries until the write deadline, then answers 503.
+//! Every command carries a dedup key, so a retry of a batch that did commit returns the first
+//! result instead of appending twice.
 
 use std::sync::Arc;
 use std::time::Duration;
