@@ -203,7 +203,13 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         .collect();
     let append_entries_bytes =
         prometheus_client::metrics::histogram::Histogram::new(metrics::message_bytes_buckets());
-    let peers = Peers::new(Arc::clone(&local), routes, append_entries_bytes.clone());
+    let streams_opened = network::StreamsOpened::default();
+    let peers = Peers::new(
+        Arc::clone(&local),
+        routes,
+        append_entries_bytes.clone(),
+        streams_opened.clone(),
+    );
     let raft_config = openraft::Config {
         cluster_name: "asn-ledger".into(),
         heartbeat_interval: config.heartbeat_ms,
@@ -294,6 +300,7 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         writer.stats.batch_seconds.clone(),
         writer.stats.answers_per_signature.clone(),
         append_entries_bytes,
+        streams_opened,
     );
     let service = Arc::new(LedgerService {
         raft: raft.clone(),

@@ -50,7 +50,7 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     /// Registers every metric. The fsync histogram is fed by the store's durability observer
     /// (set here), `batch_commands` and `batch_seconds` by the writer, `append_entries_bytes`
-    /// by the Raft network ([`crate::network::Peers`]).
+    /// and `streams_opened` by the Raft network ([`crate::network::Peers`]).
     pub fn new(
         store_dir: PathBuf,
         syncs: &raft_store::durability::SyncStats,
@@ -58,6 +58,7 @@ impl NodeMetrics {
         batch_seconds: Histogram,
         answers_per_signature: Histogram,
         append_entries_bytes: Histogram,
+        streams_opened: crate::network::StreamsOpened,
     ) -> Self {
         let fsync_seconds = Histogram::new(duration_buckets());
         let observed = fsync_seconds.clone();
@@ -104,6 +105,13 @@ impl NodeMetrics {
              encoded size",
             Unit::Bytes,
             append_entries_bytes,
+        );
+        registry.register(
+            "ledger_peer_streams_opened",
+            "Peer streams this node opened (node/src/pipe.rs), by the calls they carry \
+             (append_entries to a follower, forward_write to the leader): again after a stream \
+             failed or a call on it timed out, and for every replication openraft starts",
+            streams_opened,
         );
         let http = api::metrics::HttpMetrics::default();
         http.register(&mut registry);

@@ -95,8 +95,22 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<(String, Traffic), Channel>>>,
     /// The encoded size of every AppendEntries this node sends (`ledger_raft_append_entries_sent_bytes`).
     append_entries_bytes: prometheus_client::metrics::histogram::Histogram,
+    streams_opened: StreamsOpened,
     forwards: Arc<Mutex<Forwards>>,
 }
+
+/// The label of `ledger_peer_streams_opened_total`: which calls the stream carries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StreamKind {
+    /// `append_entries` or `forward_write`.
+    pub kind: &'static str,
+}
+
+/// Peer streams this node opened, by kind (`ledger_peer_streams_opened_total`).
+pub type StreamsOpened = prometheus_client::metrics::family::Family<
+    StreamKind,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 /// A pipe of forwarded batches to a leader.
 pub type ForwardPipe = Pipe<proto::ForwardWriteRequest, proto::ForwardWriteReply>;
@@ -118,12 +132,14 @@ impl Peers {
         local: Arc<Local>,
         routes: HashMap<String, String>,
         append_entries_bytes: prometheus_client::metrics::histogram::Histogram,
+        streams_opened: StreamsOpened,
     ) -> Self {
         Self {
             local,
             routes: Arc::new(routes),
             channels: Arc::default(),
             append_entries_bytes,
+            streams_opened,
             forwards: Arc::default(),
         }
     }
@@ -156,6 +172,7 @@ impl Peers {
         }
         let mut client = self.client(addr, Traffic::Client)?;
         let peers = self.clone();
+        self.stream_opened("forward_write");
         let pipe = Arc::new(Pipe::open(move |requests| async move {
             client
                 .forward_write_stream(peers.request(leader, requests, None))
@@ -163,6 +180,12 @@ impl Peers {
         }));
         forwards.pipes.insert(key, Arc::clone(&pipe));
         Ok(Some(pipe))
+    }
+
+    fn stream_opened(&self, kind: &'static str) {
+        self.streams_opened
+            .get_or_create(&StreamKind { kind })
+            .inc();
     }
 
     /// `leader` at `addr` does not serve forwarded-batch streams: unary calls for a while.
@@ -321,6 +344,7 @@ impl PeerClient {
                     .map_err(status_to_rpc_error)?;
                 let peers = self.peers.clone();
                 let target = self.target;
+                peers.stream_opened("append_entries");
                 Pipe::open(move |requests| async move {
                     client
                         .append_entries_stream(peers.request(target, requests, None))

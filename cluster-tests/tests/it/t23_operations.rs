@@ -153,6 +153,27 @@ async fn metrics_scenario() -> Result<()> {
         )?;
         ensure!(lag >= 0.0, "lag of {follower}: {lag}");
     }
+    // AppendEntries travel on one stream per follower, forwarded batches on one per follower
+    // to the leader (more only if a stream failed).
+    let opened = |samples, kind: &str| {
+        value(
+            samples,
+            "ledger_peer_streams_opened_total",
+            &[&format!("kind=\"{kind}\"")],
+        )
+    };
+    let to_followers = opened(on_leader, "append_entries")?;
+    ensure!(
+        to_followers >= 2.0,
+        "leader: {to_followers} AppendEntries streams opened"
+    );
+    for follower in &followers {
+        let to_leader = opened(&first[follower], "forward_write")?;
+        ensure!(
+            to_leader >= 1.0,
+            "follower {follower}: {to_leader} forwarded-batch streams opened"
+        );
+    }
     // Forwarded batches join the leader's group commit: the leader proposes.
     let batches = value(on_leader, "ledger_group_commit_batch_commands_count", &[])?;
     ensure!(batches > 0.0, "leader: {batches} group-commit batches");
