@@ -91,16 +91,12 @@ impl<Reply> State<Reply> {
     }
 }
 
-struct Shared<Reply> {
-    state: Mutex<State<Reply>>,
-}
+type Shared<Reply> = Mutex<State<Reply>>;
 
-impl<Reply> Shared<Reply> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<Reply>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock<Reply>(shared: &Shared<Reply>) -> std::sync::MutexGuard<'_, State<Reply>> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One open stream of calls to one peer. See the module documentation.
@@ -127,12 +123,10 @@ where
             + 'static,
     {
         let (requests, receiver) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                waiting: HashMap::new(),
-                closed: None,
-            }),
-        });
+        let shared = Arc::new(Mutex::new(State {
+            waiting: HashMap::new(),
+            closed: None,
+        }));
         let opened = open(UnboundedReceiverStream::new(receiver));
         let reader = tokio::spawn(read(opened, Arc::clone(&shared))).abort_handle();
         Self {
@@ -145,7 +139,7 @@ where
 
     /// Whether the pipe still takes calls.
     pub fn is_open(&self) -> bool {
-        self.shared.lock().closed.is_none()
+        lock(&self.shared).closed.is_none()
     }
 
     /// Sends `request` and waits for its reply, at most `timeout`.
@@ -154,7 +148,7 @@ where
         request.set_call_id(id);
         let (answer, reply) = oneshot::channel();
         {
-            let mut state = self.shared.lock();
+            let mut state = lock(&self.shared);
             if let Some(why) = &state.closed {
                 return Err(why.clone());
             }
@@ -180,7 +174,7 @@ where
     }
 
     fn close(&self, status: tonic::Status) {
-        self.shared.lock().close(CallError::Failed(status));
+        lock(&self.shared).close(CallError::Failed(status));
         self.reader.abort();
     }
 }
@@ -204,14 +198,14 @@ async fn read<Reply: Tagged>(
     let mut replies = match opened.await {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            shared.lock().close(why(status));
+            lock(&shared).close(why(status));
             return;
         }
     };
     let ended = loop {
         match replies.message().await {
             Ok(Some(reply)) => {
-                let answer = shared.lock().waiting.remove(&reply.call_id());
+                let answer = lock(&shared).waiting.remove(&reply.call_id());
                 // A reply nobody waits for answers a call that timed out: dropped.
                 if let Some(answer) = answer {
                     let _ = answer.send(Ok(reply));
@@ -224,7 +218,7 @@ async fn read<Reply: Tagged>(
         }
     };
     tracing::debug!(?ended, "peer stream closed");
-    shared.lock().close(ended);
+    lock(&shared).close(ended);
 }
 
 /// A peer for tests and for `examples/peer_call_cost.rs`, which measures what a call costs.
