@@ -110,12 +110,12 @@ impl GroupSeat {
     }
 
     /// The group's signature (made now with `key` if no answer of the group made it yet) and
-    /// this answer's inclusion proof in the group's tree, in the verifier's JSON form (the one
-    /// of docs/VERIFYING.md section 7, as `GET /api/v1/ledger/entries/{seq}/proof` serves it).
+    /// this answer's inclusion proof in the group's tree (it serializes as docs/VERIFYING.md
+    /// section 7's JSON, as `GET /api/v1/ledger/entries/{seq}/proof` serves it).
     pub fn sign(
         &self,
         key: &ed25519_dalek::SigningKey,
-    ) -> Result<(String, serde_json::Value), crate::ApiError> {
+    ) -> Result<(String, verifier::proof::InclusionProof), crate::ApiError> {
         let group = &self.group;
         let signature = group
             .signature
@@ -136,7 +136,7 @@ impl GroupSeat {
             tree_size: group.size(),
             hashes,
         };
-        Ok((signature, proof.to_json_value()))
+        Ok((signature, proof))
     }
 }
 
@@ -160,8 +160,10 @@ mod tests {
                 signatures.insert(signature.clone());
                 let mut bytes = [0u8; 64];
                 hex::decode_to_slice(&signature, &mut bytes).expect("hex");
-                let proof = verifier::proof::InclusionProof::from_json_value(proof)
-                    .expect("the proof's JSON is section 7's");
+                let proof = verifier::proof::InclusionProof::from_json(
+                    &serde_json::to_string(&proof).expect("serializes"),
+                )
+                .expect("the proof's JSON is section 7's");
                 assert_eq!(
                     verifier::event::verify_answer_signature(
                         &event.hash,

@@ -195,7 +195,7 @@ pub struct EventView<'a> {
     /// (docs/VERIFYING.md section 9).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::ledger::InclusionProofView>)]
-    pub signature_proof: Option<Value>,
+    pub signature_proof: Option<verifier::proof::InclusionProof>,
 }
 
 /// How an event served is signed.
@@ -1074,8 +1074,10 @@ pub(crate) mod tests {
                     .expect("64 bytes");
                 signatures.insert(signature);
                 let proof = view.signature_proof.as_ref().map(|proof| {
-                    verifier::proof::InclusionProof::from_json_value(proof.clone())
-                        .expect("section 7's JSON")
+                    verifier::proof::InclusionProof::from_json_value(
+                        serde_json::to_value(proof).expect("serializes"),
+                    )
+                    .expect("section 7's JSON")
                 });
                 let group_size = if index < limit {
                     count.min(limit as u64)

@@ -77,6 +77,32 @@ fn json_error(e: serde_json::Error) -> ProofFormatError {
     ProofFormatError::Json(e.to_string())
 }
 
+/// A hash as its 64 lowercase hex characters, serialized without a `String` of its own.
+struct HexHash<'a>(&'a Hash);
+
+impl Serialize for HexHash<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).map_err(serde::ser::Error::custom)?;
+        let text = std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
+}
+
+/// The JSON of docs/VERIFYING.md section 7 (`leaf_index`, `tree_size`, `hashes` in hex), the
+/// same as [`InclusionProof::to_json_value`], written directly.
+impl Serialize for InclusionProof {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut json = serializer.serialize_struct("InclusionProof", 3)?;
+        json.serialize_field("leaf_index", &self.leaf_index)?;
+        json.serialize_field("tree_size", &self.tree_size)?;
+        let hashes: Vec<HexHash<'_>> = self.hashes.iter().map(HexHash).collect();
+        json.serialize_field("hashes", &hashes)?;
+        json.end()
+    }
+}
+
 impl InclusionProof {
     pub fn from_json(text: &str) -> Result<Self, ProofFormatError> {
         let raw: InclusionJson = serde_json::from_str(text).map_err(json_error)?;
@@ -207,4 +233,28 @@ pub fn verify_receipt(
         }
     }
     Ok((cp, signers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct serialization writes what `to_json_value` makes, and reads back.
+    #[test]
+    fn an_inclusion_proof_serializes_as_its_json_value() {
+        for hashes in [
+            vec![],
+            vec![[0u8; 32]],
+            vec![[0xab; 32], [0x01; 32], [0xff; 32]],
+        ] {
+            let proof = InclusionProof {
+                leaf_index: 5,
+                tree_size: 9,
+                hashes,
+            };
+            let direct = serde_json::to_string(&proof).expect("serializes");
+            assert_eq!(direct, proof.to_json_value().to_string());
+            assert_eq!(InclusionProof::from_json(&direct), Ok(proof));
+        }
+    }
 }
