@@ -426,14 +426,10 @@ impl LogStore {
         let last = ids.last().map(|(id, _)| id.index);
         let mut wal = self.wal();
         wal.append(&records, &ids).map_err(write_err)?;
-        let mut gone = Vec::new();
         let mut recent = lock(&self.recent);
         for (entry, (_, bytes)) in entries.into_iter().zip(&ids) {
-            gone.extend(recent.push(entry, *bytes));
+            recent.push(entry, *bytes);
         }
-        drop(recent);
-        drop(wal);
-        drop(gone);
         Ok(last)
     }
 
@@ -514,15 +510,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&n) => n,
             Bound::Unbounded => u64::MAX,
         };
-        let records = {
-            let wal = self.wal();
-            let held = lock(&self.recent).get(start, end, log_end(&wal), usize::MAX);
-            if let Some(entries) = held {
-                drop(wal);
-                return Ok(copies(entries));
-            }
-            wal.read(start, end).map_err(read_err)?
-        };
+        let wal = self.wal();
+        let held = lock(&self.recent).get(start, end, log_end(&wal), usize::MAX);
+        if let Some(entries) = held {
+            return Ok(entries);
+        }
+        let records = wal.read(start, end).map_err(read_err)?;
+        drop(wal);
         decode_records(records)
     }
 
@@ -538,19 +532,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let wal = self.wal();
             let held = lock(&self.recent).get(start, end, log_end(&wal), APPEND_ENTRIES_BYTES_MAX);
             if let Some(entries) = held {
-                drop(wal);
-                return Ok(copies(entries));
+                return Ok(entries);
             }
             let end = wal.end_within(start, end, APPEND_ENTRIES_BYTES_MAX as u64);
             wal.read(start, end).map_err(read_err)?
         };
         decode_records(records)
     }
-}
-
-/// Copies of entries held in memory, made outside the log's lock.
-fn copies(entries: Vec<Arc<Entry>>) -> Vec<Entry> {
-    entries.iter().map(|entry| Entry::clone(entry)).collect()
 }
 
 /// The index after the log's last entry.

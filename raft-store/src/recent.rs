@@ -11,27 +11,21 @@
 //! continue what is held starts afresh.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use crate::types::Entry;
 
 /// Entries held at most.
 pub const RECENT_ENTRIES_MAX: usize = 64;
 
-/// Bytes of the largest entry held (encoded), so that what is held stays under
-/// `RECENT_ENTRIES_MAX` × 64 KiB = 4 MiB of encoded entries. A larger one is read from the files: copying a
-/// batch of 1000 events (about 0.5 MiB) from memory cost as much as reading and decoding it
-/// (0.92–0.98× the events per second, 1.02–1.06× the CPU per event, in three paired runs),
-/// while an entry of single reports (about 12 of them, 6 KiB) is copied for far less.
-pub const RECENT_ENTRY_BYTES_MAX: usize = 64 << 10;
+/// Bytes of encoded entries held at most (the newest entry is held whatever its size).
+pub const RECENT_BYTES_MAX: usize = 8 << 20;
 
 /// See the module documentation.
 #[derive(Default)]
 pub(crate) struct Recent {
-    /// Consecutive entries, with each one's encoded size in bytes. Shared, so that a read
-    /// copies them after it lets go of the lock (a batch of 1000 events takes about as long to
-    /// copy as to decode).
-    entries: VecDeque<(Arc<Entry>, usize)>,
+    /// Consecutive entries, with each one's encoded size in bytes.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
 }
 
 impl Recent {
@@ -44,29 +38,23 @@ impl Recent {
     }
 
     /// Holds `entry` (of `bytes` encoded), appended to the log after what is held (otherwise
-    /// what is held goes first), and lets the oldest go past the limits; an entry larger than
-    /// [`RECENT_ENTRY_BYTES_MAX`] is not held, nor anything before it. Returns what it let go,
-    /// for the caller to drop outside its locks.
-    #[must_use]
-    pub(crate) fn push(&mut self, entry: Entry, bytes: usize) -> Vec<Arc<Entry>> {
-        let mut gone = Vec::new();
-        if bytes > RECENT_ENTRY_BYTES_MAX
-            || self
-                .end_index()
-                .is_some_and(|end| end != entry.log_id.index)
+    /// what is held goes first), and lets the oldest go past the limits.
+    pub(crate) fn push(&mut self, entry: Entry, bytes: usize) {
+        if self
+            .end_index()
+            .is_some_and(|end| end != entry.log_id.index)
         {
-            gone.extend(self.entries.drain(..).map(|(entry, _)| entry));
+            self.clear();
         }
-        if bytes > RECENT_ENTRY_BYTES_MAX {
-            return gone;
-        }
-        self.entries.push_back((Arc::new(entry), bytes));
-        while self.entries.len() > RECENT_ENTRIES_MAX {
-            if let Some((entry, _)) = self.entries.pop_front() {
-                gone.push(entry);
+        self.bytes += bytes;
+        self.entries.push_back((entry, bytes));
+        while self.entries.len() > RECENT_ENTRIES_MAX
+            || (self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1)
+        {
+            if let Some((_, gone)) = self.entries.pop_front() {
+                self.bytes -= gone;
             }
         }
-        gone
     }
 
     /// Removes the entries from `index` on (the log is truncated there).
@@ -76,7 +64,9 @@ impl Recent {
             .back()
             .is_some_and(|(entry, _)| entry.log_id.index >= index)
         {
-            self.entries.pop_back();
+            if let Some((_, gone)) = self.entries.pop_back() {
+                self.bytes -= gone;
+            }
         }
     }
 
@@ -87,8 +77,15 @@ impl Recent {
             .front()
             .is_some_and(|(entry, _)| entry.log_id.index <= index)
         {
-            self.entries.pop_front();
+            if let Some((_, gone)) = self.entries.pop_front() {
+                self.bytes -= gone;
+            }
         }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
     }
 
     /// The entries of `[start, end)`, if all of them are held, as many as fit in `bytes_max`
@@ -100,7 +97,7 @@ impl Recent {
         end: u64,
         log_end: u64,
         bytes_max: usize,
-    ) -> Option<Vec<Arc<Entry>>> {
+    ) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
         let held_end = self.end_index()?;
         let end = end.min(log_end);
@@ -117,7 +114,7 @@ impl Recent {
                 break;
             }
             bytes += size;
-            taken.push(Arc::clone(entry));
+            taken.push(entry.clone());
         }
         Some(taken)
     }
@@ -135,7 +132,7 @@ mod tests {
         }
     }
 
-    fn indexes(entries: Option<Vec<Arc<Entry>>>) -> Option<Vec<u64>> {
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         entries.map(|entries| entries.iter().map(|e| e.log_id.index).collect())
     }
 
@@ -143,7 +140,7 @@ mod tests {
     fn reads_only_what_it_holds_of_the_tail() {
         let mut recent = Recent::default();
         for index in 5..10 {
-            let _ = recent.push(entry(index), 10);
+            recent.push(entry(index), 10);
         }
         assert_eq!(
             indexes(recent.get(5, 10, 10, 1000)),
@@ -167,44 +164,31 @@ mod tests {
     fn truncation_and_gaps_remove_what_the_log_no_longer_holds() {
         let mut recent = Recent::default();
         for index in 1..6 {
-            let _ = recent.push(entry(index), 10);
+            recent.push(entry(index), 10);
         }
         recent.truncate(4);
         assert_eq!(indexes(recent.get(1, 10, 4, 1000)), Some(vec![1, 2, 3]));
+        assert_eq!(recent.bytes, 30);
         // An append that does not continue what is held starts afresh.
-        let _ = recent.push(entry(9), 10);
+        recent.push(entry(9), 10);
         assert_eq!(indexes(recent.get(1, 10, 10, 1000)), None);
         assert_eq!(indexes(recent.get(9, 10, 10, 1000)), Some(vec![9]));
+        assert_eq!(recent.bytes, 10);
     }
 
     #[test]
     fn holds_at_most_its_limits() {
         let mut recent = Recent::default();
-        for index in 0..(RECENT_ENTRIES_MAX as u64) {
-            assert!(recent.push(entry(index), 1).is_empty());
+        for index in 0..(RECENT_ENTRIES_MAX as u64 + 1) {
+            recent.push(entry(index), 1);
         }
-        // One entry too many: the oldest goes.
-        let gone = recent.push(entry(RECENT_ENTRIES_MAX as u64), 1);
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].log_id.index, 0);
         assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
         assert_eq!(recent.first_index(), Some(1));
-        // An entry of the largest size held, and one byte larger: not held, nor anything
-        // before it.
-        let next = RECENT_ENTRIES_MAX as u64 + 1;
-        let _ = recent.push(entry(next), RECENT_ENTRY_BYTES_MAX);
-        assert_eq!(recent.end_index(), Some(next + 1));
-        let gone = recent.push(entry(next + 1), RECENT_ENTRY_BYTES_MAX + 1);
-        assert_eq!(gone.len(), RECENT_ENTRIES_MAX);
-        assert_eq!(
-            indexes(recent.get(next, next + 2, next + 2, usize::MAX)),
-            None
-        );
-        // What follows is held again.
-        let _ = recent.push(entry(next + 2), RECENT_ENTRY_BYTES_MAX);
-        assert_eq!(
-            indexes(recent.get(next + 2, next + 3, next + 3, usize::MAX)),
-            Some(vec![next + 2])
-        );
+        recent.push(entry(RECENT_ENTRIES_MAX as u64 + 1), RECENT_BYTES_MAX);
+        // Past the byte limit the oldest go, but the newest stays whatever its size.
+        assert_eq!(recent.entries.len(), 1);
+        recent.push(entry(RECENT_ENTRIES_MAX as u64 + 2), RECENT_BYTES_MAX + 1);
+        assert_eq!(recent.entries.len(), 1);
+        assert_eq!(recent.bytes, RECENT_BYTES_MAX + 1);
     }
 }
