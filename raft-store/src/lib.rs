@@ -19,7 +19,6 @@ pub mod durability;
 pub mod ledger;
 pub mod log_store;
 pub mod mark;
-pub mod recent;
 mod space;
 pub mod state_machine;
 pub mod types;

@@ -43,7 +43,6 @@ use crate::codec;
 use crate::durability::Durability;
 use crate::durability::SyncStats;
 use crate::mark::{Mark, MarkValue};
-use crate::recent::Recent;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::NodeId;
@@ -69,9 +68,6 @@ pub const APPEND_ENTRIES_BYTES_MAX: usize = 4 << 20;
 #[derive(Clone)]
 pub struct LogStore {
     files: Files,
-    /// The newest entries, decoded ([`crate::recent`]). Locked only while `files.wal` is, so
-    /// that the two agree.
-    recent: Arc<Mutex<Recent>>,
     /// The last purged log id openraft gave (the durable one, in `meta`, may lag behind).
     last_purged: Arc<Mutex<Option<LogId>>>,
     stats: Arc<SyncStats>,
@@ -318,7 +314,6 @@ impl LogStore {
         let purger = spawn_purger(files.clone(), Arc::clone(&purge_failed));
         Ok(Self {
             files,
-            recent: Arc::default(),
             last_purged: Arc::new(Mutex::new(stored.last_purged)),
             stats,
             mark,
@@ -407,8 +402,7 @@ impl LogStore {
     ) -> Result<Option<u64>, StorageError> {
         let mut records = Vec::new();
         let mut ids = Vec::new();
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        for entry in &entries {
+        for entry in entries {
             let start = records.len();
             records.resize(start + wal::RECORD_HEADER_BYTES, 0);
             records = postcard::to_extend(&entry, records).map_err(write_err)?;
@@ -424,12 +418,7 @@ impl LogStore {
             ids.push((id, records.len() - start));
         }
         let last = ids.last().map(|(id, _)| id.index);
-        let mut wal = self.wal();
-        wal.append(&records, &ids).map_err(write_err)?;
-        let mut recent = lock(&self.recent);
-        for (entry, (_, bytes)) in entries.into_iter().zip(&ids) {
-            recent.push(entry, *bytes);
-        }
+        self.wal().append(&records, &ids).map_err(write_err)?;
         Ok(last)
     }
 
@@ -510,13 +499,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&n) => n,
             Bound::Unbounded => u64::MAX,
         };
-        let wal = self.wal();
-        let held = lock(&self.recent).get(start, end, log_end(&wal), usize::MAX);
-        if let Some(entries) = held {
-            return Ok(entries);
-        }
-        let records = wal.read(start, end).map_err(read_err)?;
-        drop(wal);
+        let records = self.wal().read(start, end).map_err(read_err)?;
         decode_records(records)
     }
 
@@ -530,24 +513,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // One look at the log for both: where the bytes run out, and the records up to there.
         let records = {
             let wal = self.wal();
-            let held = lock(&self.recent).get(start, end, log_end(&wal), APPEND_ENTRIES_BYTES_MAX);
-            if let Some(entries) = held {
-                return Ok(entries);
-            }
             let end = wal.end_within(start, end, APPEND_ENTRIES_BYTES_MAX as u64);
             wal.read(start, end).map_err(read_err)?
         };
         decode_records(records)
     }
-}
-
-/// The index after the log's last entry.
-fn log_end(wal: &Wal) -> u64 {
-    wal.last_index().map_or(0, |index| index + 1)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Log records as entries, each checked against its record's header.
@@ -677,13 +647,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The mark must not claim the entries about to go, even if we crash halfway.
         let mark = self.mark.clone();
         let wal = Arc::clone(&self.files.wal);
-        let recent = Arc::clone(&self.recent);
         let index = log_id.index;
         tokio::task::spawn_blocking(move || {
             mark.before_truncate(index)?;
-            let mut wal = lock(&wal);
-            lock(&recent).truncate(index);
-            wal.truncate(index)
+            wal.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .truncate(index)
         })
         .await
         .map_err(write_err)?
@@ -702,11 +671,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             *purged = Some(log_id);
         }
-        let gap = {
-            let mut wal = self.wal();
-            lock(&self.recent).forget_upto(log_id.index);
-            wal.forget_upto(log_id.index)
-        };
+        let gap = self.wal().forget_upto(log_id.index);
         let purge = self.files.clone();
         if gap {
             // The next append starts past the end of the log (a snapshot is being installed, or
