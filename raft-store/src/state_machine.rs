@@ -60,7 +60,9 @@ pub struct StateMachineStore {
     ledger: Ledger,
     durability: Durability,
     snapshot_dir: PathBuf,
-    current_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// The snapshot in `<snapshot_dir>/current`, without its payload: that is read from the file
+    /// when openraft asks for it (to send it to a follower), not kept in memory.
+    current_snapshot: Arc<Mutex<Option<CurrentSnapshot>>>,
     /// The indexes' tips, for `apply` (see [`crate::apply::TipCache`]).
     tips: Arc<Mutex<crate::apply::TipCache>>,
     /// The generated dedup keys of the last minute (see [`crate::dedup`]): part of the state,
@@ -91,11 +93,32 @@ pub(crate) struct SnapshotInstalled {
 }
 
 /// The snapshot file: the meta, the payload and a checksum of the payload.
-#[derive(Clone, Serialize, Deserialize)]
+///
+/// The payload is encoded as postcard encodes a `Vec<u8>` (its length, then its bytes) in both
+/// forms serde knows (`serde_bytes` reads and writes it whole, not byte by byte: hundreds of MiB
+/// took seconds of CPU): [`write_snapshot_file`] writes the same bytes field by field.
+#[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
     data_sha256: Hash,
+}
+
+/// What a store keeps in memory of its snapshot file.
+#[derive(Clone)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    data_bytes: u64,
+}
+
+impl From<&StoredSnapshot> for CurrentSnapshot {
+    fn from(stored: &StoredSnapshot) -> Self {
+        Self {
+            meta: stored.meta.clone(),
+            data_bytes: stored.data.len() as u64,
+        }
+    }
 }
 
 /// One tree of a snapshot: its name and its key-value pairs.
@@ -155,6 +178,28 @@ impl CopiedPayload {
             version: SNAPSHOT_FORMAT_VERSION,
             trees,
         })
+    }
+
+    /// At least the bytes it encodes to: each length postcard writes takes at most 10 bytes.
+    fn encoded_bytes_max(&self) -> usize {
+        let pairs: usize = self
+            .trees
+            .iter()
+            .flat_map(|(_, pairs)| pairs)
+            .map(|(key, value)| key.0.len() + value.0.len() + 20)
+            .sum();
+        let trees: usize = self.trees.iter().map(|(name, _)| name.len() + 20).sum();
+        pairs + trees + 10
+    }
+
+    /// The payload's bytes, encoded into one allocation of the right size (no copies as a
+    /// growing buffer doubles: hundreds of MiB for a large state).
+    fn encode(&self) -> Vec<u8> {
+        let mut data = Vec::with_capacity(self.encoded_bytes_max());
+        if let Err(error) = postcard::to_io(self, &mut data) {
+            panic!("postcard encoding of a snapshot payload into memory failed: {error}");
+        }
+        data
     }
 }
 
@@ -245,7 +290,7 @@ impl StateMachineStore {
             ledger,
             durability,
             snapshot_dir,
-            current_snapshot: Arc::new(Mutex::new(current)),
+            current_snapshot: Arc::new(Mutex::new(current.as_ref().map(CurrentSnapshot::from))),
             tips: Arc::default(),
             window: Arc::new(Mutex::new(window)),
             copy_gate: Arc::default(),
@@ -268,17 +313,17 @@ impl StateMachineStore {
             .current_snapshot
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        current.as_ref().map(|snapshot| snapshot.data.len() as u64)
+        current.as_ref().map(|snapshot| snapshot.data_bytes)
     }
 
-    fn current(&self) -> Option<StoredSnapshot> {
+    fn current(&self) -> Option<CurrentSnapshot> {
         match self.current_snapshot.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    fn set_current(&self, snapshot: StoredSnapshot) {
+    fn set_current(&self, snapshot: CurrentSnapshot) {
         match self.current_snapshot.lock() {
             Ok(mut guard) => *guard = Some(snapshot),
             Err(poisoned) => *poisoned.into_inner() = Some(snapshot),
@@ -344,14 +389,26 @@ async fn in_background<T: Send + 'static>(
 /// milliseconds. Synced in steps, at most this much of it is ever queued ahead of the log.
 pub const SNAPSHOT_SYNC_STEP_BYTES: usize = 1 << 20;
 
-fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<()> {
+/// Writes the snapshot file: the bytes of [`StoredSnapshot`] `{ meta, data, data_sha256 }`,
+/// field by field (postcard puts a struct's fields one after the other), so that the payload
+/// is written from where it is, not copied into one more buffer of its size first.
+fn write_snapshot_file(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    data_sha256: &Hash,
+) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join("current.tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    for step in codec::encode(stored).chunks(SNAPSHOT_SYNC_STEP_BYTES) {
+    file.write_all(&codec::encode(meta))?;
+    // The payload's length as postcard writes the length of a byte string (a varint).
+    file.write_all(&codec::encode(&(data.len() as u64)))?;
+    for step in data.chunks(SNAPSHOT_SYNC_STEP_BYTES) {
         file.write_all(step)?;
         file.sync_data()?;
     }
+    file.write_all(&codec::encode(data_sha256))?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, dir.join("current"))?;
@@ -443,6 +500,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         let begun = begun.map_err(|e| StorageIOError::read_state_machine(&e))?;
         let dir = self.store.snapshot_dir.clone();
+        let started = std::time::Instant::now();
         // Reading, encoding, hashing and writing a large state take a while: not on an async
         // worker, and behind the write path when they compete for the CPU.
         let built = in_background(move || {
@@ -457,7 +515,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .and_then(CopiedPayload::new)
                 .map_err(std::io::Error::other)?;
             drop(_gate);
-            let data = codec::encode(&payload);
+            let data = payload.encode();
             drop(payload);
             let snapshot_id = match last_applied {
                 Some(log_id) => {
@@ -465,28 +523,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 }
                 None => format!("empty-{}", data.len()),
             };
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: last_applied,
-                    last_membership: membership,
-                    snapshot_id,
-                },
-                data_sha256: chain::sha256(&data),
-                data,
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
             };
-            write_snapshot_file(&dir, &stored)?;
-            let served = stored.data.clone();
-            Ok::<_, std::io::Error>((stored, served))
+            write_snapshot_file(&dir, &meta, &data, &chain::sha256(&data))?;
+            Ok::<_, std::io::Error>((meta, data))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let (stored, served) = built.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let meta = stored.meta.clone();
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = served.len(), "built snapshot");
-        self.store.set_current(stored);
+        let (meta, data) = built.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            bytes = data.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
+        self.store.set_current(CurrentSnapshot {
+            meta: meta.clone(),
+            data_bytes: data.len() as u64,
+        });
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(served)),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -566,7 +626,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.current().map(|stored| Snapshot {
+        let Some(current) = self.current() else {
+            return Ok(None);
+        };
+        // Read back from its file (checked against its checksum): keeping a payload of hundreds
+        // of MiB in memory for the rare follower that needs it cost as much memory again.
+        let path = self.snapshot_dir.join("current");
+        let read = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(current.meta.signature()), &e))?;
+        let stored =
+            read.map_err(|e| StorageIOError::read_snapshot(Some(current.meta.signature()), &e))?;
+        Ok(stored.map(|stored| Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
@@ -607,18 +678,19 @@ impl StateMachineStore {
         self.durability.sync().await.map_err(sm_write_err)?;
         self.ledger.verify_head().map_err(|e| snapshot_err(&e))?;
 
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data_sha256: chain::sha256(&data),
-            data,
-        };
         let dir = self.snapshot_dir.clone();
-        let to_write = stored.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &to_write))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.set_current(stored);
+        let data_bytes = data.len() as u64;
+        let to_write = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&dir, &to_write, &data, &chain::sha256(&data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.set_current(CurrentSnapshot {
+            meta: meta.clone(),
+            data_bytes,
+        });
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -660,12 +732,62 @@ mod tests {
             trees,
         };
         assert_eq!(codec::encode(&copied), codec::encode(&expected));
+        let encoded = copied.encode();
+        assert_eq!(encoded, codec::encode(&expected));
+        assert!(encoded.capacity() >= encoded.len());
+        assert!(copied.encoded_bytes_max() >= encoded.len());
         let decoded: SnapshotPayload =
             codec::decode(&codec::encode(&copied), "payload").expect("decodes");
         assert_eq!(decoded.trees, expected.trees);
 
         let unknown = vec![(sled::IVec::from(&[200u8, 1][..]), sled::IVec::from(&[][..]))];
         assert!(CopiedPayload::new(unknown).is_err());
+    }
+
+    /// The snapshot file written field by field holds the bytes of `StoredSnapshot` as postcard
+    /// encodes it, and as it encoded it before its payload was `serde_bytes` (byte by byte as a
+    /// `Vec<u8>`): files of either build read in the other. The file reads back whole.
+    #[test]
+    fn a_snapshot_file_is_its_stored_snapshot_encoded() {
+        #[derive(Serialize)]
+        struct ByteByByte {
+            meta: SnapshotMeta,
+            data: Vec<u8>,
+            data_sha256: Hash,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Payloads around the varint length's steps (127/128 bytes) and over one sync step.
+        for len in [0usize, 1, 127, 128, 300, SNAPSHOT_SYNC_STEP_BYTES + 5] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let meta = SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(3, 1),
+                    42,
+                )),
+                last_membership: StoredMembership::default(),
+                snapshot_id: format!("3-42-{len}"),
+            };
+            let sha = chain::sha256(&data);
+            write_snapshot_file(dir.path(), &meta, &data, &sha).expect("written");
+            let file = std::fs::read(dir.path().join("current")).expect("file");
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+                data_sha256: sha,
+            };
+            assert_eq!(file, codec::encode(&stored), "payload of {len} bytes");
+            let old = ByteByByte {
+                meta: meta.clone(),
+                data: data.clone(),
+                data_sha256: sha,
+            };
+            assert_eq!(file, codec::encode(&old), "payload of {len} bytes");
+            let read = read_snapshot_file(&dir.path().join("current"))
+                .expect("reads")
+                .expect("present");
+            assert_eq!(read.meta, meta);
+            assert_eq!(read.data, data);
+        }
     }
 
     /// The snapshot thread runs at a lower priority than the threads that call it: its nice
