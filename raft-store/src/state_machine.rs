@@ -515,6 +515,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .and_then(CopiedPayload::new)
                 .map_err(std::io::Error::other)?;
             drop(_gate);
+            // Until here applies keep each key's value from before the copy for it.
+            let read_millis = started.elapsed().as_millis() as u64;
             let data = payload.encode();
             drop(payload);
             let snapshot_id = match last_applied {
@@ -529,15 +531,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 snapshot_id,
             };
             write_snapshot_file(&dir, &meta, &data, &chain::sha256(&data))?;
-            Ok::<_, std::io::Error>((meta, data))
+            Ok::<_, std::io::Error>((meta, data, read_millis))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let (meta, data) = built.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let (meta, data, read_millis) =
+            built.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             bytes = data.len(),
             millis = started.elapsed().as_millis() as u64,
+            read_millis,
             "built snapshot"
         );
         self.store.set_current(CurrentSnapshot {
