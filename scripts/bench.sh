@@ -36,6 +36,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/bench_agents.sh
+source scripts/bench_agents.sh
 
 VS_ETCD=no
 DURATION=10
@@ -185,13 +187,7 @@ for url in "${LEDGER_URLS[@]}"; do URL_ARGS+=(--url "$url"); done
 # One registration, reused by every run.
 ASN_ARGS=()
 say "registering 100 agents"
-operator="$(curl -sf -X POST "${LEDGER_URLS[0]}/api/v1/operators" -H "Authorization: Bearer $ADMIN" -d '{"name":"bench"}')"
-owner="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$operator")"
-for n in $(seq 1 100); do
-	agent="$(curl -sf -X POST "${LEDGER_URLS[0]}/api/v1/agents" -H "Authorization: Bearer $ADMIN" \
-		-d "{\"name\":\"bench-$n\",\"owner_id\":\"$owner\"}")"
-	ASN_ARGS+=(--asn "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["asn"])' "$agent")")
-done
+register_agents "${LEDGER_URLS[0]}" "$ADMIN" 100
 
 if [[ "$VS_ETCD" == yes ]]; then
 	if ! command -v etcd >/dev/null; then

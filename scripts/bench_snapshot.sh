@@ -22,6 +22,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/bench_agents.sh
+source scripts/bench_agents.sh
 
 PRELOAD=15
 WINDOW=30
@@ -89,14 +91,8 @@ PIDS=()
 for id in 1 2 3; do PIDS+=("$(cat "$LEDGER_DATA_DIR/n$id/ledgerd.pid")"); done
 
 say "registering 100 agents"
-operator="$(curl -sf -X POST http://127.0.0.1:18081/api/v1/operators -H "Authorization: Bearer $ADMIN" -d '{"name":"bench"}')"
-owner="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$operator")"
 ASN_ARGS=()
-for n in $(seq 1 100); do
-	agent="$(curl -sf -X POST http://127.0.0.1:18081/api/v1/agents -H "Authorization: Bearer $ADMIN" \
-		-d "{\"name\":\"bench-$n\",\"owner_id\":\"$owner\"}")"
-	ASN_ARGS+=(--asn "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["asn"])' "$agent")")
-done
+register_agents http://127.0.0.1:18081 "$ADMIN" 100
 
 cpu_ticks() {
 	local pid total=0

@@ -94,9 +94,10 @@ pub(crate) struct SnapshotInstalled {
 
 /// The snapshot file: the meta, the payload and a checksum of the payload.
 ///
-/// The payload is encoded as postcard encodes a `Vec<u8>` (its length, then its bytes) in both
-/// forms serde knows (`serde_bytes` reads and writes it whole, not byte by byte: hundreds of MiB
-/// took seconds of CPU): [`write_snapshot_file`] writes the same bytes field by field.
+/// postcard writes the payload as a byte string (its length, then its bytes), the same bytes as
+/// for a plain `Vec<u8>`; `serde_bytes` has serde read and write it whole instead of one byte
+/// at a time (which took seconds of CPU for hundreds of MB). [`write_snapshot_file`] writes the
+/// same bytes field by field.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
