@@ -63,6 +63,10 @@ pub struct StateMachineStore {
     /// The snapshot in `<snapshot_dir>/current`, without its payload: that is read from the file
     /// when openraft asks for it (to send it to a follower), not kept in memory.
     current_snapshot: Arc<Mutex<Option<CurrentSnapshot>>>,
+    /// The snapshot file as `open` read and checked it, for openraft's first
+    /// `get_current_snapshot` (which it makes at start), so that a start reads and hashes the
+    /// file once; taken by that call, and dropped when another snapshot becomes current.
+    opened_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     /// The indexes' tips, for `apply` (see [`crate::apply::TipCache`]).
     tips: Arc<Mutex<crate::apply::TipCache>>,
     /// The generated dedup keys of the last minute (see [`crate::dedup`]): part of the state,
@@ -292,6 +296,7 @@ impl StateMachineStore {
             durability,
             snapshot_dir,
             current_snapshot: Arc::new(Mutex::new(current.as_ref().map(CurrentSnapshot::from))),
+            opened_snapshot: Arc::new(Mutex::new(current)),
             tips: Arc::default(),
             window: Arc::new(Mutex::new(window)),
             copy_gate: Arc::default(),
@@ -325,9 +330,18 @@ impl StateMachineStore {
     }
 
     fn set_current(&self, snapshot: CurrentSnapshot) {
+        self.take_opened();
         match self.current_snapshot.lock() {
             Ok(mut guard) => *guard = Some(snapshot),
             Err(poisoned) => *poisoned.into_inner() = Some(snapshot),
+        }
+    }
+
+    /// The snapshot file as `open` read it, if nothing took it yet (see `opened_snapshot`).
+    fn take_opened(&self) -> Option<StoredSnapshot> {
+        match self.opened_snapshot.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 }
@@ -634,6 +648,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(current) = self.current() else {
             return Ok(None);
         };
+        if let Some(opened) = self.take_opened() {
+            return Ok(Some(Snapshot {
+                meta: opened.meta,
+                snapshot: Box::new(Cursor::new(opened.data)),
+            }));
+        }
         // Read back from its file (checked against its checksum): keeping a payload of hundreds
         // of MiB in memory for the rare follower that needs it cost as much memory again.
         let path = self.snapshot_dir.join("current");

@@ -547,6 +547,43 @@ fn a_snapshot_replaces_the_whole_state_of_another_store() {
             .expect("current")
             .expect("a snapshot");
         assert_eq!(current.meta.last_log_id, Some(log_id(7)));
+        // Later calls read the file again (the payload is not kept in memory).
+        let again = reopened
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("a snapshot");
+        assert_eq!(again.meta, current.meta);
+        assert_eq!(again.snapshot.into_inner(), current.snapshot.into_inner());
+    });
+}
+
+/// At start openraft asks for the current snapshot once: it gets the file as the store's open
+/// read and checked it, not a second read of the file.
+#[test]
+fn the_first_current_snapshot_after_open_is_the_one_open_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (_, mut store) = raft_store::open(dir.path()).expect("open");
+        let snapshot = snapshot_of_five_reports(&mut store).await;
+        drop(store);
+        let (_, mut reopened) = raft_store::open(dir.path()).expect("reopen");
+        let file = dir.path().join("snapshot").join("current");
+        std::fs::remove_file(&file).expect("the snapshot file is there");
+        let first = reopened
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("the snapshot open read");
+        assert_eq!(first.meta, snapshot.meta);
+        // The next call reads the file, which is gone now.
+        assert!(
+            reopened
+                .get_current_snapshot()
+                .await
+                .expect("current")
+                .is_none()
+        );
     });
 }
 
