@@ -13,6 +13,7 @@ pub mod network;
 pub mod peer_server;
 pub mod pipe;
 pub mod service;
+pub mod snapshots;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -237,16 +238,6 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         .await
         .map_err(|e| anyhow!("cannot start Raft: {e}"))?
         .map_err(|e| anyhow!("cannot start Raft: {e}"))?;
-    tokio::spawn(snapshot_policy(
-        raft.clone(),
-        log_store.clone(),
-        state_machine,
-        SnapshotTrigger {
-            snapshot_logs: config.snapshot_logs,
-            snapshot_log_bytes: config.snapshot_log_bytes,
-        },
-    ));
-
     // Bootstrap a new cluster: only on a data directory that never joined one.
     let initialized = raft
         .is_initialized()
@@ -316,8 +307,18 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
         deadline,
         metrics,
         protection: api::protect::Protection::new(config.budgets()),
+        snapshot_turn: Arc::default(),
     });
     service.metrics.attach(&service);
+    tokio::spawn(snapshots::snapshot_policy(
+        Arc::clone(&service),
+        state_machine,
+        snapshots::SnapshotTrigger {
+            snapshot_logs: config.snapshot_logs,
+            snapshot_log_bytes: config.snapshot_log_bytes,
+        },
+        Arc::clone(&service.snapshot_turn),
+    ));
 
     if identity.bootstrapped {
         tokio::spawn(record_cluster(
@@ -517,111 +518,5 @@ async fn record_cluster(
             }
         }
         tokio::time::sleep(Duration::from_millis(INIT_RETRY_MS)).await;
-    }
-}
-
-/// Snapshots up to this size are cheap (a fraction of a second on every node): for them the
-/// entry count alone decides. In bytes.
-const SNAPSHOT_SMALL_BYTES: u64 = 16 * 1024 * 1024;
-
-/// When a snapshot is due: after `snapshot_logs` entries or `snapshot_log_bytes` of log since
-/// the last one, whichever comes first.
-#[derive(Clone, Copy, Debug)]
-struct SnapshotTrigger {
-    snapshot_logs: u64,
-    snapshot_log_bytes: u64,
-}
-
-impl SnapshotTrigger {
-    /// Whether a snapshot is due, `since` entries applied and `log_bytes` of log written after
-    /// the last one, whose payload is `snapshot_bytes` (0 without one).
-    fn due(self, since: u64, log_bytes: u64, snapshot_bytes: u64) -> bool {
-        (since >= self.snapshot_logs || log_bytes >= self.snapshot_log_bytes)
-            && (snapshot_bytes <= SNAPSHOT_SMALL_BYTES || log_bytes >= snapshot_bytes)
-    }
-}
-
-/// How often [`snapshot_policy`] looks at the log.
-const SNAPSHOT_POLICY_INTERVAL_MS: u64 = 500;
-
-/// Builds a snapshot once at least `snapshot_logs` entries were applied since the last one or
-/// `snapshot_log_bytes` of log were written, *and* the log written since is at least as large
-/// as that snapshot (when it is larger than [`SNAPSHOT_SMALL_BYTES`]). A snapshot is the whole
-/// state (read, encoded, hashed, written, on every node), so taking one every so many entries
-/// whatever the state's size would make its cost grow with the ledger; this way a snapshot
-/// costs at most about as much as the log it replaces, and the log on disk stays under about
-/// the state's size or `snapshot_log_bytes` (plus the entries kept and a partly purged
-/// segment). Snapshots are spaced widely by default (100,000 entries, as etcd): each one
-/// writes and fsyncs a file on the disk the log's fsyncs wait on, and a purge frees only whole
-/// 64 MiB segments anyway.
-async fn snapshot_policy(
-    raft: raft_store::Raft,
-    log_store: raft_store::LogStore,
-    state_machine: raft_store::StateMachineStore,
-    trigger: SnapshotTrigger,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(SNAPSHOT_POLICY_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let metrics = raft.metrics();
-    loop {
-        tick.tick().await;
-        let (applied, snapshot) = {
-            let metrics = metrics.borrow();
-            if metrics.running_state.is_err() {
-                return;
-            }
-            (
-                metrics.last_applied.map(|id| id.index),
-                metrics.snapshot.map(|id| id.index),
-            )
-        };
-        let Some(applied) = applied else { continue };
-        let since = applied.saturating_sub(snapshot.unwrap_or(0));
-        if since == 0 {
-            continue;
-        }
-        let log_bytes = log_store.bytes_after(snapshot);
-        let snapshot_bytes = state_machine.snapshot_bytes().unwrap_or(0);
-        if !trigger.due(since, log_bytes, snapshot_bytes) {
-            continue;
-        }
-        tracing::debug!(
-            applied,
-            ?snapshot,
-            log_bytes,
-            snapshot_bytes,
-            "triggering a snapshot"
-        );
-        if raft.trigger().snapshot().await.is_err() {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{SNAPSHOT_SMALL_BYTES, SnapshotTrigger};
-
-    #[test]
-    fn a_snapshot_is_due_after_enough_entries_or_log_and_as_much_log_as_the_last_snapshot() {
-        let trigger = SnapshotTrigger {
-            snapshot_logs: 5_000,
-            snapshot_log_bytes: 64_000_000,
-        };
-        // No snapshot yet: entries decide, up to the limit and one past it.
-        assert!(!trigger.due(4_999, 10, 0));
-        assert!(trigger.due(5_000, 10, 0));
-        // Or the log's bytes, up to the limit and one past it, before the entry count.
-        assert!(!trigger.due(10, 63_999_999, 0));
-        assert!(trigger.due(10, 64_000_000, 0));
-        // A large state: the log since must be as large as the last snapshot.
-        assert!(!trigger.due(80_000, 99_999_999, 100_000_000));
-        assert!(trigger.due(80_000, 100_000_000, 100_000_000));
-        // A small state, up to the limit and one past it: entries decide, then the log too.
-        let small = SNAPSHOT_SMALL_BYTES;
-        assert!(!trigger.due(4_999, 63_999_999, 1_000));
-        assert!(trigger.due(5_000, 10, small));
-        assert!(!trigger.due(5_000, 10, small + 1));
-        assert!(trigger.due(5_000, small + 1, small + 1));
     }
 }

@@ -393,6 +393,7 @@ impl proto::peer_server::Peer for PeerServer {
             purged_index: metrics.purged.map(|l| l.index).unwrap_or_default(),
             ledger_size,
             root,
+            snapshot_turn: self.service.snapshot_turn.get() as u32,
         }))
     }
 

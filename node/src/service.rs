@@ -70,6 +70,9 @@ pub struct LedgerService {
     pub deadline: Duration,
     pub metrics: crate::metrics::NodeMetrics,
     pub protection: api::protect::Protection,
+    /// Whether this node waits for its turn to build a snapshot, or builds one (see
+    /// [`crate::snapshots`]); peers read it in `Status`.
+    pub snapshot_turn: std::sync::Arc<crate::snapshots::TurnState>,
 }
 
 pub fn role_name(state: ServerState) -> &'static str {
@@ -244,7 +247,11 @@ impl LedgerService {
         }
     }
 
-    async fn peer_status(&self, id: NodeId, node: &LedgerNode) -> Option<proto::StatusReply> {
+    pub(crate) async fn peer_status(
+        &self,
+        id: NodeId,
+        node: &LedgerNode,
+    ) -> Option<proto::StatusReply> {
         let mut client = self.peers.client(&node.grpc_addr, Traffic::Client).ok()?;
         let timeout = Duration::from_millis(STATUS_TIMEOUT_MS);
         let request = self

@@ -35,6 +35,7 @@ mod t23_operations;
 mod t24_lose_majority;
 mod t25_commit_without_traffic;
 mod t26_snapshot_stream_cut;
+mod t27_snapshot_turns;
 
 mod support;
 
