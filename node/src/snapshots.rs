@@ -33,6 +33,11 @@ const SNAPSHOT_POLICY_INTERVAL_MS: u64 = 500;
 /// if a peer says it builds (or waits) too. A snapshot of about 600 MB takes 10–15 s here.
 pub const TURN_WAIT_MAX_SECS: u64 = 300;
 
+/// How long a leader whose snapshot is due waits before it asks whose turn it is, in
+/// milliseconds: the leader applies each entry a moment before its followers, so it becomes
+/// due first, and without this it would build first although it comes last.
+const LEADER_GRACE_MS: u64 = 2 * SNAPSHOT_POLICY_INTERVAL_MS;
+
 /// When a snapshot is due: after `snapshot_logs` entries or `snapshot_log_bytes` of log since
 /// the last one, whichever comes first.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +106,37 @@ fn must_wait_for(
         .or_else(|| others().find(|&(id, turn)| turn == Turn::Waiting && rank(id) < rank(me)))
 }
 
+/// The peer this node, having claimed its turn, must give it up to, if any: one that builds
+/// or waits and comes before this node (a peer after it that builds has claimed its turn at the
+/// same moment and gives way to this node).
+fn must_give_way(
+    me: NodeId,
+    leader: Option<NodeId>,
+    peers: &[(NodeId, Turn)],
+) -> Option<(NodeId, Turn)> {
+    let rank = |id: NodeId| (Some(id) == leader, id);
+    peers
+        .iter()
+        .copied()
+        .find(|&(id, turn)| id != me && turn != Turn::Idle && rank(id) < rank(me))
+}
+
+/// The turns of the peers that answer (within the peer status deadline): a peer that does not
+/// is not waited for.
+async fn peer_turns(
+    service: &LedgerService,
+    members: &[(NodeId, raft_store::LedgerNode)],
+) -> Vec<(NodeId, Turn)> {
+    futures::future::join_all(members.iter().map(|(id, node)| async move {
+        let status = service.peer_status(*id, node).await?;
+        Some((*id, Turn::from_wire(status.snapshot_turn)))
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Builds a snapshot once at least `snapshot_logs` entries were applied since the last one or
 /// `snapshot_log_bytes` of log were written, *and* the log written since is at least as large
 /// as that snapshot (when it is larger than [`SNAPSHOT_SMALL_BYTES`]); and then only in its
@@ -158,21 +194,24 @@ pub async fn snapshot_policy(
         }
         turn.set(Turn::Waiting);
         let since_when = *waiting_since.get_or_insert_with(Instant::now);
-        let peers: Vec<(NodeId, Turn)> =
-            futures::future::join_all(members.iter().map(|(id, node)| {
-                let service = &service;
-                async move {
-                    let status = service.peer_status(*id, node).await?;
-                    Some((*id, Turn::from_wire(status.snapshot_turn)))
-                }
-            }))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        if leader == Some(me) && since_when.elapsed() < Duration::from_millis(LEADER_GRACE_MS) {
+            continue;
+        }
         let waited = since_when.elapsed();
-        if let Some((peer, peer_turn)) = must_wait_for(me, leader, &peers) {
-            if waited < Duration::from_secs(TURN_WAIT_MAX_SECS) {
+        let overdue = waited >= Duration::from_secs(TURN_WAIT_MAX_SECS);
+        let peers = peer_turns(&service, &members).await;
+        // Wait while a peer builds or an earlier one waits; then claim the turn (`Building`)
+        // and ask again: of two nodes that asked each other at the same moment, each saw the
+        // other idle or waiting, but the second ask of each sees the other's claim, and the
+        // later one in the order gives way.
+        let mut blocker = must_wait_for(me, leader, &peers);
+        if blocker.is_none() {
+            turn.set(Turn::Building);
+            blocker = must_give_way(me, leader, &peer_turns(&service, &members).await);
+        }
+        if let Some((peer, peer_turn)) = blocker {
+            if !overdue {
+                turn.set(Turn::Waiting);
                 if waited_for != Some(peer) {
                     tracing::info!(
                         peer,
@@ -228,6 +267,7 @@ mod tests {
     use super::SNAPSHOT_SMALL_BYTES;
     use super::SnapshotTrigger;
     use super::Turn;
+    use super::must_give_way;
     use super::must_wait_for;
 
     #[test]
@@ -291,6 +331,32 @@ mod tests {
         assert_eq!(must_wait_for(2, leader, &[]), None);
         // Its own entry, if a caller passed one, never blocks a node.
         assert_eq!(must_wait_for(2, leader, &[(2, Building)]), None);
+    }
+
+    #[test]
+    fn a_node_that_claimed_its_turn_gives_way_to_an_earlier_claim_or_wait() {
+        use Turn::*;
+        let leader = Some(1);
+        // Two followers claimed at once: the later one in the order gives way, the other not.
+        assert_eq!(
+            must_give_way(3, leader, &[(1, Idle), (2, Building)]),
+            Some((2, Building))
+        );
+        assert_eq!(must_give_way(2, leader, &[(1, Idle), (3, Building)]), None);
+        // An earlier node that waits: give way to it too.
+        assert_eq!(
+            must_give_way(3, leader, &[(1, Idle), (2, Waiting)]),
+            Some((2, Waiting))
+        );
+        // The leader gives way to any follower that claimed or waits.
+        assert_eq!(
+            must_give_way(1, leader, &[(2, Idle), (3, Building)]),
+            Some((3, Building))
+        );
+        // A follower claiming at once with the leader keeps its turn.
+        assert_eq!(must_give_way(3, leader, &[(1, Building), (2, Idle)]), None);
+        assert_eq!(must_give_way(2, leader, &[(1, Idle), (3, Idle)]), None);
+        assert_eq!(must_give_way(2, leader, &[(2, Building)]), None);
     }
 
     #[test]
