@@ -249,6 +249,13 @@ impl Collector for StateCollector {
         )?;
         gauge(
             e,
+            "ledger_snapshot_turn",
+            "This node's snapshot turn: 0 no snapshot due, 1 due and waiting for its turn, 2 building",
+            None,
+            service.snapshot_turn.get() as i64,
+        )?;
+        gauge(
+            e,
             "ledger_raft_voters",
             "Voters in the membership this node knows",
             None,

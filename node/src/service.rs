@@ -264,6 +264,16 @@ impl LedgerService {
         Some(reply.into_inner())
     }
 
+    /// A peer's snapshot turn (see [`crate::snapshots`]), if it answers its status request.
+    pub(crate) async fn peer_snapshot_turn(
+        &self,
+        id: NodeId,
+        node: &LedgerNode,
+    ) -> Option<crate::snapshots::Turn> {
+        let status = self.peer_status(id, node).await?;
+        Some(crate::snapshots::Turn::from_wire(status.snapshot_turn))
+    }
+
     /// Runs a membership change on the leader, or sends it to the leader.
     async fn change_membership(
         &self,

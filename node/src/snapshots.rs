@@ -127,10 +127,11 @@ async fn peer_turns(
     service: &LedgerService,
     members: &[(NodeId, raft_store::LedgerNode)],
 ) -> Vec<(NodeId, Turn)> {
-    futures::future::join_all(members.iter().map(|(id, node)| async move {
-        let status = service.peer_status(*id, node).await?;
-        Some((*id, Turn::from_wire(status.snapshot_turn)))
-    }))
+    futures::future::join_all(
+        members.iter().map(|(id, node)| async move {
+            Some((*id, service.peer_snapshot_turn(*id, node).await?))
+        }),
+    )
     .await
     .into_iter()
     .flatten()

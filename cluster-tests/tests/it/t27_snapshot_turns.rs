@@ -8,14 +8,16 @@
 //! MB (a build then takes a few hundred ms in a debug build). Each node's `built snapshot` log lines give when each build
 //! ended and how long it took: no two builds of different nodes may overlap in time, and at
 //! least one node must have logged that it waited for a peer's snapshot. Writes must go on
-//! (every batch acknowledged), and every node must end with the same ledger.
+//! (every batch acknowledged); once they stop, every node's `ledger_snapshot_turn` must come
+//! back to 0 (none left waiting), and every node must end with the same ledger.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
-use cluster_tests::{Cluster, Options, slow_test};
+use cluster_tests::{Cluster, Options, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
+use crate::support::{scrape, value};
 
 /// Snapshots each node must have built before the builds are compared.
 const BUILDS_PER_NODE: usize = 2;
@@ -115,10 +117,23 @@ async fn scenario() -> Result<()> {
         waited > 0,
         "no node logged that it waited for a peer's snapshot: the turns were not exercised"
     );
-    let heads =
-        cluster_tests::check::converged(&api, &[1, 2, 3], batches as u64 * 1000, CONDITION_TIMEOUT)
-            .await;
-    heads.context("the nodes did not converge")?;
+    // Once the writes stop, every node builds what is due in its turn, and then none waits.
+    wait_for(
+        CONDITION_TIMEOUT,
+        "every node's ledger_snapshot_turn to be 0 (no snapshot due or waiting)",
+        async || {
+            for id in 1..=3 {
+                let turn = value(&scrape(&cluster, id).await?, "ledger_snapshot_turn", &[])?;
+                ensure!(turn == 0.0, "node {id}: ledger_snapshot_turn {turn}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let size = batches as u64 * 1000;
+    cluster_tests::check::converged(&api, &[1, 2, 3], size, CONDITION_TIMEOUT)
+        .await
+        .context("the nodes did not converge")?;
     cluster.finish();
     Ok(())
 }
