@@ -246,7 +246,9 @@ pub async fn snapshot_policy(
         }
         // Building until openraft reports a new snapshot (this one, or one a leader sent and
         // this node installed); a failed build stops the node. Looked at every tick, not on
-        // every change of the metrics (which change with every write).
+        // every change of the metrics (which change with every write). Peers wait for a turn
+        // at most TURN_WAIT_MAX_SECS, and so long at most does this node say it builds.
+        let building_since = Instant::now();
         loop {
             tick.tick().await;
             let metrics = metrics.borrow();
@@ -254,6 +256,14 @@ pub async fn snapshot_policy(
                 return;
             }
             if metrics.snapshot != snapshot {
+                break;
+            }
+            if building_since.elapsed() >= Duration::from_secs(TURN_WAIT_MAX_SECS) {
+                tracing::warn!(
+                    secs = TURN_WAIT_MAX_SECS,
+                    "no new snapshot reported after the longest a peer waits for its turn; \
+                     no longer telling peers this node builds one"
+                );
                 break;
             }
         }
