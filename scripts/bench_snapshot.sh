@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What a snapshot costs the write path: batches of 1000 through a window in which every node
-# builds a snapshot.
+# What a snapshot costs the write path: batches of 1000 through a window in which the nodes
+# build a snapshot, one at a time (node/src/snapshots.rs).
 #
 #   scripts/bench_snapshot.sh [--preload-secs N] [--window-secs N] [--snapshot-log-bytes N]
 #
@@ -9,8 +9,9 @@
 # after --snapshot-log-bytes of Raft log (default 200,000,000; the entry count never triggers
 # one), registers 100 agents, then drives batches of 1000 events with 4 clients: first for
 # --preload-secs (default 15; at about 30,000 events/s this writes most of the log the
-# snapshot needs), then for --window-secs (default 30), in which the log passes the threshold
-# and the three nodes build their snapshot (of about 360 MB here) while the batches go on.
+# snapshot needs), then for --window-secs (default 45), in which the log passes the threshold
+# and the three nodes build their snapshot (of 360-600 MB here: a node that waits for its turn
+# builds a larger one) in turn while the batches go on.
 # Prints the window's events/s, p99 and max latency, the servers' CPU per event, each node's
 # `built snapshot` log line (size in bytes, build time in ms) and the AppendEntries timeouts
 # the nodes logged. Compare with scripts/bench.sh's "ledger batch of 1000" line, which usually
@@ -26,7 +27,7 @@ cd "$ROOT"
 source scripts/bench_agents.sh
 
 PRELOAD=15
-WINDOW=30
+WINDOW=45
 SNAPSHOT_LOG_BYTES=200000000
 while [[ $# -gt 0 ]]; do
 	arg="$1"
@@ -110,7 +111,7 @@ batches() {
 say "preload: batches of 1000 for $PRELOAD s"
 batches "$PRELOAD" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("preload: %.0f events/s" % r["events_per_s"])'
 before="$(cpu_ticks)"
-say "window: batches of 1000 for $WINDOW s, while the nodes build a snapshot"
+say "window: batches of 1000 for $WINDOW s, while the nodes build a snapshot in turn"
 window="$(batches "$WINDOW")"
 after="$(cpu_ticks)"
 python3 - "$window" "$((after - before))" "$(getconf CLK_TCK)" "$WINDOW" <<'EOF'
