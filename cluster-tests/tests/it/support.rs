@@ -1,5 +1,6 @@
 //! Helpers shared by the scenarios: raw requests with a key, error-envelope checks, and a
-//! well-formed ASN that no agent has (t09, t10); a node's `/metrics` read as samples (t04, t23).
+//! well-formed ASN that no agent has (t09, t10); a node's `/metrics` read as samples (t04, t23,
+//! t27); large batches written through the leader (t04, t27).
 
 use anyhow::{Context, Result, bail, ensure};
 use cluster_tests::{Api, Body, Cluster};
@@ -215,4 +216,37 @@ pub fn value(samples: &[Sample], name: &str, labels: &[&str]) -> Result<f64> {
             Ok(many.iter().map(|s| s.value).sum())
         }
     }
+}
+
+/// Writes batch number `batch` through node `via`: 1000 events for `asn`, each with about 700
+/// bytes of metadata (about 0.9 MiB, one Raft entry), under the `Idempotency-Key`
+/// `<tag>-<batch>`; every event must be created.
+pub async fn write_large_batch(
+    api: &Api,
+    via: u64,
+    key: &str,
+    asn: &str,
+    tag: &str,
+    batch: usize,
+) -> Result<()> {
+    let pad = "x".repeat(700);
+    let events: Vec<Value> = (0..1000)
+        .map(|n| {
+            serde_json::json!({
+                "asn": asn,
+                "event_type": "task_completed",
+                "metadata": { "batch": batch, "n": n, "pad": pad },
+            })
+        })
+        .collect();
+    let created = api
+        .report_batch(via, key, &events, Some(&format!("{tag}-{batch}")))
+        .await
+        .map_err(|e| anyhow::anyhow!("batch {batch}: {e:?}"))?;
+    ensure!(
+        created.len() == 1000,
+        "batch {batch}: {} events",
+        created.len()
+    );
+    Ok(())
 }

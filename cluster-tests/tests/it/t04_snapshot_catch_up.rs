@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use cluster_tests::{Cluster, History, Options, Workload, check, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
-use crate::support::{scrape, value};
+use crate::support::{scrape, value, write_large_batch};
 
 const APPENDS_BEFORE: u64 = 10;
 const APPENDS_WHILE_DOWN: u64 = 300;
@@ -127,26 +127,8 @@ async fn large_entries() -> Result<()> {
     let asn = api.agent_asn(0)?;
     cluster.kill(follower)?;
     let (sent_before, _) = append_entries_sent(&cluster, leader).await?;
-    let pad = "x".repeat(700);
     for batch in 0..LARGE_BATCHES {
-        let events: Vec<serde_json::Value> = (0..1000)
-            .map(|n| {
-                serde_json::json!({
-                    "asn": asn,
-                    "event_type": "task_completed",
-                    "metadata": { "batch": batch, "n": n, "pad": pad },
-                })
-            })
-            .collect();
-        let created = api
-            .report_batch(leader, &key, &events, Some(&format!("t04-large-{batch}")))
-            .await
-            .map_err(|e| anyhow::anyhow!("batch {batch}: {e:?}"))?;
-        ensure!(
-            created.len() == 1000,
-            "batch {batch}: {} events",
-            created.len()
-        );
+        write_large_batch(&api, leader, &key, &asn, "t04-large", batch).await?;
     }
     cluster.restart(follower)?;
     cluster.wait_ready(follower).await?;

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, ensure};
 use cluster_tests::{Cluster, Options, slow_test, wait_for};
 
 use crate::CONDITION_TIMEOUT;
-use crate::support::{scrape, value};
+use crate::support::{scrape, value, write_large_batch};
 
 /// Snapshots each node must have built before the builds are compared.
 const BUILDS_PER_NODE: usize = 2;
@@ -49,7 +49,6 @@ async fn scenario() -> Result<()> {
     let leader = api.leader_id(CONDITION_TIMEOUT).await?;
     let key = api.fixture()?.write_key.secret()?.to_owned();
     let asn = api.agent_asn(0)?;
-    let pad = "x".repeat(700);
     let mut batches = 0;
     loop {
         let builds = builds(&cluster)?;
@@ -63,24 +62,7 @@ async fn scenario() -> Result<()> {
             "after {batches} batches not every node built {BUILDS_PER_NODE} snapshots, or fewer \
              than {BUILDS_IN_ALL} in all: {builds:?}"
         );
-        let events: Vec<serde_json::Value> = (0..1000)
-            .map(|n| {
-                serde_json::json!({
-                    "asn": asn,
-                    "event_type": "task_completed",
-                    "metadata": { "batch": batches, "n": n, "pad": pad },
-                })
-            })
-            .collect();
-        let created = api
-            .report_batch(leader, &key, &events, Some(&format!("t27-{batches}")))
-            .await
-            .map_err(|e| anyhow::anyhow!("batch {batches}: {e:?}"))?;
-        ensure!(
-            created.len() == 1000,
-            "batch {batches}: {} events",
-            created.len()
-        );
+        write_large_batch(&api, leader, &key, &asn, "t27", batches).await?;
         batches += 1;
     }
     api.wait_applied(&[1, 2, 3], CONDITION_TIMEOUT).await?;
