@@ -1,6 +1,7 @@
 //! One ledger node: configuration ([`config`]), the data directory's identity ([`identity`]),
-//! the peer network ([`network`], [`peer_server`]), group commit ([`writer`]) and the service
-//! behind the HTTP API ([`service`]). [`run`] wires them together.
+//! the peer network ([`network`], [`peer_server`]), group commit ([`writer`]), the service
+//! behind the HTTP API ([`service`]) and when to build snapshots ([`snapshots`]). [`run`] wires
+//! them together.
 //!
 //! Invariants (see ARCHITECTURE.md): protobuf types stay in `network` and `peer_server`; a
 //! write is acknowledged only after openraft reports it committed (fsynced on a majority) and

@@ -7,9 +7,9 @@
 //! log at about the same pace, so without turns all of them reach the threshold within a second
 //! of each other and build at once; while they do, every follower answers AppendEntries late
 //! and commits slow down or stop (docs/PERFORMANCE.md, twenty-fifth and twenty-sixth sessions).
-//! Turns are best-effort: a node that cannot reach a peer does not wait for it, two nodes that
-//! ask each other in the same few milliseconds may both build, and no node waits for its turn
-//! longer than [`TURN_WAIT_MAX_SECS`].
+//! Turns are best-effort, never a safety matter: a node that cannot reach a peer does not wait
+//! for it, two nodes that disagree for a moment about who leads may both build, and no node
+//! waits for its turn longer than [`TURN_WAIT_MAX_SECS`].
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
