@@ -140,7 +140,7 @@ async fn peer_turns(
 
 /// Builds a snapshot once at least `snapshot_logs` entries were applied since the last one or
 /// `snapshot_log_bytes` of log were written, *and* the log written since is at least as large
-/// as that snapshot (when it is larger than [`SNAPSHOT_SMALL_BYTES`]); and then only in its
+/// as that snapshot (when it is larger than `SNAPSHOT_SMALL_BYTES`, 16 MiB); and then only in its
 /// turn (see the module's documentation). A snapshot is the whole state (read, encoded,
 /// hashed, written, on every node), so taking one every so many entries whatever the state's
 /// size would make its cost grow with the ledger; this way a snapshot costs at most about as
