@@ -318,7 +318,6 @@ pub async fn run(config: Config, raft_runtime: tokio::runtime::Handle) -> Result
             snapshot_logs: config.snapshot_logs,
             snapshot_log_bytes: config.snapshot_log_bytes,
         },
-        Arc::clone(&service.snapshot_turn),
     ));
 
     if identity.bootstrapped {

@@ -153,8 +153,8 @@ pub async fn snapshot_policy(
     service: Arc<LedgerService>,
     state_machine: raft_store::StateMachineStore,
     trigger: SnapshotTrigger,
-    turn: Arc<TurnState>,
 ) {
+    let turn = &service.snapshot_turn;
     let mut tick = tokio::time::interval(Duration::from_millis(SNAPSHOT_POLICY_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metrics = service.raft.metrics();
