@@ -72,7 +72,10 @@ fn entry(index: u64, commands: Vec<Proposal>) -> Entry {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As `ledgerd` does (node/src/main.rs): with transparent huge pages, the fresh buffers sled
     // fills would be faulted in as zeroed 2 MiB pages, a cost the server does not pay.
-    rustix::thread::disable_transparent_huge_pages(true)?;
+    // A kernel without the flag (before 3.15) keeps them, as it does for `ledgerd`.
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("store_cost: warning: cannot turn off transparent huge pages: {error}");
+    }
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .map(|a| a.parse())
